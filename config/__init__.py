@@ -1,0 +1,1 @@
+"""Package holding lstmq's default settings file, default.yaml (read by shared.config)."""

@@ -1,0 +1,1 @@
+"""The producer side: the `lstmq` CLI. Never imports TensorFlow."""

@@ -1,0 +1,100 @@
+"""`make demo`: the main job end to end on this machine.
+
+Starts a throwaway redis-server on a free port (unless LSTMQ_BROKER_URL or --broker names one),
+one lstmq-worker (CPU, or one per visible GPU), trains a model on the demo corpus for a few
+epochs, generates continuations for examples/seeds.txt into demo-out.jsonl, prints a few lines,
+and stops everything it started, also on Ctrl-C or failure.
+
+Corpus: $CORPUS, else ../shared/data/sherlock.txt beside the checkout, else the same text
+downloaded from its public origin with its sha256 checked."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shared.localredis import LocalRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS_URL = "https://sherlock-holm.es/stories/plain-text/advs.txt"
+CORPUS_SHA256 = "9ac008014241e665aa5669e74d5b9aecc3ad17a812c79be01522ec35f1ab4a79"
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "sherlock.txt"
+
+
+def find_corpus() -> Path:
+    if os.environ.get("CORPUS"):
+        return Path(os.environ["CORPUS"])
+    if DEFAULT_CORPUS.exists():
+        return DEFAULT_CORPUS
+    print(f"demo: {DEFAULT_CORPUS} not found; downloading {CORPUS_URL}", flush=True)
+    import keras   # only here, and only when the corpus must be fetched
+    return Path(keras.utils.get_file("sherlock-advs.txt", CORPUS_URL, file_hash=CORPUS_SHA256, hash_algorithm="sha256"))
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=int(os.environ.get("EPOCHS", 5)))
+    parser.add_argument("--seeds", default=str(ROOT / "examples" / "seeds.txt"))
+    parser.add_argument("--output", default="demo-out.jsonl")
+    parser.add_argument("--broker", default=os.environ.get("LSTMQ_BROKER_URL"))
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
+    corpus = find_corpus()
+    server = worker = None
+    try:
+        broker = args.broker
+        if not broker:
+            server = LocalRedis().start()
+            broker = server.url
+            print(f"demo: started redis-server on {broker}", flush=True)
+        worker = subprocess.Popen([tool("lstmq-worker"), "--broker", broker], start_new_session=True)
+        common = ["--broker", broker]
+        subprocess.run([tool("lstmq"), "train", str(corpus), "--model", "demo", "--epochs", str(args.epochs),
+                        "--wait", *common], check=True)
+        result = subprocess.run([tool("lstmq"), "generate", args.seeds, "--model", "demo", "-o", args.output,
+                                 *common])
+        if result.returncode not in (0, 3):
+            raise subprocess.CalledProcessError(result.returncode, result.args)
+        print(f"\ndemo: first lines of {args.output}:")
+        with open(args.output, encoding="utf-8") as stream:
+            for line, _ in zip(stream, range(5)):
+                record = json.loads(line)
+                print(f"  [{record['model']}] {record['prompt']} -> {record['continuation']}")
+        print(f"\ndemo: done in {time.monotonic() - started:.0f}s")
+        return 0
+    except subprocess.CalledProcessError as error:
+        print(f"demo: {' '.join(map(str, error.cmd[:2]))} failed with status {error.returncode}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ndemo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+        if server is not None:
+            server.close()
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Settings: config/default.yaml, then a YAML file, then LSTMQ_* environment variables, then CLI
+flags (later wins). Validated once, into a frozen Settings object. Nothing is read at import time."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "LSTMQ_"
+CONFIG_ENV = "LSTMQ_CONFIG"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    kind: type            # int, float, str or bool
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    nullable: bool = False
+    exclusive_minimum: bool = False
+
+
+SCHEMA: dict[str, Field] = {
+    "broker_url": Field(str),
+    "visibility_timeout": Field(int, 10),
+    "result_ttl": Field(int, 60),
+    "chunk_size": Field(int, 1, 100_000),
+    "poll_interval": Field(float, 0.05, 60),
+    "embedding_dim": Field(int, 1, 4096),
+    "lstm_units": Field(int, 1, 8192),
+    "context_window": Field(int, 2, 4096),
+    "max_vocab": Field(int, 0),
+    "optimizer": Field(str, choices=("adam", "sgd", "rmsprop")),
+    "learning_rate": Field(float, 0, 10, exclusive_minimum=True),
+    "epochs": Field(int, 1, 100_000),
+    "batch_size": Field(int, 1, 65_536),
+    "validation_split": Field(float, 0, 0.99),
+    "early_stopping_patience": Field(int, 0),
+    "shuffle_seed": Field(int, 0),
+    "words": Field(int, 1, 1_000_000),
+    "temperature": Field(float, 0, 1000),
+    "top_k": Field(int, 0),
+    "top_p": Field(float, 0, 1, exclusive_minimum=True),
+    "n": Field(int, 1, 10_000),
+    "seed": Field(int, 0, 2**63 - 1, nullable=True),
+    "max_words": Field(int, 1, 1_000_000),
+    "max_n": Field(int, 1, 10_000),
+    "max_prompt_chars": Field(int, 1),
+    "max_line_bytes": Field(int, 16),
+    "max_corpus_bytes": Field(int, 1),
+    "model_cache_size": Field(int, 1, 64),
+    "decode_batch_size": Field(int, 1, 1_000_000),
+}
+
+# The model settings a training job carries with it (and that end up in the model's meta.json).
+MODEL_KEYS = (
+    "embedding_dim", "lstm_units", "context_window", "max_vocab", "optimizer", "learning_rate",
+    "epochs", "batch_size", "validation_split", "early_stopping_patience", "shuffle_seed",
+)
+GENERATION_KEYS = ("words", "temperature", "top_k", "top_p", "n", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]   # key -> where its value came from (for messages)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def model_params(self) -> dict[str, Any]:
+        return {key: self.values[key] for key in MODEL_KEYS}
+
+    def generation_params(self) -> dict[str, Any]:
+        return {key: self.values[key] for key in GENERATION_KEYS}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def check_value(key: str, value: Any, source: str, noun: str = "setting",
+                error: type[Exception] = ConfigError) -> Any:
+    """Return `value` converted to the key's type, or raise `error` naming the key and source."""
+    prefix = f"{source}: " if source else ""
+    field = SCHEMA.get(key)
+    if field is None:
+        raise error(f"{prefix}unknown {noun} {key!r}")
+    if value is None:
+        if field.nullable:
+            return None
+        raise error(f"{prefix}{noun} {key!r} must not be null")
+    kind = field.kind
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise error(f"{prefix}{noun} {key!r} must be {_kind_name(field)}, got {type(value).__name__} {value!r}")
+    if field.choices and value not in field.choices:
+        raise error(f"{prefix}{noun} {key!r} must be one of {', '.join(field.choices)}, got {value!r}")
+    if field.minimum is not None:
+        too_small = value <= field.minimum if field.exclusive_minimum else value < field.minimum
+        if too_small:
+            relation = ">" if field.exclusive_minimum else ">="
+            raise error(f"{prefix}{noun} {key!r} must be {relation} {field.minimum:g}, got {value!r}")
+    if field.maximum is not None and value > field.maximum:
+        raise error(f"{prefix}{noun} {key!r} must be <= {field.maximum:g}, got {value!r}")
+    return value
+
+
+def _kind_name(field: Field) -> str:
+    name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[field.kind]
+    return name + (" or null" if field.nullable else "")
+
+
+def default_file() -> Path:
+    return Path(str(resources.files("config").joinpath("default.yaml")))
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config file: {error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of setting: value, got {type(data).__name__}")
+    return data
+
+
+def _parse_env(key: str, raw: str) -> Any:
+    if SCHEMA[key].kind is str:
+        return None if raw.strip().lower() in ("null", "~") and SCHEMA[key].nullable else raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None,
+                  overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings: defaults < config file (argument, else $LSTMQ_CONFIG) < LSTMQ_* < overrides.
+    Overrides whose value is None are ignored (a CLI flag that was not given)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    layers: list[tuple[str, Mapping[str, Any]]] = [(str(default_file()), read_yaml(default_file()))]
+    config_file = config_file or environ.get(CONFIG_ENV) or None
+    if config_file:
+        layers.append((str(config_file), read_yaml(config_file)))
+    for source, data in layers:
+        for key, value in data.items():
+            values[key] = check_value(str(key), value, source)
+            sources[key] = source
+    missing = set(SCHEMA) - set(values)
+    if missing:
+        raise ConfigError(f"{default_file()}: missing settings {sorted(missing)}")
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in SCHEMA:
+            if key in _IGNORED_ENV:
+                continue
+            raise ConfigError(f"environment variable {name}: unknown setting {key!r}")
+        values[key] = check_value(key, _parse_env(key, raw), f"environment variable {name}")
+        sources[key] = f"environment variable {name}"
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        values[key] = check_value(key, value, f"option --{key.replace('_', '-')}")
+        sources[key] = f"option --{key.replace('_', '-')}"
+    _check_relations(values, sources)
+    return Settings(values=values, sources=sources)
+
+
+# LSTMQ_* variables that are not settings (read elsewhere, documented in the README).
+_IGNORED_ENV = {"device", "worker_name", "test_corpus"}
+
+
+def _check_relations(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    if values["words"] > values["max_words"]:
+        raise ConfigError(f"{sources['words']}: setting 'words' ({values['words']}) exceeds max_words ({values['max_words']})")
+    if values["n"] > values["max_n"]:
+        raise ConfigError(f"{sources['n']}: setting 'n' ({values['n']}) exceeds max_n ({values['max_n']})")

@@ -1,0 +1,35 @@
+"""Named exceptions. User-facing errors subclass ValueError or LookupError so that callers that
+only know the builtin kinds still catch them."""
+from __future__ import annotations
+
+
+class LstmqError(Exception):
+    """Base class of every error lstmq raises on purpose."""
+
+
+class ConfigError(LstmqError, ValueError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+class InputError(LstmqError, ValueError):
+    """A seed line, a corpus or a parameter cannot be used."""
+
+
+class CorpusError(InputError):
+    """The training corpus cannot be used (empty, not UTF-8 text, too large, too few words)."""
+
+
+class ModelNotFound(LstmqError, LookupError):
+    """No such model name, version or alias in the registry."""
+
+
+class JobNotFound(LstmqError, LookupError):
+    """No such job id (never submitted, or expired after result_ttl)."""
+
+
+class JobFailed(LstmqError):
+    """A job ended in the failed state."""
+
+
+class BrokerUnavailable(LstmqError):
+    """Redis cannot be reached at the configured URL."""

@@ -1,0 +1,108 @@
+"""The network and the self-describing model artifact.
+
+Network (the seed's): Embedding(embedding_dim, mask_zero) -> LSTM(lstm_units) -> Dense(vocab).
+Two views share the same weights:
+- the training model returns next-word logits at every position (sparse loss over a whole line);
+- the inference model, saved as model.keras, takes token ids (batch, time), right-padded with 0
+  (any length, padding is masked), and returns next-word probabilities (batch, vocab) after the
+  last real token: exactly the seed's `model.predict(context)`.
+
+The artifact is a zip of model.keras, vocab.json (index = token id) and meta.json. Packing and
+unpacking the zip needs no TensorFlow (the producer's `models export` only unpacks it).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+ARTIFACT_FILES = ("model.keras", "vocab.json", "meta.json")
+FORMAT = "lstmq-artifact/1"
+# How a context is fed to model.keras; recorded in meta.json so any consumer can do the same.
+CONTEXT_FEED = {
+    "input": "token ids (batch, time), int32; id 0 = padding, id 1 = <unk>",
+    "padding": "right: pad with id 0 after the tokens; padding is masked (mask_zero), so padding "
+               "never changes the result; left padding gives the same result on CPU but cuDNN "
+               "(GPU) accepts only right padding",
+    "length": "any: the whole context is read, no truncation to the training window",
+    "output": "next-word probabilities (batch, vocab) after the last real token (softmax)",
+}
+
+
+def build_models(vocab_size: int, embedding_dim: int, lstm_units: int):
+    """Return (training_model, inference_model). They share the embedding and dense layers; the
+    two LSTM layers differ only in return_sequences, so call copy_to_inference after training."""
+    import keras
+
+    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")
+    sequence_lstm = keras.layers.LSTM(lstm_units, return_sequences=True, name="lstm_sequence")
+    last_lstm = keras.layers.LSTM(lstm_units, name="lstm")
+    scores = keras.layers.Dense(vocab_size, name="next_word_logits")
+    softmax = keras.layers.Softmax(name="next_word")
+
+    training = keras.Model(token_ids, scores(sequence_lstm(embedding(token_ids))), name="lstmq_train")
+    inference = keras.Model(token_ids, softmax(scores(last_lstm(embedding(token_ids)))), name="lstmq")
+    return training, inference
+
+
+def copy_to_inference(training, inference) -> None:
+    """Set the inference model's weights from a (possibly reloaded) training model, by layer name."""
+    by_layer = {layer.name: layer.get_weights() for layer in training.layers}
+    by_layer["lstm"] = by_layer.pop("lstm_sequence")
+    inference.set_weights([weight for layer in inference.layers for weight in by_layer.get(layer.name, [])])
+
+
+def save_keras_bytes(model) -> bytes:
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.keras")
+        model.save(path)
+        return Path(path).read_bytes()
+
+
+def load_keras_bytes(data: bytes, compile: bool = False):
+    import keras
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "model.keras")
+        Path(path).write_bytes(data)
+        return keras.saving.load_model(path, compile=compile)
+
+
+def pack_artifact(model_bytes: bytes, vocabulary: list[str], meta: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("model.keras", model_bytes)
+        archive.writestr("vocab.json", json.dumps(vocabulary, ensure_ascii=False))
+        archive.writestr("meta.json", json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True))
+    return buffer.getvalue()
+
+
+def read_artifact(data: bytes) -> tuple[bytes, list[str], dict[str, Any]]:
+    """(model.keras bytes, vocabulary, meta) of a packed artifact."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = set(archive.namelist())
+        missing = [name for name in ARTIFACT_FILES if name not in names]
+        if missing:
+            raise ValueError(f"model artifact is missing {', '.join(missing)}")
+        return (archive.read("model.keras"), json.loads(archive.read("vocab.json")),
+                json.loads(archive.read("meta.json")))
+
+
+def export_artifact(data: bytes, directory: str | os.PathLike[str]) -> list[Path]:
+    """Write model.keras, vocab.json and meta.json into `directory` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for name in ARTIFACT_FILES:
+            target = directory / name
+            temporary = target.with_name(f".{name}.partial")
+            temporary.write_bytes(archive.read(name))
+            os.replace(temporary, target)
+            written.append(target)
+    return written

@@ -1,0 +1,211 @@
+"""Fit the network on a corpus: integer labels and a sparse loss (no one-hot matrix), a streaming
+tf.data pipeline of length-bucketed batches, a held-out validation split, per-epoch loss and
+validation perplexity, per-epoch checkpoints to resume from. Imports TensorFlow: worker side only."""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+
+from shared import model as model_module
+from shared.errors import CorpusError
+from shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, training_sequences
+
+BUCKET_POOL_BATCHES = 50   # batches pooled and sorted by length, to cut padding without losing shuffling
+MIN_SEQUENCES = 2
+
+
+class Checkpoints(Protocol):
+    """Where per-epoch checkpoints go (the Redis store implements it)."""
+
+    def load(self) -> tuple[int, bytes, list[dict[str, Any]]] | None: ...
+    def save(self, epoch: int, model_bytes: bytes, history: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    artifact: bytes
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SequenceBatches:
+    """Sequences kept as one flat int32 array plus offsets; batches are cut on the fly."""
+
+    def __init__(self, sequences: list[list[int]]):
+        self.lengths = np.array([len(sequence) for sequence in sequences], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        self.tokens = np.fromiter((token for sequence in sequences for token in sequence), dtype=np.int32,
+                                  count=int(self.lengths.sum()))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def target_count(self) -> int:
+        return int((self.lengths - 1).sum())
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, targets), right-padded with PAD_ID to the longest sequence in the batch."""
+        width = int(self.lengths[indices].max()) - 1
+        inputs = np.full((len(indices), width), PAD_ID, dtype=np.int32)
+        targets = np.full((len(indices), width), PAD_ID, dtype=np.int32)
+        for row, index in enumerate(indices):
+            start, length = self.starts[index], self.lengths[index]
+            sequence = self.tokens[start:start + length]
+            inputs[row, :length - 1] = sequence[:-1]
+            targets[row, :length - 1] = sequence[1:]
+        return inputs, targets
+
+    def batch_order(self, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """Index batches. With rng: shuffled, then sorted by length within pools of batches."""
+        if rng is None:
+            order = np.argsort(self.lengths, kind="stable")
+            return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = rng.permutation(len(self))
+        pool = batch_size * BUCKET_POOL_BATCHES
+        batches = []
+        for begin in range(0, len(order), pool):
+            members = order[begin:begin + pool]
+            members = members[np.argsort(self.lengths[members], kind="stable")]
+            batches.extend(members[i:i + batch_size] for i in range(0, len(members), batch_size))
+        rng.shuffle(batches)
+        return batches
+
+    def dataset(self, batch_size: int, seed: int | None):
+        import tensorflow as tf
+
+        epoch_counter = iter(range(1 << 62))
+
+        def generate():
+            rng = None if seed is None else np.random.default_rng([seed, next(epoch_counter)])
+            for indices in self.batch_order(batch_size, rng):
+                yield self.batch(indices)
+
+        signature = (tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((None, None), tf.int32))
+        batches = math.ceil(len(self) / batch_size)
+        return (tf.data.Dataset.from_generator(generate, output_signature=signature)
+                .apply(tf.data.experimental.assert_cardinality(batches)).prefetch(tf.data.AUTOTUNE))
+
+
+def split_sequences(sequences: list[list[int]], validation_split: float, seed: int):
+    """Hold out whole corpus lines (never a prefix of a training line) for validation."""
+    order = np.random.default_rng(seed).permutation(len(sequences))
+    held_out = int(round(len(sequences) * validation_split))
+    if validation_split > 0:
+        held_out = min(max(held_out, 1), len(sequences) - 1)
+    validation = [sequences[i] for i in sorted(order[:held_out])]
+    training = [sequences[i] for i in sorted(order[held_out:])]
+    return training, validation
+
+
+def make_optimizer(name: str, learning_rate: float):
+    import keras
+
+    classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
+    return classes[name](learning_rate=learning_rate)
+
+
+def prepare(text: str, params: dict[str, Any]):
+    vocabulary = Vocabulary.from_text(text, params["max_vocab"])
+    sequences = training_sequences(text, vocabulary, params["context_window"])
+    if len(sequences) < MIN_SEQUENCES:
+        raise CorpusError(f"corpus has {len(sequences)} line(s) with two or more words; "
+                          f"training needs at least {MIN_SEQUENCES}")
+    training, validation = split_sequences(sequences, params["validation_split"], params["shuffle_seed"])
+    return vocabulary, SequenceBatches(training), (SequenceBatches(validation) if validation else None)
+
+
+def train(text: str, params: dict[str, Any], corpus_sha256: str,
+          progress: Callable[[dict[str, Any]], None] | None = None,
+          checkpoints: Checkpoints | None = None) -> TrainResult:
+    """Train the network on `text` with the model settings in `params` (see config.MODEL_KEYS)."""
+    import keras
+    import tensorflow as tf
+
+    started = time.monotonic()
+    vocabulary, training_batches, validation_batches = prepare(text, params)
+    keras.utils.set_random_seed(params["shuffle_seed"])
+    training_model, inference_model = model_module.build_models(
+        len(vocabulary), params["embedding_dim"], params["lstm_units"])
+    history: list[dict[str, Any]] = []
+    initial_epoch = 0
+    resumed = checkpoints.load() if checkpoints else None
+    if resumed:
+        initial_epoch, model_bytes, history = resumed
+        training_model = model_module.load_keras_bytes(model_bytes, compile=True)
+    else:
+        training_model.compile(optimizer=make_optimizer(params["optimizer"], params["learning_rate"]),
+                               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    steps = math.ceil(len(training_batches) / params["batch_size"])
+    epochs = params["epochs"]
+
+    class Report(keras.callbacks.Callback):
+        last_batch_report = 0.0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_started = time.monotonic()
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.monotonic()
+            if progress and now - self.last_batch_report >= 1.0:
+                self.last_batch_report = now
+                progress({"event": "batch", "epoch": self.params_epoch(), "step": batch + 1, "steps": steps,
+                          "loss": float(logs.get("loss", math.nan)) if logs else None})
+
+        def params_epoch(self):
+            return len(history) + 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            record = {"epoch": epoch + 1, "epochs": epochs, "loss": float(logs["loss"]),
+                      "seconds": round(time.monotonic() - self.epoch_started, 3)}
+            if "val_loss" in logs:
+                record["val_loss"] = float(logs["val_loss"])
+                record["val_perplexity"] = float(math.exp(min(logs["val_loss"], 700.0)))
+            history.append(record)
+            if checkpoints:
+                checkpoints.save(epoch + 1, model_module.save_keras_bytes(self.model), history)
+            if progress:
+                progress({"event": "epoch", **record})
+
+    callbacks: list[Any] = [Report()]
+    if validation_batches is not None and params["early_stopping_patience"] > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=params["early_stopping_patience"], restore_best_weights=True))
+    if initial_epoch < epochs:
+        training_model.fit(
+            training_batches.dataset(params["batch_size"], params["shuffle_seed"]),
+            validation_data=validation_batches.dataset(params["batch_size"], None) if validation_batches else None,
+            epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False, callbacks=callbacks)
+    model_module.copy_to_inference(training_model, inference_model)
+
+    best = min(history, key=lambda r: r.get("val_loss", r["loss"])) if history else {}
+    metrics = {
+        "epochs_run": len(history), "best_epoch": best.get("epoch"), "loss": best.get("loss"),
+        "val_loss": best.get("val_loss"), "val_perplexity": best.get("val_perplexity"),
+        "train_sequences": len(training_batches), "train_targets": training_batches.target_count(),
+        "validation_sequences": len(validation_batches) if validation_batches else 0,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    meta = {
+        "network": {"vocab_size": len(vocabulary), "embedding_dim": params["embedding_dim"],
+                    "lstm_units": params["lstm_units"], "layers": ["Embedding(mask_zero)", "LSTM", "Dense", "Softmax"]},
+        "context_feed": model_module.CONTEXT_FEED,
+        "tokenizer": {"lower": True, "filters": FILTERS, "split": " ", "pad_id": PAD_ID, "unk_id": UNK_ID,
+                      "order": "count descending, ties by first appearance (Keras Tokenizer)"},
+        "training": dict(params),
+        "corpus_sha256": corpus_sha256,
+        "metrics": metrics,
+        "history": history,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
+    }
+    artifact = model_module.pack_artifact(model_module.save_keras_bytes(inference_model), vocabulary.tokens, meta)
+    return TrainResult(artifact=artifact, metrics=metrics, history=history)
+

@@ -1,0 +1,112 @@
+"""Per-process state of a worker: settings, the store, the device, and a cache of loaded models.
+configure() runs in the Celery main process (no TensorFlow); init_process() runs in the pool
+process that executes tasks, and is the only place TensorFlow gets imported."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import Settings
+from shared.store import Store
+
+log = logging.getLogger("lstmq.worker")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: int
+    decoder: Any        # shared.generate.Decoder
+    meta: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class ModelCache:
+    """Loads each model version once per process (fetched from the registry), keeps the most
+    recently used `size` versions."""
+
+    def __init__(self, store: Store, size: int, max_rows: int):
+        self.store, self.size, self.max_rows = store, size, max_rows
+        self.models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self.loads = 0
+
+    def get(self, name: str, version: int) -> LoadedModel:
+        key = (name, version)
+        if key in self.models:
+            self.models.move_to_end(key)
+            return self.models[key]
+        from shared.generate import Decoder
+        from shared.model import load_keras_bytes, read_artifact
+        from shared.text import Vocabulary
+
+        started = time.monotonic()
+        model_bytes, vocabulary, meta = read_artifact(self.store.model_artifact(name, version))
+        decoder = Decoder(load_keras_bytes(model_bytes), Vocabulary(vocabulary), max_rows=self.max_rows)
+        loaded = LoadedModel(name, version, decoder, meta)
+        self.models[key] = loaded
+        self.loads += 1
+        while len(self.models) > self.size:
+            dropped, _ = self.models.popitem(last=False)
+            log.info("dropped model %s@%s from the cache", *dropped)
+        log.info("loaded model %s (vocab %d words) in %.2fs", loaded.label,
+                 len(vocabulary), time.monotonic() - started)
+        return loaded
+
+
+class Runtime:
+    settings: Settings | None = None
+    name: str = "lstmq"
+    device: str = "cpu"
+    store: Store | None = None
+    models: ModelCache | None = None
+
+
+STATE = Runtime()
+
+
+def configure(settings: Settings, name: str, device: str) -> None:
+    STATE.settings, STATE.name, STATE.device = settings, name, device
+
+
+def describe() -> str:
+    return f"worker {STATE.name} device {STATE.device}: "
+
+
+def init_process() -> None:
+    """Set up the device and the store in the process that runs tasks."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
+    if gpus:
+        growth = all(tf.config.experimental.get_memory_growth(gpu) for gpu in gpus)
+        detail = f"{len(gpus)} GPU(s), CUDA_VISIBLE_DEVICES={visible}, memory growth {'on' if growth else 'off'}"
+    else:
+        detail = f"CPU only, CUDA_VISIBLE_DEVICES={visible}"
+    settings = ensure_settings()
+    STATE.store = Store.from_url(settings.broker_url, settings.result_ttl)
+    STATE.models = ModelCache(STATE.store, settings.model_cache_size, settings.decode_batch_size)
+    log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())
+
+
+def ensure_settings() -> Settings:
+    if STATE.settings is None:
+        from shared.config import load_settings
+        STATE.settings = load_settings()
+    return STATE.settings
+
+
+def ensure_process() -> tuple[Store, ModelCache]:
+    if STATE.store is None or STATE.models is None:
+        init_process()
+    assert STATE.store is not None and STATE.models is not None
+    return STATE.store, STATE.models
