@@ -1,0 +1,209 @@
+"""Generation throughput: lstmq's batched incremental decoder against the seed notebook's loop.
+
+The seed generates one word per full forward pass of the model per prompt (it re-reads the whole
+context for every word). lstmq's Decoder reads each prompt once, then carries the LSTM state and
+emits one word for every row of a batch per step inside one compiled tf.function.
+
+Both run in this process on the same network (the seed's size: the vocabulary of the whole corpus,
+about 8,201 ids, Embedding(100) -> LSTM(150) -> Dense(vocab)) with random, untrained weights:
+throughput does not depend on what the weights are. The result is a RATIO measured in one run, on
+whatever machine runs it; wall times are printed for reading, never checked.
+
+    python benchmarks/decode_throughput.py [--prompts 256] [--words 7] [--batch-sizes 1,32,256,1024]
+                                           [--baseline-prompts 8] [--repeats 3] [--sampling]
+
+The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Model size of the seed notebook (and lstmq's default configuration).
+EMBEDDING_DIM = 100
+LSTM_UNITS = 150
+SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
+PROMPT_WORDS = (5, 15)       # prompts are corpus lines of this many words, inclusive
+RANDOM_SEED = 1234           # for the weights and the choice of prompts
+
+
+def corpus_path() -> Path:
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "sherlock.txt"
+    return Path(os.environ.get("LSTMQ_TEST_CORPUS") or default)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=256, help="prompts decoded per timing (default 256)")
+    parser.add_argument("--words", type=int, default=7, help="words generated per prompt (default 7, as the seed)")
+    parser.add_argument("--batch-sizes", default="1,32,256,1024",
+                        help="comma-separated decoder batch sizes, rows per compiled call (default 1,32,256,1024)")
+    parser.add_argument("--baseline-prompts", type=int, default=8,
+                        help="prompts run through the seed's slow loop (default 8); its words/s is per word")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timings per measurement, the fastest is kept (default 3; the machine is noisy)")
+    parser.add_argument("--sampling", action="store_true",
+                        help="also time sampling (temperature 1.0, top_k 50) at each batch size")
+    parser.add_argument("--no-predict-baseline", action="store_true",
+                        help="skip the second baseline, the seed's literal model.predict() per word")
+    arguments = parser.parse_args()
+    arguments.batch_sizes = [int(size) for size in arguments.batch_sizes.split(",") if size.strip()]
+    for name in ("prompts", "words", "baseline_prompts", "repeats"):
+        if getattr(arguments, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not arguments.batch_sizes or min(arguments.batch_sizes) < 1:
+        parser.error("--batch-sizes must be positive integers")
+    return arguments
+
+
+def choose_prompts(text: str, vocabulary, count: int) -> list[list[int]]:
+    """Token ids of `count` random corpus lines of 5 to 15 words (drawn with replacement)."""
+    from shared.text import words
+
+    lines = [line for line in text.split("\n") if PROMPT_WORDS[0] <= len(words(line)) <= PROMPT_WORDS[1]]
+    rng = np.random.default_rng(RANDOM_SEED)
+    return [vocabulary.encode(lines[index])[0] for index in rng.integers(0, len(lines), size=count)]
+
+
+def fastest_seconds(function: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """(seconds of the fastest of `repeats` calls, the last call's result)."""
+    best = float("inf")
+    result = None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = function()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def predict_greedy(inference_model, ids: Sequence[int], words: int, window: int) -> list[int]:
+    """The seed notebook's literal loop: reference_greedy with `model.predict` per word instead of a
+    direct model call (predict sets up a data pipeline on every call: the seed's real cost)."""
+    from shared.text import SPECIAL_TOKENS, pad_right
+
+    context = list(ids)
+    generated = []
+    for _ in range(words):
+        batch = pad_right([context], max(len(context), window))
+        probabilities = np.array(inference_model.predict(batch, verbose=0))[0]
+        probabilities[: len(SPECIAL_TOKENS)] = -1.0
+        token = int(np.argmax(probabilities))
+        generated.append(token)
+        context.append(token)
+    return generated
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    import keras
+    import tensorflow as tf
+
+    from shared.generate import Decoder, Request, reference_greedy
+    from shared.model import build_models
+    from shared.text import Vocabulary
+
+    path = corpus_path()
+    text = path.read_text(encoding="utf-8")
+    vocabulary = Vocabulary.from_text(text)
+    keras.utils.set_random_seed(RANDOM_SEED)
+    _, inference_model = build_models(len(vocabulary), EMBEDDING_DIM, LSTM_UNITS)
+    prompts = choose_prompts(text, vocabulary, arguments.prompts)
+    baseline_prompts = prompts[: arguments.baseline_prompts]
+    words = arguments.words
+    print(f"corpus {path} ({len(text):,} characters), vocabulary {len(vocabulary):,} ids, "
+          f"network Embedding({EMBEDDING_DIM}) -> LSTM({LSTM_UNITS}) -> Dense({len(vocabulary)}), random weights")
+    print(f"{len(prompts)} prompts of {PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words, {words} words each; "
+          f"seed baselines on the first {len(baseline_prompts)}; fastest of {arguments.repeats} timings; "
+          f"TensorFlow {tf.__version__} on {platform.machine()}, {os.cpu_count()} CPUs", flush=True)
+
+    # --- baselines: one full forward pass per word per prompt -------------------------------
+    def run_reference():
+        return [reference_greedy(inference_model, ids, words, window=SEED_WINDOW) for ids in baseline_prompts]
+
+    reference_greedy(inference_model, baseline_prompts[0], 1, window=SEED_WINDOW)  # warm-up
+    seconds, reference_outputs = fastest_seconds(run_reference, arguments.repeats)
+    baseline_words = len(baseline_prompts) * words
+    seed_loop_rate = baseline_words / seconds   # words per second
+    print(f"seed loop (model call per word):  {seed_loop_rate:10.1f} words/s  "
+          f"({baseline_words} words in {seconds:.3f} s)", flush=True)
+
+    predict_rate = None
+    if not arguments.no_predict_baseline:
+        def run_predict():
+            return [predict_greedy(inference_model, ids, words, SEED_WINDOW) for ids in baseline_prompts]
+
+        predict_greedy(inference_model, baseline_prompts[0], 1, SEED_WINDOW)  # warm-up (traces predict)
+        seconds, predict_outputs = fastest_seconds(run_predict, arguments.repeats)
+        predict_rate = baseline_words / seconds
+        predict_matches = sum(a == b for a, b in zip(predict_outputs, reference_outputs))
+        print(f"seed predict() per word:          {predict_rate:10.1f} words/s  "
+              f"({baseline_words} words in {seconds:.3f} s; "
+              f"same words as the loop for {predict_matches}/{len(baseline_prompts)} prompts)", flush=True)
+
+    # --- lstmq's decoder at each batch size --------------------------------------------------
+    modes = [("greedy", {"temperature": 0.0})]
+    if arguments.sampling:
+        modes.append(("sampling", {"temperature": 1.0, "top_k": 50, "seed": 0}))
+    rows = []
+    for batch_size in arguments.batch_sizes:
+        decoder = Decoder(inference_model, vocabulary, max_rows=batch_size)
+        for mode, sampling_parameters in modes:
+            requests = [Request(ids=ids, words=words, key=index, **sampling_parameters)
+                        for index, ids in enumerate(prompts)]
+            decoder.generate(requests[:batch_size])   # warm-up: traces the tf.function once
+            seconds, outputs = fastest_seconds(lambda: decoder.generate(requests), arguments.repeats)
+            rate = len(prompts) * words / seconds   # words per second
+            matches = None
+            if mode == "greedy":
+                matches = sum(outputs[index][0] == reference_outputs[index] for index in range(len(baseline_prompts)))
+            rows.append({
+                "mode": mode, "batch_size": batch_size, "rows_per_call": min(batch_size, len(prompts)),
+                "seconds": round(seconds, 4), "words_per_second": round(rate, 1),
+                "ratio_vs_seed_loop": round(rate / seed_loop_rate, 2),
+                "ratio_vs_seed_predict": round(rate / predict_rate, 2) if predict_rate else None,
+                "greedy_matches": matches,
+            })
+            print(f"  decoder {mode:8} batch {batch_size:5}: {rate:10.1f} words/s", flush=True)
+
+    print_table(rows, len(baseline_prompts), predict_rate is not None)
+    print(json.dumps({
+        "benchmark": "decode_throughput", "prompts": len(prompts), "words": words,
+        "baseline_prompts": len(baseline_prompts), "vocabulary": len(vocabulary),
+        "seed_loop_words_per_second": round(seed_loop_rate, 1),
+        "seed_predict_words_per_second": round(predict_rate, 1) if predict_rate else None,
+        "decoder": rows,
+    }))
+
+
+def print_table(rows: list[dict], baseline_prompts: int, with_predict: bool) -> None:
+    header = ["mode", "batch", "rows/call", "words/s", "x seed loop"]
+    if with_predict:
+        header.append("x seed predict()")
+    header.append(f"greedy = seed (of {baseline_prompts})")
+    lines = [header]
+    for row in rows:
+        line = [row["mode"], str(row["batch_size"]), str(row["rows_per_call"]),
+                f"{row['words_per_second']:.1f}", f"{row['ratio_vs_seed_loop']:.2f}"]
+        if with_predict:
+            line.append(f"{row['ratio_vs_seed_predict']:.2f}")
+        line.append("-" if row["greedy_matches"] is None else str(row["greedy_matches"]))
+        lines.append(line)
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    print()
+    for number, line in enumerate(lines):
+        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+    print("(rows/call: a batch size above --prompts decodes all prompts in one call; "
+          "the seed's ratios compare with its greedy loop, it had no sampling)")
+
+
+if __name__ == "__main__":
+    main()

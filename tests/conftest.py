@@ -1,0 +1,102 @@
+"""Shared fixtures. Integration tests start their own redis-server on a free port and real
+lstmq-worker processes; nothing talks to the machine's default Redis."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.localredis import LocalRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CORPUS = Path(os.environ.get("LSTMQ_TEST_CORPUS", ROOT.parent / "shared" / "data" / "sherlock.txt"))
+# A small network and a slice of the corpus keep the suite fast on 2 cores.
+SMALL_MODEL = {"embedding_dim": 32, "lstm_units": 48, "epochs": 2, "batch_size": 32, "early_stopping_patience": 0}
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    if not CORPUS.exists():
+        pytest.skip(f"corpus {CORPUS} not found (set LSTMQ_TEST_CORPUS)")
+    return CORPUS.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def corpus_slice(corpus_text, tmp_path_factory) -> Path:
+    """Lines 60-1560 of the corpus (past the table of contents), as a file."""
+    path = tmp_path_factory.mktemp("corpus") / "sherlock-slice.txt"
+    path.write_text("\n".join(corpus_text.split("\n")[60:1560]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "small.yaml"
+    path.write_text("".join(f"{key}: {value}\n" for key, value in {**SMALL_MODEL, "poll_interval": 0.1}.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    with LocalRedis() as server:
+        yield server
+
+
+def clean_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LSTMQ_")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
+def lstmq(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN / "lstmq"), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                            env=env or clean_env(), stdin=subprocess.DEVNULL)
+    if check and result.returncode != 0:
+        raise AssertionError(f"lstmq {' '.join(map(str, args))} exited {result.returncode}\n"
+                             f"stdout: {result.stdout}\nstderr: {result.stderr}")
+    return result
+
+
+class WorkerProcess:
+    """A real `lstmq-worker` (launcher + Celery worker + pool process), logs to a file."""
+
+    def __init__(self, broker: str, log_path: Path, *extra: str):
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.process = subprocess.Popen([str(BIN / "lstmq-worker"), "--cpu", "--broker", broker, *extra],
+                                        stdout=self.log, stderr=subprocess.STDOUT, env=clean_env(),
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "ready: TensorFlow" in self.log_path.read_text():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()}")
+
+    def text(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -1,0 +1,93 @@
+import pytest
+import yaml
+
+from shared.config import SCHEMA, default_file, env_name, load_settings
+from shared.errors import ConfigError
+
+
+def test_default_file_documents_every_setting():
+    text = default_file().read_text()
+    data = yaml.safe_load(text)
+    assert set(data) == set(SCHEMA)
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            assert "#" in line, f"setting without a comment: {line}"
+
+
+def test_defaults_are_the_seed_network():
+    settings = load_settings(environ={})
+    assert (settings.embedding_dim, settings.lstm_units, settings.context_window) == (100, 150, 17)
+    assert settings.optimizer == "adam" and settings.epochs == 100
+    assert (settings.words, settings.temperature) == (7, 0.0)
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path):
+    config = tmp_path / "mine.yaml"
+    config.write_text("chunk_size: 10\nvisibility_timeout: 100\nbroker_url: redis://file:1/0\n")
+    environ = {"LSTMQ_VISIBILITY_TIMEOUT": "200", "LSTMQ_BROKER_URL": "redis://env:2/0"}
+    settings = load_settings(config, {"broker_url": "redis://flag:3/0"}, environ=environ)
+    assert settings.chunk_size == 10
+    assert settings.visibility_timeout == 200
+    assert settings.broker_url == "redis://flag:3/0"
+    assert settings.sources["visibility_timeout"] == "environment variable LSTMQ_VISIBILITY_TIMEOUT"
+
+
+def test_config_file_from_environment(tmp_path):
+    config = tmp_path / "env.yaml"
+    config.write_text("words: 12\n")
+    assert load_settings(environ={"LSTMQ_CONFIG": str(config)}).words == 12
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("chunk_sise: 10\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown setting 'chunk_sise'"):
+        load_settings(config, environ={})
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: setting 'epochs' must be an integer, got str 'many'"):
+        load_settings(config, environ={})
+
+
+def test_out_of_range_and_bad_environment():
+    with pytest.raises(ConfigError, match="LSTMQ_TOP_P: setting 'top_p' must be <= 1"):
+        load_settings(environ={"LSTMQ_TOP_P": "1.5"})
+    with pytest.raises(ConfigError, match="unknown setting 'colour'"):
+        load_settings(environ={"LSTMQ_COLOUR": "blue"})
+    with pytest.raises(ConfigError, match="'optimizer' must be one of adam, sgd, rmsprop"):
+        load_settings(overrides={"optimizer": "lion"}, environ={})
+
+
+def test_types_are_converted_and_booleans_rejected(tmp_path):
+    assert load_settings(overrides={"temperature": 1}, environ={}).temperature == 1.0
+    config = tmp_path / "bool.yaml"
+    config.write_text("chunk_size: true\n")
+    with pytest.raises(ConfigError, match="chunk_size"):
+        load_settings(config, environ={})
+
+
+def test_seed_may_be_null_and_flags_left_out_are_ignored():
+    settings = load_settings(overrides={"seed": None, "words": None}, environ={"LSTMQ_SEED": "null"})
+    assert settings.seed is None and settings.words == 7
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+    config = tmp_path / "list.yaml"
+    config.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_settings(config, environ={})
+
+
+def test_relations_between_settings():
+    with pytest.raises(ConfigError, match="exceeds max_words"):
+        load_settings(overrides={"words": 50, "max_words": 10}, environ={})
+
+
+def test_environment_names():
+    assert env_name("broker_url") == "LSTMQ_BROKER_URL"
+    assert env_name("visibility_timeout") == "LSTMQ_VISIBILITY_TIMEOUT"

@@ -1,0 +1,168 @@
+"""The decoding invariants: batched incremental greedy decoding returns exactly the seed loop's
+words; sampling is deterministic per (seed, prompt, sample) whatever the batch; sampling draws
+from the distribution it claims."""
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from shared import model as model_module  # noqa: E402
+from shared.generate import Decoder, Request, reference_greedy, row_uniforms  # noqa: E402
+from shared.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+
+VOCAB_SIZE = 400
+WINDOW = 17
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    keras.utils.set_random_seed(7)
+    _, inference = model_module.build_models(VOCAB_SIZE, 24, 32)
+    # larger weights than the initializers give: sharper, more varied predictions
+    inference.set_weights([weight * 4 for weight in inference.get_weights()])
+    vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"w{i}" for i in range(VOCAB_SIZE - 2))])
+    return inference, vocabulary
+
+
+@pytest.fixture(scope="module")
+def trained_model(corpus_text):
+    from shared.config import load_settings
+    from shared.train import train
+
+    text = "\n".join(corpus_text.split("\n")[60:1060])
+    params = {**load_settings(environ={}).model_params(), "embedding_dim": 24, "lstm_units": 32, "epochs": 1,
+              "batch_size": 32, "early_stopping_patience": 0}
+    result = train(text, params, "test")
+    model_bytes, tokens, meta = model_module.read_artifact(result.artifact)
+    return model_module.load_keras_bytes(model_bytes), Vocabulary(tokens), meta
+
+
+def random_prompts(count, seed, low=1, high=40):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, VOCAB_SIZE, size=int(rng.integers(low, high + 1))).tolist() for _ in range(count)]
+
+
+@pytest.mark.parametrize("max_rows, chunk", [(1, 40), (3, 7), (16, 16), (64, 40)])
+def test_greedy_equals_seed_loop(random_model, max_rows, chunk):
+    inference, vocabulary = random_model
+    prompts = random_prompts(40, seed=max_rows)
+    decoder = Decoder(inference, vocabulary, max_rows=max_rows)
+    generated = []
+    for start in range(0, len(prompts), chunk):   # chunking as the job splits a seed file
+        generated += [samples[0] for samples in decoder.generate([Request(ids=p, words=6) for p in prompts[start:start + chunk]])]
+    expected = [reference_greedy(inference, prompt, 6, window=WINDOW) for prompt in prompts]
+    assert generated == expected
+
+
+def test_greedy_equals_seed_loop_on_a_trained_model(trained_model):
+    inference, vocabulary, meta = trained_model
+    assert meta["corpus_sha256"] == "test" and meta["network"]["vocab_size"] == len(vocabulary)
+    prompts = ["I will close the door if", "holmes", "it was a dark and stormy night and the wind was howling "
+               "through the trees when a stranger knocked at the door of baker street", "my dear watson you see"]
+    ids = [vocabulary.encode(prompt)[0] for prompt in prompts]
+    decoder = Decoder(inference, vocabulary, max_rows=8)
+    generated = [samples[0] for samples in decoder.generate([Request(ids=i, words=7) for i in ids])]
+    assert generated == [reference_greedy(inference, i, 7, window=WINDOW) for i in ids]
+    assert all(token >= len(SPECIAL_TOKENS) for tokens in generated for token in tokens)
+
+
+def test_padding_side_does_not_change_the_model(random_model):
+    inference, _ = random_model
+    prompt = random_prompts(1, seed=3, low=5, high=5)[0]
+    plain = np.array(inference(np.array([prompt], np.int32)))
+    right = np.array(inference(np.array([prompt + [0] * 12], np.int32)))
+    left = np.array(inference(np.array([[0] * 12 + prompt], np.int32)))
+    np.testing.assert_allclose(plain, right, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(plain, left, rtol=1e-5, atol=1e-7)
+
+
+def test_long_prompts_have_no_length_limit(random_model):
+    inference, vocabulary = random_model
+    prompt = random_prompts(1, seed=11, low=300, high=300)[0]
+    decoder = Decoder(inference, vocabulary)
+    assert decoder.generate([Request(ids=prompt, words=4)])[0][0] == reference_greedy(inference, prompt, 4)
+
+
+def sampled(decoder, prompts, **params):
+    return decoder.generate([Request(ids=p, key=index, **params) for index, p in enumerate(prompts)])
+
+
+def test_sampling_is_deterministic_across_batches_and_order(random_model):
+    inference, vocabulary = random_model
+    prompts = random_prompts(12, seed=5)
+    params = dict(words=5, temperature=0.9, top_k=40, top_p=0.95, n=3, seed=1234)
+    small = Decoder(inference, vocabulary, max_rows=2)
+    large = Decoder(inference, vocabulary, max_rows=1000)
+    together = sampled(large, prompts, **params)
+    assert sampled(small, prompts, **params) == together
+    reversed_requests = [Request(ids=p, key=i, **params) for i, p in reversed(list(enumerate(prompts)))]
+    assert large.generate(reversed_requests)[::-1] == together
+    alone = large.generate([Request(ids=prompts[4], key=4, **params)])[0]
+    assert alone == together[4]
+    assert len({tuple(sample) for result in together for sample in result}) > 20   # samples differ
+    assert sampled(large, prompts, **{**params, "seed": 99}) != together
+
+
+def test_greedy_rows_mixed_with_sampling_rows(random_model):
+    inference, vocabulary = random_model
+    prompts = random_prompts(6, seed=8)
+    decoder = Decoder(inference, vocabulary)
+    requests = [Request(ids=p, key=i, words=5, temperature=(0.0 if i % 2 else 1.0), seed=3) for i, p in enumerate(prompts)]
+    results = decoder.generate(requests)
+    for index in range(1, 6, 2):
+        assert results[index][0] == reference_greedy(inference, prompts[index], 5)
+
+
+def next_word_probabilities(inference, prompt):
+    probabilities = np.array(inference(np.array([prompt], np.int32)))[0].astype(np.float64)
+    probabilities[: len(SPECIAL_TOKENS)] = 0
+    return probabilities / probabilities.sum()
+
+
+def test_sampling_follows_the_distribution(random_model):
+    inference, vocabulary = random_model
+    prompt = random_prompts(1, seed=21, low=6, high=6)[0]
+    probabilities = next_word_probabilities(inference, prompt)
+    decoder = Decoder(inference, vocabulary)
+    draws = 4000
+    tokens = [s[0] for s in decoder.generate([Request(ids=prompt, words=1, temperature=1.0, n=draws, seed=17)])[0]]
+    counts = np.bincount(tokens, minlength=VOCAB_SIZE)
+    top = np.argsort(probabilities)[::-1][:5]
+    for token in top:   # within 5 standard deviations of the expected count
+        expected = probabilities[token] * draws
+        assert abs(counts[token] - expected) <= 5 * np.sqrt(expected * (1 - probabilities[token])) + 1
+
+
+def test_top_k_and_top_p_restrict_the_choices(random_model):
+    inference, vocabulary = random_model
+    prompt = random_prompts(1, seed=22, low=6, high=6)[0]
+    probabilities = next_word_probabilities(inference, prompt)
+    order = list(np.argsort(probabilities)[::-1])
+    decoder = Decoder(inference, vocabulary)
+    draw = lambda **params: {s[0] for s in decoder.generate([Request(ids=prompt, words=1, n=300, seed=5, **params)])[0]}
+    assert draw(temperature=1.0, top_k=3) <= set(order[:3])
+    assert draw(temperature=1.0, top_k=1) == {order[0]}
+    nucleus = int(np.searchsorted(np.cumsum(probabilities[order]), 0.5)) + 1
+    assert draw(temperature=1.0, top_p=0.5) <= set(order[:nucleus])
+    assert draw(temperature=1.0, top_p=1e-6) == {order[0]}
+    assert draw(temperature=0.0) == {order[0]}          # greedy ignores n's randomness
+    assert len(draw(temperature=5.0)) > len(draw(temperature=0.2))
+
+
+def test_row_uniforms_are_a_stateless_stream():
+    first = row_uniforms(1, 2, 3, 10)
+    assert np.array_equal(first, row_uniforms(1, 2, 3, 10))
+    assert np.array_equal(first[:4], row_uniforms(1, 2, 3, 4))
+    assert not np.array_equal(first, row_uniforms(1, 2, 4, 10))
+    assert ((0 <= first) & (first < 1)).all()
+
+
+def test_exported_model_opens_with_plain_keras(random_model, tmp_path):
+    inference, vocabulary = random_model
+    artifact = model_module.pack_artifact(model_module.save_keras_bytes(inference), vocabulary.tokens, {"x": 1})
+    files = model_module.export_artifact(artifact, tmp_path / "export")
+    assert [path.name for path in files] == ["model.keras", "vocab.json", "meta.json"]
+    reopened = keras.saving.load_model(tmp_path / "export" / "model.keras")
+    batch = np.array([[5, 6, 7, 0, 0]], np.int32)
+    np.testing.assert_allclose(np.array(reopened(batch)), np.array(inference(batch)), rtol=1e-6)
+    assert reopened.output_shape == (None, VOCAB_SIZE)

@@ -1,0 +1,96 @@
+import json
+
+import pytest
+
+from producer.collect import errors_path
+from producer.seeds import Seed, SeedError, check_path, read_seeds
+from shared.errors import InputError
+from shared.params import prompt_key
+
+DEFAULTS = {"words": 7, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "n": 1, "seed": 5}
+LIMITS = {"max_words": 100, "max_n": 10, "max_prompt_chars": 200, "max_line_bytes": 1000}
+
+
+def read(path):
+    return list(read_seeds(path, DEFAULTS, LIMITS))
+
+
+def test_txt_ids_are_line_numbers_and_blank_lines_are_skipped(tmp_path):
+    path = tmp_path / "seeds.txt"
+    path.write_bytes(b"first prompt\n\n   \nsecond prompt\r\n...\nthird\n")
+    entries = read(path)
+    assert [(type(e).__name__, e.line) for e in entries] == [("Seed", 1), ("Seed", 4), ("SeedError", 5), ("Seed", 6)]
+    assert entries[1].prompt == "second prompt" and entries[1].id == 4
+    assert entries[2].record() == {"id": 5, "line": 5, "error": "prompt has no words (only spaces or punctuation)"}
+    assert str(entries[2]) == f"{path}:5: prompt has no words (only spaces or punctuation)"
+
+
+def test_txt_bad_bytes_and_long_lines(tmp_path):
+    path = tmp_path / "seeds.txt"
+    path.write_bytes(b"good one\nbad \xff byte\n" + b"x" * 1001 + b"\n" + b"y " * 150 + b"\n")
+    entries = read(path)
+    assert isinstance(entries[0], Seed)
+    assert entries[1].error == "not valid UTF-8 (byte 0xff at column 5)"
+    assert "over max_line_bytes (1000)" in entries[2].error
+    assert "over max_prompt_chars (200)" in entries[3].error
+
+
+def test_jsonl_fields_and_overrides(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    lines = [
+        {"id": "a", "prompt": "hello there", "words": 3, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "n": 2, "seed": 9},
+        {"prompt": "no id given"},
+    ]
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    first, second = read(path)
+    assert first.id == "a" and first.params == {"words": 3, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "n": 2, "seed": 9}
+    assert second.id == 2 and second.params == DEFAULTS
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": 1, "prompt": "x y", ', "not valid JSON"),
+    ('["a", "b"]', "expected a JSON object"),
+    ('{"id": 1}', "missing field 'prompt'"),
+    ('{"id": 1, "prompt": 42}', "field 'prompt' must be a string"),
+    ('{"id": [1], "prompt": "x"}', "field 'id' must be a string or an integer"),
+    ('{"id": 1, "prompt": "x", "colour": "red"}', "unknown field 'colour'"),
+    ('{"id": 1, "prompt": "x", "words": 0}', "field 'words' must be >= 1"),
+    ('{"id": 1, "prompt": "x", "words": 101}', "field 'words' must be <= max_words (100)"),
+    ('{"id": 1, "prompt": "x", "temperature": "hot"}', "field 'temperature' must be a number"),
+    ('{"id": 1, "prompt": "x", "top_p": 0}', "field 'top_p' must be > 0"),
+    ('{"id": 1, "prompt": "x", "n": true}', "field 'n' must be an integer"),
+    ('{"id": 1, "prompt": "x", "seed": -1}', "field 'seed' must be >= 0"),
+    ('{"id": 1, "prompt": "x", "seed": null}', "field 'seed' must be an integer >= 0, got null"),
+])
+def test_jsonl_bad_lines(tmp_path, line, message):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(f'{{"id": "ok", "prompt": "fine words"}}\n{line}\n')
+    good, bad = read(path)
+    assert isinstance(good, Seed) and isinstance(bad, SeedError)
+    assert bad.line == 2 and message in bad.error
+
+
+def test_duplicate_ids_keep_the_first(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"id": 7, "prompt": "one"}\n{"id": 7, "prompt": "two"}\n')
+    first, second = read(path)
+    assert isinstance(first, Seed)
+    assert second.error == "duplicate id 7 (first used on line 1)" and second.id == 7
+
+
+def test_file_type_and_presence(tmp_path):
+    with pytest.raises(InputError, match="must end in .txt"):
+        check_path(tmp_path / "seeds.csv")
+    with pytest.raises(InputError, match="no such file"):
+        check_path(tmp_path / "missing.txt")
+
+
+def test_errors_path():
+    assert errors_path("out/run.jsonl").as_posix() == "out/run.errors.jsonl"
+    assert errors_path("run.out").name == "run.out.errors.jsonl"
+
+
+def test_prompt_keys_are_stable():
+    assert prompt_key(12) == 12
+    assert prompt_key("a") == prompt_key("a") != prompt_key("b")
+    assert 0 <= prompt_key(-3) < 2**63 and prompt_key("12") != 12
