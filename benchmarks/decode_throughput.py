@@ -10,7 +10,7 @@ throughput does not depend on what the weights are. The result is a RATIO measur
 whatever machine runs it; wall times are printed for reading, never checked.
 
     python benchmarks/decode_throughput.py [--prompts 256] [--words 7] [--batch-sizes 1,32,256,1024]
-                                           [--baseline-prompts 8] [--repeats 3] [--sampling]
+                                           [--baseline-prompts 8] [--repeats 5] [--sampling]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
@@ -47,8 +47,8 @@ def parse_arguments() -> argparse.Namespace:
                         help="comma-separated decoder batch sizes, rows per compiled call (default 1,32,256,1024)")
     parser.add_argument("--baseline-prompts", type=int, default=8,
                         help="prompts run through the seed's slow loop (default 8); its words/s is per word")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timings per measurement, the fastest is kept (default 3; the machine is noisy)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timings per measurement, the fastest is kept (default 5; the machine is noisy)")
     parser.add_argument("--sampling", action="store_true",
                         help="also time sampling (temperature 1.0, top_k 50) at each batch size")
     parser.add_argument("--no-predict-baseline", action="store_true",

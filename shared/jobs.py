@@ -147,8 +147,11 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def check_message(job: Any, chunk: Any = 0) -> None:
+def check_message(job: Any, chunk: Any = 0, positional: tuple = (), unexpected: dict | None = None) -> None:
     """Reject a malformed message before touching the store."""
+    if positional or unexpected:
+        raise InputError(f"message has unexpected arguments {list(positional)} {sorted(unexpected or {})}; "
+                         f"expected keyword arguments job and chunk")
     if not isinstance(job, str) or not job:
         raise InputError(f"message has no job id (got {job!r})")
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:

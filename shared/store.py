@@ -167,7 +167,8 @@ return 0
 
 JSON_FIELDS = ("params",)
 INT_FIELDS = ("chunks", "chunks_done", "chunks_failed", "prompts", "prompts_done", "prompts_failed",
-              "words_done", "input_errors", "version", "epoch", "epochs", "step", "steps", "lines")
+              "words_done", "input_errors", "version", "epoch", "epochs", "step", "steps", "lines",
+              "epochs_run", "epoch_running", "submitted")
 FLOAT_FIELDS = ("created", "updated", "started", "finished", "loss", "val_loss", "val_perplexity")
 
 

@@ -87,37 +87,68 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix):
         load_settings(config, {"broker_url": broker})   # fail here, once, on a bad setting
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    processes = []
+    workers = []
     for command, env in worker_commands(chosen, queues, broker, config, loglevel.upper(), prefix):
         click.echo(f"lstmq-worker: starting {command[command.index('--name') + 1]} "
                    f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, queues {queues})", err=True)
-        processes.append(subprocess.Popen(command, env=env))
-    sys.exit(supervise(processes))
+        workers.append(Supervised(command, env))
+    sys.exit(supervise(workers))
 
 
-def supervise(processes: list[subprocess.Popen]) -> int:
+class Supervised:
+    """One worker process, restarted when it dies unexpectedly (Celery's main process can be
+    taken down by an undecodable message on the broker, or by the kernel's OOM killer)."""
+
+    MAX_RESTARTS, WINDOW_S = 5, 300.0
+
+    def __init__(self, command: list[str], env: dict[str, str]):
+        self.command, self.env = command, env
+        self.crashes: list[float] = []
+        self.restart_at: float | None = None
+        self.process: subprocess.Popen | None = subprocess.Popen(command, env=env)
+
+    @property
+    def name(self) -> str:
+        return self.command[self.command.index("--name") + 1]
+
+
+def supervise(workers: list[Supervised]) -> int:
     stopping = False
 
     def forward(signum, _frame):
         nonlocal stopping
         stopping = True
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signum)
+        for worker in workers:
+            worker.restart_at = None
+            if worker.process is not None and worker.process.poll() is None:
+                worker.process.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     status = 0
-    while processes:
-        for process in list(processes):
-            code = process.poll()
-            if code is None:
+    while any(worker.process is not None or worker.restart_at is not None for worker in workers):
+        now = time.monotonic()
+        for worker in workers:
+            if worker.restart_at is not None and now >= worker.restart_at and not stopping:
+                click.echo(f"lstmq-worker: restarting {worker.name}", err=True)
+                worker.restart_at = None
+                worker.process = subprocess.Popen(worker.command, env=worker.env)
+            if worker.process is None or worker.process.poll() is None:
                 continue
-            processes.remove(process)
-            if code != 0 and not stopping:
-                click.echo(f"lstmq-worker: worker pid {process.pid} exited with status {code}; stopping the others", err=True)
-                status = code
+            code = worker.process.returncode
+            worker.process = None
+            if stopping:
+                continue
+            worker.crashes = [t for t in worker.crashes if now - t < Supervised.WINDOW_S] + [now]
+            if len(worker.crashes) > Supervised.MAX_RESTARTS:
+                click.echo(f"lstmq-worker: {worker.name} exited with status {code} {len(worker.crashes)} times in "
+                           f"{Supervised.WINDOW_S:.0f}s; stopping", err=True)
+                status = code or 1
                 forward(signal.SIGTERM, None)
+                continue
+            delay = min(2 ** (len(worker.crashes) - 1), 30)
+            click.echo(f"lstmq-worker: {worker.name} exited with status {code}; restarting in {delay}s", err=True)
+            worker.restart_at = now + delay
         time.sleep(0.2)
     return status
 

@@ -17,10 +17,10 @@ BUSY_RETRY_S = 60
 
 def register(app: Celery) -> None:
     @app.task(name=TRAIN_TASK, bind=True, max_retries=None)
-    def train(self, job=None, **unexpected):
+    def train(self, *positional, job=None, **unexpected):
         from shared.jobs import JobBusy, check_message, run_training
         try:
-            check_message(job)
+            check_message(job, 0, positional, unexpected)
             store, _ = runtime.ensure_process()
             return run_training(store, job, runtime.STATE.name)
         except JobBusy as error:
@@ -31,10 +31,10 @@ def register(app: Celery) -> None:
             return {"job": job, "error": str(error)}
 
     @app.task(name=GENERATE_TASK, bind=True)
-    def generate(self, job=None, chunk=None, **unexpected):
+    def generate(self, *positional, job=None, chunk=None, **unexpected):
         from shared.jobs import check_message, run_generate_chunk
         try:
-            check_message(job, chunk)
+            check_message(job, chunk, positional, unexpected)
             store, models = runtime.ensure_process()
             settings = runtime.ensure_settings()
             limits = {"max_words": settings.max_words, "max_n": settings.max_n}

@@ -1,0 +1,235 @@
+"""End to end with real parts: a redis-server of our own, a real lstmq-worker (launcher, Celery
+prefork parent, pool process with TensorFlow), the real CLI as subprocesses."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server, small_config, tmp_path_factory):
+    process = WorkerProcess(redis_server.url, tmp_path_factory.mktemp("worker") / "worker.log",
+                            "--config", str(small_config))
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def cli(redis_server, small_config):
+    def run(*args, check=True, **kwargs):
+        return lstmq(*args, "--broker", redis_server.url, "--config", small_config, check=check, **kwargs)
+    return run
+
+
+@pytest.fixture(scope="module")
+def trained(worker, cli, corpus_slice):
+    result = cli("train", corpus_slice, "--model", "sherlock", "--wait", "--json")
+    return json.loads(result.stdout), result
+
+
+def test_train_waits_with_epochs_and_registers_a_version(trained, cli, corpus_slice):
+    summary, result = trained
+    assert summary["status"] == "succeeded" and summary["model"] == "sherlock@1" and summary["job"]
+    assert summary["epochs_run"] == 2 and summary["val_perplexity"] > 1
+    assert "epoch 1/2: loss" in result.stderr and "epoch 2/2: loss" in result.stderr
+    listing = json.loads(cli("models", "--json").stdout)
+    assert listing == [{"name": "sherlock", "versions": 1, "current": 1, "latest": 1}]
+    versions = json.loads(cli("models", "sherlock", "--json").stdout)["versions"]
+    assert versions[0]["model"] == "sherlock@1" and versions[0]["aliases"] == ["current"]
+    assert versions[0]["corpus_sha256"] == hashlib.sha256(corpus_slice.read_bytes()).hexdigest()
+    status = json.loads(cli("status", summary["job"], "--json").stdout)
+    assert status["status"] == "succeeded" and status["epoch"] == 2 and status["kind"] == "train"
+    assert "sherlock" in cli("status").stdout
+
+
+def test_generate_txt_with_bad_lines(trained, cli, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_bytes(b"I will close the door if\n\nholmes looked at\n?!?\nthe bad \xfe byte\nzzyzx qwerty\nmy dear watson\n")
+    out = tmp_path / "out.jsonl"
+    result = cli("generate", seeds, "--model", "sherlock", "-o", out, "--seed", "3", check=False)
+    assert result.returncode == 3, result.stderr
+    assert f"{seeds}:4: prompt has no words" in result.stderr
+    assert f"{seeds}:5: not valid UTF-8 (byte 0xfe at column 9)" in result.stderr
+    lines = read_jsonl(out)
+    assert [line["id"] for line in lines] == [1, 3, 6, 7]
+    assert [line["prompt"] for line in lines] == ["I will close the door if", "holmes looked at", "zzyzx qwerty", "my dear watson"]
+    for line in lines:
+        assert set(line) == {"id", "prompt", "continuation", "model", "seed", "sample", "params", "unknown_words"}
+        assert line["model"] == "sherlock@1" and line["seed"] == 3 and line["sample"] == 0
+        assert line["params"] == {"words": 7, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "n": 1}
+        assert len(line["continuation"].split()) == 7
+    assert lines[2]["unknown_words"] == ["zzyzx", "qwerty"] and lines[0]["unknown_words"] == []
+    errors = read_jsonl(tmp_path / "out.errors.jsonl")
+    assert errors == [{"id": 4, "line": 4, "error": "prompt has no words (only spaces or punctuation)"},
+                      {"id": 5, "line": 5, "error": "not valid UTF-8 (byte 0xfe at column 9)"}]
+
+
+def test_greedy_output_equals_the_seed_loop_on_the_exported_model(trained, cli, tmp_path):
+    keras = pytest.importorskip("keras")
+    from shared.generate import reference_greedy
+    from shared.text import Vocabulary
+
+    export = tmp_path / "export"
+    cli("models", "export", "sherlock@1", export)
+    model = keras.saving.load_model(export / "model.keras")
+    vocabulary = Vocabulary(json.loads((export / "vocab.json").read_text()))
+    meta = json.loads((export / "meta.json").read_text())
+    assert meta["network"] == {"vocab_size": len(vocabulary), "embedding_dim": 32, "lstm_units": 48,
+                               "layers": ["Embedding(mask_zero)", "LSTM", "Dense", "Softmax"]}
+    assert meta["context_feed"]["padding"].startswith("right") and meta["metrics"]["epochs_run"] == 2
+    prompts = ["It was a cold morning", "Sherlock Holmes", "the door", "she said that she would"]
+    seeds = tmp_path / "greedy.txt"
+    seeds.write_text("\n".join(prompts) + "\n")
+    out = tmp_path / "greedy.jsonl"
+    cli("generate", seeds, "--model", "sherlock@1", "-o", out, "--words", "6", "--chunk-size", "3")
+    for line, prompt in zip(read_jsonl(out), prompts):
+        expected = reference_greedy(model, vocabulary.encode(prompt)[0], 6, window=17)
+        assert line["continuation"] == " ".join(vocabulary.decode(expected))
+
+
+def test_generate_jsonl_with_parameters_bad_lines_and_determinism(trained, cli, tmp_path):
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join([
+        json.dumps({"id": "a", "prompt": "the man", "words": 3, "temperature": 0.8, "top_k": 20, "n": 2, "seed": 11}),
+        '{"id": "b", "prompt": "holmes said", "temperature": "warm"}',
+        "not json at all",
+        json.dumps({"id": "c", "prompt": "i saw", "top_p": 0.9, "temperature": 1.0}),
+        json.dumps({"id": "a", "prompt": "duplicate id"}),
+        json.dumps({"id": 9, "prompt": "watson"}),
+    ]) + "\n")
+    out = tmp_path / "out.jsonl"
+    result = cli("generate", seeds, "--model", "sherlock", "-o", out, "--seed", "5", "--words", "4", "--chunk-size", "1",
+                 "--json", check=False)
+    assert result.returncode == 3
+    summary = json.loads(result.stdout)
+    assert summary["lines"] == 4 and summary["errors"] == 3 and summary["prompts"] == 3
+    lines = read_jsonl(out)
+    assert [(line["id"], line["sample"]) for line in lines] == [("a", 0), ("a", 1), ("c", 0), (9, 0)]
+    assert [len(line["continuation"].split()) for line in lines] == [3, 3, 4, 4]
+    assert lines[0]["seed"] == 11 and lines[2]["seed"] == 5
+    assert lines[0]["params"] == {"words": 3, "temperature": 0.8, "top_k": 20, "top_p": 1.0, "n": 2}
+    errors = read_jsonl(tmp_path / "out.errors.jsonl")
+    assert [(error["id"], error["line"]) for error in errors] == [("b", 2), (None, 3), ("a", 5)]
+    assert "field 'temperature' must be a number" in errors[0]["error"]
+    assert "not valid JSON" in errors[1]["error"] and "duplicate id 'a'" in errors[2]["error"]
+    # same seed file, other chunking: the same samples
+    again = tmp_path / "again.jsonl"
+    cli("generate", seeds, "--model", "sherlock@1", "-o", again, "--seed", "5", "--words", "4", "--chunk-size", "100",
+        check=False)
+    assert read_jsonl(again) == lines
+
+
+def test_detach_collect_status_and_pinned_version(trained, cli, corpus_slice, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("\n".join(f"prompt number {i} was" for i in range(40)) + "\n")
+    detached = cli("generate", seeds, "--model", "sherlock", "--detach", "--json", "--chunk-size", "7")
+    job = json.loads(detached.stdout)["job"]
+    assert json.loads(detached.stdout)["model"] == "sherlock@1"
+    # retraining while the job is queued or running registers sherlock@2 and leaves the job on @1
+    retrain = json.loads(cli("train", corpus_slice, "--model", "sherlock", "--epochs", "1", "--wait", "--json").stdout)
+    assert retrain["model"] == "sherlock@2"
+    out = tmp_path / "collected.jsonl"
+    summary = json.loads(cli("collect", job, "-o", out, "--json").stdout)
+    assert summary["status"] == "succeeded" and summary["lines"] == 40
+    lines = read_jsonl(out)
+    assert [line["id"] for line in lines] == list(range(1, 41))
+    assert {line["model"] for line in lines} == {"sherlock@1"}
+    status = json.loads(cli("status", job, "--json").stdout)
+    assert (status["chunks"], status["chunks_done"], status["prompts_done"]) == (6, 6, 40)
+    assert status["words_done"] == 280
+    # collecting again rewrites the same file
+    cli("collect", job, "-o", out)
+    assert read_jsonl(out) == lines
+
+
+def test_cli_errors_are_clear(trained, cli, tmp_path):
+    binary = tmp_path / "corpus.txt"
+    binary.write_bytes(b"fine line of words\nsecond \x80 line\n")
+    result = cli("train", binary, "--model", "x", check=False)
+    assert result.returncode == 2 and f"{binary}:2: not valid UTF-8" in result.stderr
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("one\n")
+    result = cli("train", tiny, "--model", "x", check=False)
+    assert result.returncode == 2 and "training needs at least 2" in result.stderr
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("hello there\n")
+    result = cli("generate", seeds, "--model", "nosuch", "-o", tmp_path / "o.jsonl", check=False)
+    assert result.returncode == 1 and "no model named 'nosuch'" in result.stderr
+    result = cli("generate", seeds, "--model", "sherlock@9", "-o", tmp_path / "o.jsonl", check=False)
+    assert result.returncode == 1 and "has no version 9" in result.stderr
+    result = cli("generate", seeds, "--model", "sherlock", check=False)
+    assert result.returncode == 2 and "missing -o/--output" in result.stderr
+    result = cli("generate", tmp_path / "seeds.csv", "--model", "sherlock", "-o", tmp_path / "o.jsonl", check=False)
+    assert result.returncode == 2 and "must end in .txt" in result.stderr
+    result = cli("generate", seeds, "--model", "sherlock", "-o", tmp_path / "o.jsonl", "--top-p", "2", check=False)
+    assert result.returncode == 2 and "'top_p' must be <= 1" in result.stderr
+    result = lstmq("status", "--broker", "redis://127.0.0.1:1/0", check=False)
+    assert result.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+
+
+def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_path):
+    import redis
+    from celery import Celery
+
+    app = Celery(broker=redis_server.url)
+    app.conf.task_serializer = "json"
+    app.send_task("lstmq.generate", kwargs={"job": "no-such-job", "chunk": 0}, queue="generate")
+    app.send_task("lstmq.generate", kwargs={"job": 17, "chunk": "x"}, queue="generate")
+    app.send_task("lstmq.generate", args=["positional", "garbage", 3], queue="generate")
+    app.send_task("lstmq.train", kwargs={"job": "no-such-job"}, queue="train")
+    redis.Redis.from_url(redis_server.url).lpush("generate", b"this is not a celery message")
+    seeds = tmp_path / "after.txt"
+    seeds.write_text("after the bad messages\n")
+    out = tmp_path / "after.jsonl"
+    cli("generate", seeds, "--model", "sherlock@1", "-o", out, timeout=120)
+    assert len(read_jsonl(out)) == 1
+    assert worker.process.poll() is None
+    log = worker.text()
+    assert "generate task dropped (job 'no-such-job' chunk 0): no job 'no-such-job'" in log
+    assert "message has no job id (got 17)" in log
+    assert "train task dropped" in log
+
+
+def test_tensorflow_stays_out_of_the_producer_and_the_prefork_parent(worker):
+    code = ("import sys, producer.cli, producer.collect, producer.seeds, producer.demo, worker.app, worker.tasks, "
+            "worker.launch, worker.run, shared.store, shared.jobs, shared.config, shared.params; "
+            "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], env=clean_env()).returncode == 0
+    # launcher -> Celery main process (prefork parent) -> pool process
+    children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    parents = children(worker.process.pid)
+    assert len(parents) == 1
+    pool = children(parents[0])
+    assert pool, "the prefork parent has no pool process"
+    maps = lambda pid: Path(f"/proc/{pid}/maps").read_text()
+    assert "tensorflow" not in maps(parents[0])
+    assert any("tensorflow" in maps(pid) for pid in pool)
+    environ = Path(f"/proc/{parents[0]}/environ").read_bytes().split(b"\0")
+    assert b"CUDA_VISIBLE_DEVICES=-1" in environ and b"TF_FORCE_GPU_ALLOW_GROWTH=true" in environ
+    assert "device cpu" in worker.text() and "loaded model sherlock@1" in worker.text()
+
+
+def test_cli_help_answers(tmp_path):
+    started = time.monotonic()
+    result = lstmq("--help")
+    assert "generate" in result.stdout and "train" in result.stdout
+    assert "lstmq-worker" not in result.stdout
+    result = subprocess.run([str(BIN / "lstmq-worker"), "--help"], capture_output=True, text=True, env=clean_env())
+    assert result.returncode == 0 and "--gpus" in result.stdout
+    result = subprocess.run([str(BIN / "lstmq-worker"), "--gpus", "a,b"], capture_output=True, text=True, env=clean_env())
+    assert result.returncode == 2 and "expected GPU indices" in result.stderr
+    assert time.monotonic() - started < 120   # a hang guard, not a speed assertion
