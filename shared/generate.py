@@ -90,21 +90,27 @@ class Decoder:
         return tf.transpose(tokens.stack())
 
     def _sample(self, logits, temperature, top_k, top_p, uniform):
+        """Inverse-CDF draw among the most likely words, ranked. Only the first K ranks are
+        sorted when every sampling row has a top_k (K = the largest); probabilities are always
+        those of the whole vocabulary, so a row's draw never depends on the rest of the batch."""
         import tensorflow as tf
 
         vocab_size = tf.shape(logits)[-1]
+        sampling = temperature > 0
         scaled = logits / tf.maximum(temperature, 1e-6)[:, None]
         scaled = tf.where(self.special, tf.constant(-np.inf, logits.dtype), scaled)
-        sorted_logits, sorted_ids = tf.math.top_k(scaled, k=vocab_size)
-        probabilities = tf.nn.softmax(sorted_logits, axis=-1)
-        ranks = tf.range(vocab_size)[None, :]
+        limited = tf.reduce_all(tf.logical_not(sampling) | (top_k > 0))
+        ranks_needed = tf.where(limited, tf.minimum(tf.reduce_max(top_k), vocab_size), vocab_size)
+        sorted_logits, sorted_ids = tf.math.top_k(scaled, k=tf.maximum(ranks_needed, 1))
+        probabilities = tf.exp(sorted_logits - tf.reduce_logsumexp(scaled, axis=-1, keepdims=True))
+        ranks = tf.range(tf.shape(sorted_logits)[-1])[None, :]
         keep = (top_k[:, None] <= 0) | (ranks < top_k[:, None])
         keep &= tf.math.cumsum(probabilities, axis=-1, exclusive=True) < top_p[:, None]
         keep &= tf.math.is_finite(sorted_logits)
         cumulative = tf.math.cumsum(tf.where(keep, probabilities, 0.0), axis=-1)
         threshold = uniform[:, None] * cumulative[:, -1:]
         choice = tf.reduce_sum(tf.cast(cumulative <= threshold, tf.int32), axis=-1)
-        choice = tf.minimum(choice, tf.reduce_sum(tf.cast(keep, tf.int32), axis=-1) - 1)
+        choice = tf.minimum(choice, tf.maximum(tf.reduce_sum(tf.cast(keep, tf.int32), axis=-1) - 1, 0))
         return tf.gather(sorted_ids, choice, batch_dims=1)
 
     # -- batching --------------------------------------------------------------------------------
@@ -157,9 +163,11 @@ class Decoder:
 
 
 def reference_greedy(inference_model, ids: Sequence[int], words: int, window: int | None = None) -> list[int]:
-    """The seed notebook's loop, kept as the reference: run the full model on the whole context
-    (padded to the window when shorter, as the seed did), take the most likely real word, append,
-    repeat. Slow on purpose: one full forward pass per word."""
+    """The seed notebook's loop, kept as the reference: run the full model on the context, take
+    the most likely real word, append, repeat; one full forward pass per word. A context shorter
+    than `window` is padded to it, as the seed did; a longer one is read whole, where the seed's
+    pad_sequences kept only its last 17 tokens: lstmq models read any length (padding is masked),
+    and this reference is the meaning the batched decoder must reproduce."""
     context = list(ids)
     generated = []
     for _ in range(words):

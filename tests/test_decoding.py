@@ -166,3 +166,17 @@ def test_exported_model_opens_with_plain_keras(random_model, tmp_path):
     batch = np.array([[5, 6, 7, 0, 0]], np.int32)
     np.testing.assert_allclose(np.array(reopened(batch)), np.array(inference(batch)), rtol=1e-6)
     assert reopened.output_shape == (None, VOCAB_SIZE)
+
+
+def test_rows_with_different_top_k_do_not_affect_each_other(random_model):
+    inference, vocabulary = random_model
+    prompts = random_prompts(6, seed=31)
+    decoder = Decoder(inference, vocabulary)
+    settings = [dict(top_k=0), dict(top_k=5), dict(top_k=40, top_p=0.8), dict(top_p=0.7), dict(top_k=1), dict(top_k=3)]
+    requests = [Request(ids=p, key=i, words=4, temperature=1.1, seed=8, n=2, **s)
+                for i, (p, s) in enumerate(zip(prompts, settings))]
+    together = decoder.generate(requests)
+    assert [decoder.generate([request])[0] for request in requests] == together
+    # rows that all have a top_k are ranked only that far; the draws are the same
+    limited = [request for request in requests if request.top_k > 0]
+    assert decoder.generate(limited) == [together[i] for i, r in enumerate(requests) if r.top_k > 0]
