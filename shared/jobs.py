@@ -3,6 +3,9 @@ decoding modules (TensorFlow) are imported only when a job runs."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import time
 import uuid
 from typing import Any
@@ -12,11 +15,58 @@ from shared.params import check_generation_params
 from shared.store import JobKind, JobStatus, Store
 
 log = logging.getLogger("lstmq.jobs")
-LOCK_TTL_S = 300   # a training job's lock outlives a stalled progress report by this long
+LOCK_TTL_S = 30    # a training job's lock expires this long after its worker stopped refreshing it
 
 
 class JobBusy(LstmqError):
     """Another live worker holds the job (a redelivered message while the first still runs)."""
+
+
+class LockHeartbeat(threading.Thread):
+    """Refreshes a job lock while training runs; dies with the process, so the lock expires
+    LOCK_TTL_S after a crash and a redelivered task can take over."""
+
+    def __init__(self, store: Store, job_id: str, owner: str):
+        super().__init__(daemon=True, name=f"lock-{job_id}")
+        self.store, self.job_id, self.owner = store, job_id, owner
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(LOCK_TTL_S / 3):
+            try:
+                if not self.store.refresh_lock(self.job_id, self.owner, LOCK_TTL_S):
+                    log.warning("lost the lock of train job %s", self.job_id)
+            except Exception as error:  # a Redis hiccup: try again at the next beat
+                log.warning("could not refresh the lock of train job %s: %s", self.job_id, error)
+
+
+def lock_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def take_lock(store: Store, job_id: str, owner: str) -> bool:
+    """Take the job's lock; a lock left by a dead process on this host is taken over at once."""
+    if store.acquire_lock(job_id, owner, LOCK_TTL_S):
+        return True
+    holder = store.lock_holder(job_id)
+    if holder:
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            log.info("train job %s: its previous worker process %s is gone; taking over", job_id, pid)
+            store.release_lock(job_id, holder)
+            return store.acquire_lock(job_id, owner, LOCK_TTL_S)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class StoreCheckpoints:
@@ -24,7 +74,10 @@ class StoreCheckpoints:
         self.store, self.job_id = store, job_id
 
     def load(self):
-        return self.store.load_checkpoint(self.job_id)
+        checkpoint = self.store.load_checkpoint(self.job_id)
+        if checkpoint:
+            log.info("train job %s: resuming from the checkpoint after epoch %d", self.job_id, checkpoint[0])
+        return checkpoint
 
     def save(self, epoch, model_bytes, history):
         self.store.save_checkpoint(self.job_id, epoch, model_bytes, history)
@@ -41,9 +94,11 @@ def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
     if JobStatus(record["status"]).finished:
         log.info("train job %s is already %s; nothing to do", job_id, record["status"])
         return {"job": job_id, "status": record["status"], "skipped": True}
-    owner = f"{worker}:{uuid.uuid4().hex[:8]}"
-    if not store.acquire_lock(job_id, owner, LOCK_TTL_S):
+    owner = lock_owner()
+    if not take_lock(store, job_id, owner):
         raise JobBusy(f"train job {job_id} is running on another worker")
+    heartbeat = LockHeartbeat(store, job_id, owner)
+    heartbeat.start()
     try:
         store.start_job(job_id, worker)
         name = record["model_name"]
@@ -53,7 +108,6 @@ def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
             raise InputError(f"train job {job_id}: {error}") from None
 
         def progress(event: dict[str, Any]) -> None:
-            store.refresh_lock(job_id, owner, LOCK_TTL_S)
             if event["event"] == "epoch":
                 store.add_epoch(job_id, event)
                 log.info("%s epoch %d/%d: loss %.4f, validation perplexity %s (%.1fs)", name,
@@ -80,6 +134,7 @@ def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
         store.finish_job(job_id, JobStatus.FAILED, error=_describe(error))
         raise
     finally:
+        heartbeat.stopped.set()
         store.release_lock(job_id, owner)
 
 

@@ -388,6 +388,10 @@ class Store:
     def acquire_lock(self, job_id: str, owner: str, ttl_s: int) -> bool:
         return bool(self.redis.set(Keys.lock(job_id), owner, nx=True, px=ttl_s * 1000))
 
+    def lock_holder(self, job_id: str) -> str | None:
+        holder = self.redis.get(Keys.lock(job_id))
+        return None if holder is None else holder.decode()
+
     def refresh_lock(self, job_id: str, owner: str, ttl_s: int) -> bool:
         return bool(self._refresh_lock(keys=[Keys.lock(job_id)], args=[owner, ttl_s * 1000]))
 

@@ -12,7 +12,7 @@ from worker import runtime
 from worker.app import GENERATE_TASK, TRAIN_TASK
 
 log = logging.getLogger("lstmq.worker")
-BUSY_RETRY_S = 60
+BUSY_RETRY_S = 15   # a redelivered training task checks again this often while another worker holds the job
 
 
 def register(app: Celery) -> None:
