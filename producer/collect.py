@@ -16,6 +16,15 @@ from shared.store import JobStatus, Store
 NO_WORKER_HINT_S = 15.0
 
 
+def _bar_options(show: bool) -> dict[str, Any]:
+    """tqdm options: follow the terminal's width, or 100 columns where it reports none (a pty)."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        columns = 0
+    return {"disable": not show, "file": sys.stderr, "dynamic_ncols": columns > 0, "ncols": None if columns else 100}
+
+
 def errors_path(out: str | Path) -> Path:
     """OUT.jsonl -> OUT.errors.jsonl"""
     out = Path(out)
@@ -34,8 +43,7 @@ def _hint_if_idle(record: dict[str, Any], started: float, queue: str, hinted: bo
 def wait_generate(store: Store, job_id: str, poll: float, show: bool) -> dict[str, Any]:
     record = store.job(job_id)
     started, hinted = time.monotonic(), False
-    bar = tqdm(total=record.get("prompts", 0), unit="prompt", disable=not show, dynamic_ncols=True,
-               desc=f"job {job_id}", file=sys.stderr, smoothing=0.1)
+    bar = tqdm(total=record.get("prompts", 0), unit="prompt", desc=f"job {job_id}", smoothing=0.1, **_bar_options(show))
     first_words, first_time = record.get("words_done", 0), time.monotonic()
     try:
         while True:
@@ -60,8 +68,8 @@ def wait_train(store: Store, job_id: str, poll: float, show: bool, log: TextIO) 
     record = store.job(job_id)
     epochs = record["params"]["epochs"]
     started, hinted, reported = time.monotonic(), False, 0
-    bar = tqdm(total=epochs, unit="epoch", disable=not show, dynamic_ncols=True, desc=f"train {record['model_name']}",
-               file=sys.stderr, bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(total=epochs, unit="epoch", desc=f"train {record['model_name']}", **_bar_options(show),
+               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]")
     try:
         while True:
             record = store.job(job_id)

@@ -47,18 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=str(ROOT / "examples" / "seeds.txt"))
     parser.add_argument("--output", default="demo-out.jsonl")
     parser.add_argument("--broker", default=os.environ.get("LSTMQ_BROKER_URL"))
+    parser.add_argument("--worker-log", default="demo-worker.log", help="where the worker's log goes")
     args = parser.parse_args(argv)
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     corpus = find_corpus()
     server = worker = None
+    worker_log = open(args.worker_log, "w")
     try:
         broker = args.broker
         if not broker:
             server = LocalRedis().start()
             broker = server.url
             print(f"demo: started redis-server on {broker}", flush=True)
-        worker = subprocess.Popen([tool("lstmq-worker"), "--broker", broker], start_new_session=True)
+        worker = subprocess.Popen([tool("lstmq-worker"), "--broker", broker], start_new_session=True,
+                                  stdout=worker_log, stderr=subprocess.STDOUT)
+        print(f"demo: started lstmq-worker (log: {args.worker_log})", flush=True)
         common = ["--broker", broker]
         subprocess.run([tool("lstmq"), "train", str(corpus), "--model", "demo", "--epochs", str(args.epochs),
                         "--wait", *common], check=True)
@@ -74,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndemo: done in {time.monotonic() - started:.0f}s")
         return 0
     except subprocess.CalledProcessError as error:
-        print(f"demo: {' '.join(map(str, error.cmd[:2]))} failed with status {error.returncode}", file=sys.stderr)
+        print(f"demo: {' '.join(map(str, error.cmd[:2]))} failed with status {error.returncode}; "
+              f"the worker's log ends:", file=sys.stderr)
+        worker_log.flush()
+        print("".join(open(args.worker_log, encoding="utf-8", errors="replace").readlines()[-30:]), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_process_group(worker)
         if server is not None:
             server.close()
+        worker_log.close()
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
