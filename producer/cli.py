@@ -130,7 +130,10 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
     from producer.collect import wait_train
     if not as_json:
         click.echo(f"job {job_id}: training {model_name} on {path.name} ({size:,} bytes, sha256 {digest[:12]})", err=True)
-    record = wait_train(store, job_id, settings.poll_interval, show_progress(), sys.stderr)
+    try:
+        record = wait_train(store, job_id, settings.poll_interval, show_progress(), sys.stderr)
+    except KeyboardInterrupt:
+        stopped_waiting(job_id, f"lstmq status {job_id}")
     summary = {"job": job_id, "status": record["status"], "model": record.get("model"),
                "epochs_run": record.get("epochs_run"), "loss": record.get("loss"),
                "val_perplexity": record.get("val_perplexity")}
@@ -239,12 +242,20 @@ def submit_generate(store, settings, seeds, name, version, output):
     return job_id, {"prompts": prompts, "bad_lines": len(errors), "chunks": chunks, "seed": defaults["seed"]}, errors
 
 
+def stopped_waiting(job_id: str, how: str) -> None:
+    click.echo(f"\nlstmq: stopped waiting; job {job_id} goes on in the workers ({how})", err=True)
+    sys.exit(130)
+
+
 def collect_job(store, settings, job_id, output, as_json):
     from producer.collect import errors_path, wait_generate, write_results
     record = store.job(job_id)
     if record.get("kind") != "generate":
         raise InputError(f"job {job_id} is a {record.get('kind')} job; only generate jobs have output to collect")
-    record = wait_generate(store, job_id, settings.poll_interval, show_progress() and not as_json)
+    try:
+        record = wait_generate(store, job_id, settings.poll_interval, show_progress() and not as_json)
+    except KeyboardInterrupt:
+        stopped_waiting(job_id, f"lstmq collect {job_id} -o {output}")
     written, errors = write_results(store, job_id, output)
     summary = {"job": job_id, "status": record["status"], "model": record["model"], "output": str(output),
                "lines": written, "prompts": record.get("prompts", 0), "errors": len(errors),
