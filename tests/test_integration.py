@@ -2,6 +2,7 @@
 prefork parent, pool process with TensorFlow), the real CLI as subprocesses."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -199,9 +200,27 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
     assert len(read_jsonl(out)) == 1
     assert worker.process.poll() is None
     log = worker.text()
-    assert "generate task dropped (job 'no-such-job' chunk 0): no job 'no-such-job'" in log
+    assert "generate task failed (job 'no-such-job' chunk 0): no job 'no-such-job'" in log
     assert "message has no job id (got 17)" in log
-    assert "train task dropped" in log
+    assert "message has unexpected arguments ['positional', 'garbage', 3]" in log
+    assert "train job 'no-such-job' failed: no job 'no-such-job'" in log
+
+
+def test_messages_are_json_and_carry_only_ids(small_config):
+    import redis
+
+    from shared.config import load_settings
+    from shared.localredis import LocalRedis
+    from worker.app import GENERATE_TASK, create_app
+
+    with LocalRedis() as server:   # no worker here: the message stays on the queue to be read
+        app = create_app(load_settings(small_config, {"broker_url": server.url}, environ={}))
+        app.send_task(GENERATE_TASK, kwargs={"job": "j", "chunk": 3}, queue="generate")
+        raw = redis.Redis.from_url(server.url).lrange("generate", 0, -1)
+    message = json.loads(raw[0])
+    assert message["content-type"] == "application/json" and message["headers"]["task"] == "lstmq.generate"
+    args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([], {"job": "j", "chunk": 3})
 
 
 def test_tensorflow_stays_out_of_the_producer_and_the_prefork_parent(worker):

@@ -1,5 +1,6 @@
-"""Thin tasks: check the message, call shared.jobs, let Celery acknowledge. A bad message is
-logged and dropped (never retried forever, never fatal to the worker)."""
+"""Thin tasks: check the message, call shared.jobs, let Celery acknowledge. A bad message or a
+job that cannot run is logged, recorded in the job where there is one, and acknowledged (never
+retried forever, never fatal to the worker)."""
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,7 @@ def register(app: Celery) -> None:
             log.info("%s; retrying in %ds", error, BUSY_RETRY_S)
             raise self.retry(countdown=BUSY_RETRY_S) from None
         except (JobNotFound, LstmqError, ValueError) as error:
-            log.error("train task dropped: %s", error)
+            log.error("train job %r failed: %s", job, error)
             return {"job": job, "error": str(error)}
 
     @app.task(name=GENERATE_TASK, bind=True)
@@ -40,7 +41,7 @@ def register(app: Celery) -> None:
             limits = {"max_words": settings.max_words, "max_n": settings.max_n}
             return run_generate_chunk(store, models, job, chunk, runtime.STATE.name, limits)
         except (JobNotFound, LstmqError, ValueError, LookupError) as error:
-            log.error("generate task dropped (job %r chunk %r): %s", job, chunk, error)
+            log.error("generate task failed (job %r chunk %r): %s", job, chunk, error)
             return {"job": job, "chunk": chunk, "error": str(error)}
 
 
