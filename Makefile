@@ -40,6 +40,7 @@ test-integration: setup
 bench: setup
 	$(BIN)/python benchmarks/decode_throughput.py
 	$(BIN)/python benchmarks/train_memory.py
+	$(BIN)/python benchmarks/end_to_end.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out.jsonl demo-out.errors.jsonl

@@ -297,14 +297,18 @@ def status(job, limit, as_json, config_file, broker):
     store = open_store(settings)
     if job:
         record = store.job(job)
-        if record.get("kind") == "generate":
-            record["bad_lines"] = record.get("input_errors", 0)
+        if record.get("kind") == "train":
+            record["history"] = store.history(job)
         if as_json:
             echo_json(record)
             return
+        history = record.pop("history", [])
         for key in sorted(record):
             value = json.dumps(record[key]) if isinstance(record[key], dict) else record[key]
             click.echo(f"{key:>16}: {value}")
+        for entry in history:
+            perplexity = f", val ppl {entry['val_perplexity']:.2f}" if "val_perplexity" in entry else ""
+            click.echo(f"{'epoch ' + str(entry['epoch']):>16}: loss {entry['loss']:.4f}{perplexity} ({entry['seconds']:.1f}s)")
         return
     records = [store.job(job_id) for job_id in store.job_ids(limit)]
     if as_json:

@@ -369,8 +369,21 @@ class Store:
 
     # -- training ----------------------------------------------------------------------------------
     def add_epoch(self, job_id: str, record: dict[str, Any]) -> None:
-        self.update_job(job_id, **{key: record[key] for key in ("epoch", "epochs", "loss", "val_loss", "val_perplexity")
-                                   if key in record})
+        """Record a finished epoch: the job's latest figures, and the per-epoch history."""
+        fields = {key: record[key] for key in ("epoch", "epochs", "loss", "val_loss", "val_perplexity") if key in record}
+        pipe = self.redis.pipeline()
+        pipe.hset(Keys.job(job_id), mapping={**fields, "updated": now()})
+        pipe.rpush(Keys.history(job_id), json.dumps({key: value for key, value in record.items() if key != "event"}))
+        pipe.expire(Keys.history(job_id), self.ttl)
+        pipe.execute()
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """Per-epoch records of a training job; a resumed job's epochs appear once each."""
+        by_epoch = {}
+        for raw in self.redis.lrange(Keys.history(job_id), 0, -1):
+            record = json.loads(raw)
+            by_epoch[record["epoch"]] = record
+        return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
     def save_checkpoint(self, job_id: str, epoch: int, model_bytes: bytes, history: list[dict[str, Any]]) -> None:
         self.redis.hset(Keys.checkpoint(job_id), mapping={"epoch": epoch, "model": model_bytes, "history": json.dumps(history)})

@@ -78,3 +78,4 @@ def test_generate_chunks_come_back_after_the_process_is_killed(setup, tmp_path):
     again = tmp_path / "again.jsonl"
     cli("generate", seeds, "--model", "crash@1", "-o", again, "--words", "150", "--chunk-size", "400", timeout=300)
     assert [line["continuation"] for line in read_jsonl(again)] == [line["continuation"] for line in lines]
+

@@ -54,6 +54,9 @@ def test_train_waits_with_epochs_and_registers_a_version(trained, cli, corpus_sl
     assert versions[0]["corpus_sha256"] == hashlib.sha256(corpus_slice.read_bytes()).hexdigest()
     status = json.loads(cli("status", summary["job"], "--json").stdout)
     assert status["status"] == "succeeded" and status["epoch"] == 2 and status["kind"] == "train"
+    assert [entry["epoch"] for entry in status["history"]] == [1, 2]
+    assert all(entry["seconds"] > 0 and entry["val_perplexity"] > 1 for entry in status["history"])
+    assert "epoch 2: loss" in cli("status", summary["job"]).stdout
     assert "sherlock" in cli("status").stdout
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.config import Settings
 
@@ -21,7 +21,7 @@ def create_app(settings: Settings, label: str = "") -> Celery:
         task_acks_late=True,                # a task is acknowledged only after it finished...
         task_reject_on_worker_lost=True,    # ...and redelivered when its process died
         worker_prefetch_multiplier=1,       # long tasks: never hold messages another worker could run
-        task_queues=[Queue(name) for name in QUEUES],
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue=GENERATE_QUEUE,
         task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},

@@ -1,0 +1,331 @@
+"""End to end: train and generate through the real parts, against the seed's predict loop.
+
+Everything lstmq does for a user runs here as a user runs it: a throwaway redis-server
+(shared.localredis), one `lstmq-worker --cpu` subprocess, and the `lstmq` CLI in subprocesses:
+
+1. `lstmq train CORPUS --model bench --epochs 1 --wait --json` with the default (seed) network on
+   the whole corpus: wall time of the command, the job's worker time and the epoch's seconds;
+2. `lstmq generate seeds.txt --model bench -o OUT --json` for --prompts random corpus lines of 3 to
+   12 words, --words each, --chunk-size prompts per task: the wall time of the command (submit,
+   generate, collect, write OUT) gives the end-to-end words/s; the job record (created ->
+   finished) and the worker's log (seconds per chunk) give the worker-side figures;
+3. the baseline, in this process on the same trained weights: `lstmq models export bench@1 DIR`,
+   `keras.saving.load_model(DIR/model.keras)`, and the seed notebook's loop, one
+   `model.predict(context, verbose=0)` per word per prompt (the context padded to 17 tokens with
+   zeros on the right, as lstmq's model is masked; a longer one is read whole), for the first
+   --baseline-prompts prompts.
+
+The result is a RATIO measured in one run, on whatever machine runs it; wall times are printed
+for reading, never checked. The output file is checked (one line per prompt, ids 1..N in order,
+the prompts as written; the script fails otherwise), and for how many baseline prompts the seed
+loop's greedy words equal lstmq's is printed (a mismatch is a warning).
+
+    python benchmarks/end_to_end.py [--prompts 20000] [--words 7] [--chunk-size 1024]
+                                    [--baseline-prompts 10] [--epochs 1] [--repeats 1]
+
+The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
+Everything it starts (redis-server, the worker's process group) is stopped at the end, also on
+failure, Ctrl-C or SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
+PROMPT_WORDS = (3, 12)       # prompts are corpus lines of this many words, inclusive
+RANDOM_SEED = 1234           # for the choice of prompts
+MODEL_NAME = "bench"
+WORKER_READY_TIMEOUT_S = 300
+
+
+def corpus_path() -> Path:
+    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "sherlock.txt"
+    return Path(os.environ.get("LSTMQ_TEST_CORPUS") or default)
+
+
+def tool(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=20000, help="prompts in the seed file (default 20000)")
+    parser.add_argument("--words", type=int, default=7, help="words generated per prompt (default 7, as the seed)")
+    parser.add_argument("--chunk-size", type=int, default=1024,
+                        help="prompts per generate task, lstmq generate --chunk-size (default 1024)")
+    parser.add_argument("--baseline-prompts", type=int, default=10,
+                        help="prompts run through the seed's predict loop (default 10); its words/s is per word")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs on the whole corpus (default 1)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timings of the seed loop, the fastest is kept (default 1)")
+    parser.add_argument("--worker-log", help="where the worker's log goes (default: a temporary file, "
+                        "removed at the end)")
+    arguments = parser.parse_args()
+    for name in ("prompts", "words", "chunk_size", "baseline_prompts", "epochs", "repeats"):
+        if getattr(arguments, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if arguments.baseline_prompts > arguments.prompts:
+        parser.error("--baseline-prompts must not exceed --prompts")
+    return arguments
+
+
+class StepFailed(Exception):
+    pass
+
+
+def lstmq(*arguments: str, ok: Sequence[int] = (0,)) -> tuple[float, dict[str, Any] | list[Any]]:
+    """Run the lstmq CLI; (wall seconds, its last stdout line parsed as JSON)."""
+    command = [tool("lstmq"), *arguments]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode not in ok:
+        raise StepFailed(f"`lstmq {' '.join(arguments[:2])}` exited with status {result.returncode}:\n"
+                         f"{result.stderr.strip()[-3000:]}")
+    lines = result.stdout.strip().splitlines()
+    if not lines:
+        raise StepFailed(f"`lstmq {' '.join(arguments[:2])}` printed nothing on stdout:\n{result.stderr[-3000:]}")
+    return seconds, json.loads(lines[-1])
+
+
+def wait_for_worker(worker: subprocess.Popen, log: Path) -> float:
+    """Seconds until the worker's pool process has imported TensorFlow and said 'ready:'."""
+    started = time.monotonic()
+    while time.monotonic() - started < WORKER_READY_TIMEOUT_S:
+        if worker.poll() is not None:
+            raise StepFailed(f"lstmq-worker exited with status {worker.returncode} before it was ready")
+        if re.search(r"\] worker .*: ready: TensorFlow", log.read_text(encoding="utf-8", errors="replace")):
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise StepFailed(f"lstmq-worker was not ready after {WORKER_READY_TIMEOUT_S}s")
+
+
+def choose_prompts(text: str, count: int) -> list[str]:
+    """`count` random corpus lines of 3 to 12 words (drawn with replacement)."""
+    from shared.text import words
+
+    lines = [line.strip() for line in text.split("\n") if PROMPT_WORDS[0] <= len(words(line)) <= PROMPT_WORDS[1]]
+    rng = np.random.default_rng(RANDOM_SEED)
+    return [lines[index] for index in rng.integers(0, len(lines), size=count)]
+
+
+def check_output(path: Path, prompts: list[str]) -> list[dict[str, Any]]:
+    """OUT must hold one line per prompt, ids 1..N in input order, each with `words` words."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if len(records) != len(prompts):
+        raise StepFailed(f"{path.name}: {len(records)} lines, expected {len(prompts)}")
+    for number, (record, prompt) in enumerate(zip(records, prompts), start=1):
+        if record["id"] != number or record["prompt"] != prompt:
+            raise StepFailed(f"{path.name}: line {number} has id {record['id']!r} and prompt {record['prompt']!r}, "
+                             f"expected id {number} and {prompt!r}")
+    return records
+
+
+def worker_log_figures(log: Path, job_id: str) -> dict[str, Any]:
+    """What the worker logged for the generate job: chunk seconds, model load, duplicates."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    chunk_lines = re.findall(rf"job {job_id} chunk (\d+): (\d+) prompts, (\d+) words with \S+ in ([\d.]+)s", text)
+    load = re.search(rf"loaded model {MODEL_NAME}@\d+ \(vocab \d+ words\) in ([\d.]+)s", text)
+    return {
+        "chunks_logged": len(chunk_lines),
+        "chunk_seconds": round(sum(float(line[3]) for line in chunk_lines), 3),
+        "chunk_words": sum(int(line[2]) for line in chunk_lines),
+        "model_load_seconds": float(load.group(1)) if load else None,
+        "generate_tasks_received": len(re.findall(r"Task lstmq\.generate\[[^]]+\] received", text)),
+        "duplicate_chunks_skipped": len(re.findall(rf"job {job_id} chunk \d+ already written", text)),
+    }
+
+
+def predict_greedy(model, ids: Sequence[int], words: int, window: int) -> list[int]:
+    """The seed notebook's loop: one `model.predict` per word on the context padded to `window`
+    tokens (right padding; the model masks it), argmax over real words, append, repeat."""
+    from shared.text import SPECIAL_TOKENS, pad_right
+
+    context = list(ids)
+    generated = []
+    for _ in range(words):
+        batch = pad_right([context], max(len(context), window))
+        probabilities = np.array(model.predict(batch, verbose=0))[0]
+        probabilities[: len(SPECIAL_TOKENS)] = -1.0
+        token = int(np.argmax(probabilities))
+        generated.append(token)
+        context.append(token)
+    return generated
+
+
+def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int) -> dict[str, Any]:
+    import keras
+
+    from shared.text import Vocabulary
+
+    started = time.perf_counter()
+    model = keras.saving.load_model(export_dir / "model.keras")
+    load_seconds = time.perf_counter() - started
+    vocabulary = Vocabulary(json.loads((export_dir / "vocab.json").read_text(encoding="utf-8")))
+    encoded = [vocabulary.encode(prompt)[0] for prompt in prompts]
+    predict_greedy(model, encoded[0], 1, SEED_WINDOW)   # warm-up: predict builds its function once
+    best, outputs = float("inf"), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        outputs = [predict_greedy(model, ids, words, SEED_WINDOW) for ids in encoded]
+        best = min(best, time.perf_counter() - started)
+    return {"seconds": best, "load_seconds": load_seconds, "words": len(prompts) * words,
+            "continuations": [" ".join(vocabulary.decode(ids)) for ids in outputs]}
+
+
+def main() -> int:
+    arguments = parse_arguments()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from producer.demo import stop_process_group
+    from shared.localredis import LocalRedis
+
+    corpus = corpus_path()
+    text = corpus.read_text(encoding="utf-8")
+    prompts = choose_prompts(text, arguments.prompts)
+    words = arguments.words
+    print(f"corpus {corpus} ({len(text):,} characters); {len(prompts):,} prompts of "
+          f"{PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words, {words} words each, chunks of {arguments.chunk_size}; "
+          f"seed loop on the first {arguments.baseline_prompts}; {platform.machine()}, {os.cpu_count()} CPUs",
+          flush=True)
+
+    server = worker = None
+    scratch = tempfile.TemporaryDirectory(prefix="lstmq-bench-")
+    directory = Path(scratch.name)
+    log_path = Path(arguments.worker_log) if arguments.worker_log else directory / "worker.log"
+    worker_log = open(log_path, "w")
+    try:
+        server = LocalRedis().start()
+        broker = ["--broker", server.url]
+        worker = subprocess.Popen([tool("lstmq-worker"), "--cpu", *broker], start_new_session=True,
+                                  stdout=worker_log, stderr=subprocess.STDOUT)
+        ready_seconds = wait_for_worker(worker, log_path)
+        print(f"redis-server on {server.url}; lstmq-worker --cpu ready in {ready_seconds:.1f}s "
+              f"(log: {log_path})", flush=True)
+
+        # --- 1. training ---------------------------------------------------------------------
+        train_wall, trained = lstmq("train", str(corpus), "--model", MODEL_NAME, "--epochs", str(arguments.epochs),
+                                    "--wait", "--json", *broker)
+        _, train_record = lstmq("status", trained["job"], "--json", *broker)
+        model = trained["model"]
+        export_dir = directory / "export"
+        lstmq("models", "export", model, str(export_dir), "--json", *broker)
+        meta = json.loads((export_dir / "meta.json").read_text(encoding="utf-8"))
+        history, vocab_size = meta.get("history", []), meta["network"]["vocab_size"]
+        epoch_seconds = [record["seconds"] for record in history]
+        train_job_seconds = train_record["finished"] - train_record["started"]
+        print(f"train {model}: {trained['epochs_run']} epoch(s) in {train_wall:.1f}s wall "
+              f"(job on the worker {train_job_seconds:.1f}s; epoch seconds {epoch_seconds}); "
+              f"loss {trained['loss']:.4f}, val perplexity {trained['val_perplexity']:.1f}", flush=True)
+
+        # --- 2. generation -------------------------------------------------------------------
+        seeds = directory / "seeds.txt"
+        seeds.write_text("".join(prompt + "\n" for prompt in prompts), encoding="utf-8")
+        output = directory / "out.jsonl"
+        generate_wall, generated = lstmq("generate", str(seeds), "--model", MODEL_NAME, "-o", str(output),
+                                         "--words", str(words), "--chunk-size", str(arguments.chunk_size),
+                                         "--json", *broker)
+        _, job = lstmq("status", generated["job"], "--json", *broker)
+        records = check_output(output, prompts)
+        total_words = len(prompts) * words
+        if generated["words"] != total_words or job.get("words_done") != total_words:
+            raise StepFailed(f"generate reported {generated['words']} words (job record {job.get('words_done')}), "
+                             f"expected {total_words}")
+        logged = worker_log_figures(log_path, generated["job"])
+        end_to_end_rate = total_words / generate_wall
+        job_seconds = job["finished"] - job["created"]
+        job_rate = job["words_done"] / job_seconds
+        decode_rate = logged["chunk_words"] / logged["chunk_seconds"] if logged["chunk_seconds"] else None
+        print(f"generate: {len(records):,} lines, ids 1..{len(records)} in order; {total_words:,} words in "
+              f"{generate_wall:.1f}s wall (job record created -> finished {job_seconds:.1f}s, "
+              f"{job.get('chunks')} chunks)", flush=True)
+
+        # --- 3. the seed's loop on the same weights, in this process ---------------------------
+        baseline_prompts = prompts[: arguments.baseline_prompts]
+        baseline = seed_baseline(export_dir, baseline_prompts, words, arguments.repeats)
+        seed_rate = baseline["words"] / baseline["seconds"]
+        matches = sum(a == record["continuation"]
+                      for a, record in zip(baseline["continuations"], records[: len(baseline_prompts)]))
+        print(f"seed predict loop: {baseline['words']} words in {baseline['seconds']:.2f}s "
+              f"(load_model {baseline['load_seconds']:.2f}s); same words as lstmq for "
+              f"{matches}/{len(baseline_prompts)} prompts", flush=True)
+        if matches != len(baseline_prompts):   # reported, not fatal: a near-tie can flip an argmax
+            print(f"end_to_end: WARNING: the seed loop's greedy words differ from lstmq's for "
+                  f"{len(baseline_prompts) - matches} of {len(baseline_prompts)} prompts", file=sys.stderr)
+    except StepFailed as error:
+        print(f"end_to_end: {error}", file=sys.stderr)
+        worker_log.flush()
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:] if log_path.exists() else []
+        print("end_to_end: the worker's log ends:\n" + "\n".join(tail), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nend_to_end: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if worker is not None:
+            stop_process_group(worker)
+        if server is not None:
+            server.close()
+        worker_log.close()
+        scratch.cleanup()
+
+    rows = [
+        ("lstmq end to end (lstmq generate wall)", generate_wall, end_to_end_rate),
+        ("lstmq job record (created -> finished)", job_seconds, job_rate),
+    ]
+    if decode_rate:
+        rows.append(("lstmq worker chunks (sum of chunk times)", logged["chunk_seconds"], decode_rate))
+    rows.append(("seed model.predict per word", baseline["seconds"], seed_rate))
+    print_table(rows, seed_rate, len(prompts), len(baseline_prompts), words)
+    print(json.dumps({
+        "benchmark": "end_to_end", "prompts": len(prompts), "words": words, "chunk_size": arguments.chunk_size,
+        "baseline_prompts": len(baseline_prompts), "model": model, "vocabulary": vocab_size,
+        "worker_ready_seconds": round(ready_seconds, 2),
+        "train": {"epochs": trained["epochs_run"], "wall_seconds": round(train_wall, 2),
+                  "job_seconds": round(train_job_seconds, 2), "epoch_seconds": epoch_seconds,
+                  "loss": trained["loss"], "val_perplexity": trained["val_perplexity"]},
+        "generate": {"wall_seconds": round(generate_wall, 2), "words_per_second": round(end_to_end_rate, 1),
+                     "job_seconds": round(job_seconds, 2), "job_words_per_second": round(job_rate, 1),
+                     "chunks": job.get("chunks"), **logged,
+                     "chunk_words_per_second": round(decode_rate, 1) if decode_rate else None},
+        "seed_predict": {"seconds": round(baseline["seconds"], 3), "words_per_second": round(seed_rate, 1),
+                         "load_seconds": round(baseline["load_seconds"], 2), "same_words": matches},
+        "ratio_end_to_end_vs_seed_predict": round(end_to_end_rate / seed_rate, 1),
+        "ratio_job_vs_seed_predict": round(job_rate / seed_rate, 1),
+        "ratio_chunks_vs_seed_predict": round(decode_rate / seed_rate, 1) if decode_rate else None,
+    }))
+    return 0
+
+
+def print_table(rows: list[tuple[str, float, float]], seed_rate: float, prompts: int, baseline_prompts: int,
+                words: int) -> None:
+    header = ["what", "seconds", "words/s", "x seed predict()"]
+    lines = [header] + [[name, f"{seconds:.2f}", f"{rate:.1f}", f"{rate / seed_rate:.1f}"]
+                        for name, seconds, rate in rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    print()
+    for number, line in enumerate(lines):
+        print("  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
+                        for column, (cell, width) in enumerate(zip(line, widths))))
+        if number == 0:
+            print("  ".join("-" * width for width in widths))
+    print(f"(lstmq rows: {prompts:,} prompts x {words} words; the seed row: {baseline_prompts} prompts x {words} "
+          f"words, one predict() per word)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""A worker killed outright (SIGKILL of the Celery main process and its pool): nothing
+acknowledges or rejects its message, so Redis hands it out again after the visibility timeout
+(kombu looks for such messages every ~100 s, so allow that much more), and lstmq-worker restarts
+the dead worker. Its own module: its own redis-server, and no other worker to pick up the work."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import WorkerProcess, lstmq, read_jsonl
+from test_crashes import pool_processes, status, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_worker_killed_outright_is_restarted_and_its_message_redelivered(redis_server, small_config, corpus_slice,
+                                                                           tmp_path):
+    config = tmp_path / "fast-redelivery.yaml"
+    config.write_text(small_config.read_text() + "visibility_timeout: 10\n")
+    worker = WorkerProcess(redis_server.url, tmp_path / "worker.log", "--config", str(config))
+    cli = lambda *args, **kwargs: lstmq(*args, "--broker", redis_server.url, "--config", config, **kwargs)
+    try:
+        worker.wait_ready()
+        cli("train", corpus_slice, "--model", "killed", "--epochs", "1", "--wait")
+        seeds = tmp_path / "seeds.txt"
+        seeds.write_text("\n".join(f"the {i} men were" for i in range(600)) + "\n")
+        job = json.loads(cli("generate", seeds, "--model", "killed", "--detach", "--json", "--words", "200",
+                             "--chunk-size", "100").stdout)["job"]
+        wait_for(lambda: status(cli, job).get("chunks_done", 0) >= 1)
+        main_processes = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()
+        for pid in [*main_processes, *map(str, pool_processes(worker))]:
+            os.kill(int(pid), signal.SIGKILL)
+        out = tmp_path / "out.jsonl"
+        cli("collect", job, "-o", out, timeout=400)
+        assert [line["id"] for line in read_jsonl(out)] == list(range(1, 601))
+        record = status(cli, job)
+        assert (record["prompts_done"], record["chunks_done"], record.get("chunks_failed", 0)) == (600, 6, 0)
+        assert "restarting lstmq-cpu" in worker.text()
+    finally:
+        worker.stop()
