@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from shared.errors import InputError, JobNotFound, LstmqError
+from shared.errors import InputError, LstmqError
 from shared.params import check_generation_params
 from shared.store import JobKind, JobStatus, Store
 
@@ -212,5 +212,3 @@ def check_message(job: Any, chunk: Any = 0, positional: tuple = (), unexpected: 
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
         raise InputError(f"message has no valid chunk index (got {chunk!r})")
 
-
-__all__ = ["JobBusy", "JobNotFound", "run_training", "run_generate_chunk", "check_message"]

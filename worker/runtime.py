@@ -35,7 +35,6 @@ class ModelCache:
     def __init__(self, store: Store, size: int, max_rows: int):
         self.store, self.size, self.max_rows = store, size, max_rows
         self.models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
-        self.loads = 0
 
     def get(self, name: str, version: int) -> LoadedModel:
         key = (name, version)
@@ -51,7 +50,6 @@ class ModelCache:
         decoder = Decoder(load_keras_bytes(model_bytes), Vocabulary(vocabulary), max_rows=self.max_rows)
         loaded = LoadedModel(name, version, decoder, meta)
         self.models[key] = loaded
-        self.loads += 1
         while len(self.models) > self.size:
             dropped, _ = self.models.popitem(last=False)
             log.info("dropped model %s@%s from the cache", *dropped)
