@@ -32,8 +32,16 @@ def find_corpus() -> Path:
     if DEFAULT_CORPUS.exists():
         return DEFAULT_CORPUS
     print(f"demo: {DEFAULT_CORPUS} not found; downloading {CORPUS_URL}", flush=True)
+    return fetch_corpus(CORPUS_URL, CORPUS_SHA256)
+
+
+def fetch_corpus(url: str, sha256: str, cache_dir: str | None = None) -> Path:
+    """Download once into Keras' cache (~/.keras/datasets), checking the pinned sha256."""
     import keras   # only here, and only when the corpus must be fetched
-    return Path(keras.utils.get_file("sherlock-advs.txt", CORPUS_URL, file_hash=CORPUS_SHA256, hash_algorithm="sha256"))
+    if cache_dir:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)   # Keras falls back to /tmp/.keras otherwise
+    return Path(keras.utils.get_file(f"lstmq-corpus-{sha256[:12]}.txt", url, file_hash=sha256,
+                                     hash_algorithm="sha256", cache_dir=cache_dir))
 
 
 def tool(name: str) -> str:
