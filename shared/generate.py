@@ -45,6 +45,11 @@ class Decoder:
         import keras
         import tensorflow as tf
 
+        # TensorFloat-32 (on by default on Ampere and newer GPUs) rounds matmul inputs to 10
+        # mantissa bits, with kernels chosen by batch shape: a row's probabilities would then
+        # depend on the batch it is decoded in, and so would its samples. Full float32 keeps
+        # the per-prompt determinism invariant. A process-wide switch; no effect on CPUs.
+        tf.config.experimental.enable_tensor_float_32_execution(False)
         self.vocabulary = vocabulary
         self.max_rows = max_rows
         self.embedding = inference_model.get_layer("embedding")
