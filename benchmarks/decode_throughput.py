@@ -21,7 +21,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,23 +83,6 @@ def fastest_seconds(function: Callable[[], object], repeats: int) -> tuple[float
     return best, result
 
 
-def predict_greedy(inference_model, ids: Sequence[int], words: int, window: int) -> list[int]:
-    """The seed notebook's literal loop: reference_greedy with `model.predict` per word instead of a
-    direct model call (predict sets up a data pipeline on every call: the seed's real cost)."""
-    from shared.text import SPECIAL_TOKENS, pad_right
-
-    context = list(ids)
-    generated = []
-    for _ in range(words):
-        batch = pad_right([context], max(len(context), window))
-        probabilities = np.array(inference_model.predict(batch, verbose=0))[0]
-        probabilities[: len(SPECIAL_TOKENS)] = -1.0
-        token = int(np.argmax(probabilities))
-        generated.append(token)
-        context.append(token)
-    return generated
-
-
 def main() -> None:
     arguments = parse_arguments()
     import keras
@@ -137,9 +120,9 @@ def main() -> None:
     predict_rate = None
     if not arguments.no_predict_baseline:
         def run_predict():
-            return [predict_greedy(inference_model, ids, words, SEED_WINDOW) for ids in baseline_prompts]
+            return [reference_greedy(inference_model, ids, words, window=SEED_WINDOW, predict=True) for ids in baseline_prompts]
 
-        predict_greedy(inference_model, baseline_prompts[0], 1, SEED_WINDOW)  # warm-up (traces predict)
+        reference_greedy(inference_model, baseline_prompts[0], 1, window=SEED_WINDOW, predict=True)  # warm-up (traces predict)
         seconds, predict_outputs = fastest_seconds(run_predict, arguments.repeats)
         predict_rate = baseline_words / seconds
         predict_matches = sum(a == b for a, b in zip(predict_outputs, reference_outputs))

@@ -150,26 +150,10 @@ def worker_log_figures(log: Path, job_id: str) -> dict[str, Any]:
     }
 
 
-def predict_greedy(model, ids: Sequence[int], words: int, window: int) -> list[int]:
-    """The seed notebook's loop: one `model.predict` per word on the context padded to `window`
-    tokens (right padding; the model masks it), argmax over real words, append, repeat."""
-    from shared.text import SPECIAL_TOKENS, pad_right
-
-    context = list(ids)
-    generated = []
-    for _ in range(words):
-        batch = pad_right([context], max(len(context), window))
-        probabilities = np.array(model.predict(batch, verbose=0))[0]
-        probabilities[: len(SPECIAL_TOKENS)] = -1.0
-        token = int(np.argmax(probabilities))
-        generated.append(token)
-        context.append(token)
-    return generated
-
-
 def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int) -> dict[str, Any]:
     import keras
 
+    from shared.generate import reference_greedy
     from shared.text import Vocabulary
 
     started = time.perf_counter()
@@ -177,11 +161,11 @@ def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int
     load_seconds = time.perf_counter() - started
     vocabulary = Vocabulary(json.loads((export_dir / "vocab.json").read_text(encoding="utf-8")))
     encoded = [vocabulary.encode(prompt)[0] for prompt in prompts]
-    predict_greedy(model, encoded[0], 1, SEED_WINDOW)   # warm-up: predict builds its function once
+    reference_greedy(model, encoded[0], 1, window=SEED_WINDOW, predict=True)   # warm-up: predict builds its function once
     best, outputs = float("inf"), []
     for _ in range(repeats):
         started = time.perf_counter()
-        outputs = [predict_greedy(model, ids, words, SEED_WINDOW) for ids in encoded]
+        outputs = [reference_greedy(model, ids, words, window=SEED_WINDOW, predict=True) for ids in encoded]
         best = min(best, time.perf_counter() - started)
     return {"seconds": best, "load_seconds": load_seconds, "words": len(prompts) * words,
             "continuations": [" ".join(vocabulary.decode(ids)) for ids in outputs]}
