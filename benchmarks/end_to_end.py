@@ -175,8 +175,7 @@ def main() -> int:
     arguments = parse_arguments()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from producer.demo import stop_process_group
-    from shared.localredis import LocalRedis
+    from producer.demo import LocalStack
 
     corpus = corpus_path()
     text = corpus.read_text(encoding="utf-8")
@@ -187,18 +186,15 @@ def main() -> int:
           f"seed loop on the first {arguments.baseline_prompts}; {platform.machine()}, {os.cpu_count()} CPUs",
           flush=True)
 
-    server = worker = None
     scratch = tempfile.TemporaryDirectory(prefix="lstmq-bench-")
     directory = Path(scratch.name)
     log_path = Path(arguments.worker_log) if arguments.worker_log else directory / "worker.log"
-    worker_log = open(log_path, "w")
+    stack = LocalStack(log_path, worker_args=("--cpu",))
     try:
-        server = LocalRedis().start()
-        broker = ["--broker", server.url]
-        worker = subprocess.Popen([tool("lstmq-worker"), "--cpu", *broker], start_new_session=True,
-                                  stdout=worker_log, stderr=subprocess.STDOUT)
-        ready_seconds = wait_for_worker(worker, log_path)
-        print(f"redis-server on {server.url}; lstmq-worker --cpu ready in {ready_seconds:.1f}s "
+        stack.__enter__()
+        broker = ["--broker", stack.broker]
+        ready_seconds = wait_for_worker(stack.worker, log_path)
+        print(f"redis-server on {stack.broker}; lstmq-worker --cpu ready in {ready_seconds:.1f}s "
               f"(log: {log_path})", flush=True)
 
         # --- 1. training ---------------------------------------------------------------------
@@ -251,20 +247,13 @@ def main() -> int:
             print(f"end_to_end: WARNING: the seed loop's greedy words differ from lstmq's for "
                   f"{len(baseline_prompts) - matches} of {len(baseline_prompts)} prompts", file=sys.stderr)
     except StepFailed as error:
-        print(f"end_to_end: {error}", file=sys.stderr)
-        worker_log.flush()
-        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:] if log_path.exists() else []
-        print("end_to_end: the worker's log ends:\n" + "\n".join(tail), file=sys.stderr)
+        print(f"end_to_end: {error}\nend_to_end: the worker's log ends:\n{stack.log_tail()}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nend_to_end: interrupted", file=sys.stderr)
         return 130
     finally:
-        if worker is not None:
-            stop_process_group(worker)
-        if server is not None:
-            server.close()
-        worker_log.close()
+        stack.__exit__()
         scratch.cleanup()
 
     rows = [

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from shared.errors import BrokerUnavailable, ConfigError, InputError, JobNotFound, LstmqError, ModelNotFound
+from shared.errors import BrokerUnavailable, ConfigError, InputError, LstmqError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 1, 2, 3
 
@@ -37,9 +37,7 @@ def common_options(command):
             return command(*args, config_file=config_file, broker=broker, **kwargs)
         except (ConfigError, InputError) as error:
             raise BadInput(str(error)) from None
-        except (BrokerUnavailable, JobNotFound, ModelNotFound) as error:
-            raise Failure(str(error)) from None
-        except LstmqError as error:
+        except LstmqError as error:   # a failed job, an unknown job or model, no broker
             raise Failure(str(error)) from None
     return wrapper
 

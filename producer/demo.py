@@ -60,24 +60,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     corpus = find_corpus()
-    server = worker = None
-    worker_log = open(args.worker_log, "w")
     try:
-        broker = args.broker
-        if not broker:
-            server = LocalRedis().start()
-            broker = server.url
-            print(f"demo: started redis-server on {broker}", flush=True)
-        worker = subprocess.Popen([tool("lstmq-worker"), "--broker", broker], start_new_session=True,
-                                  stdout=worker_log, stderr=subprocess.STDOUT)
-        print(f"demo: started lstmq-worker (log: {args.worker_log})", flush=True)
-        common = ["--broker", broker]
-        subprocess.run([tool("lstmq"), "train", str(corpus), "--model", "demo", "--epochs", str(args.epochs),
-                        "--wait", *common], check=True)
-        result = subprocess.run([tool("lstmq"), "generate", args.seeds, "--model", "demo", "-o", args.output,
-                                 *common])
-        if result.returncode not in (0, 3):
-            raise subprocess.CalledProcessError(result.returncode, result.args)
+        with LocalStack(args.worker_log, args.broker) as stack:
+            if stack.server is not None:
+                print(f"demo: started redis-server on {stack.broker}", flush=True)
+            print(f"demo: started lstmq-worker (log: {args.worker_log})", flush=True)
+            common = ["--broker", stack.broker]
+            try:
+                subprocess.run([tool("lstmq"), "train", str(corpus), "--model", "demo", "--epochs", str(args.epochs),
+                                "--wait", *common], check=True)
+                result = subprocess.run([tool("lstmq"), "generate", args.seeds, "--model", "demo", "-o", args.output,
+                                         *common])
+                if result.returncode not in (0, 3):
+                    raise subprocess.CalledProcessError(result.returncode, result.args)
+            except subprocess.CalledProcessError as error:
+                print(f"demo: {' '.join(map(str, error.cmd[:2]))} failed with status {error.returncode}; "
+                      f"the worker's log ends:\n{stack.log_tail()}", file=sys.stderr)
+                return 1
         print(f"\ndemo: first lines of {args.output}:")
         with open(args.output, encoding="utf-8") as stream:
             for line, _ in zip(stream, range(5)):
@@ -85,21 +84,48 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  [{record['model']}] {record['prompt']} -> {record['continuation']}")
         print(f"\ndemo: done in {time.monotonic() - started:.0f}s")
         return 0
-    except subprocess.CalledProcessError as error:
-        print(f"demo: {' '.join(map(str, error.cmd[:2]))} failed with status {error.returncode}; "
-              f"the worker's log ends:", file=sys.stderr)
-        worker_log.flush()
-        print("".join(open(args.worker_log, encoding="utf-8", errors="replace").readlines()[-30:]), file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if worker is not None:
-            stop_process_group(worker)
-        if server is not None:
-            server.close()
-        worker_log.close()
+
+
+class LocalStack:
+    """A throwaway redis-server (unless `broker` names one) and one lstmq-worker process group
+    logging to `log_path`; both are stopped on leaving, whatever happened (demo, benchmarks)."""
+
+    def __init__(self, log_path: str | Path, broker: str | None = None, worker_args: tuple[str, ...] = ()):
+        self.log_path, self.broker, self.worker_args = Path(log_path), broker, worker_args
+        self.server: LocalRedis | None = None
+        self.worker: subprocess.Popen | None = None
+        self.log = None
+
+    def __enter__(self) -> LocalStack:
+        self.log = open(self.log_path, "w")
+        try:
+            if not self.broker:
+                self.server = LocalRedis().start()
+                self.broker = self.server.url
+            self.worker = subprocess.Popen([tool("lstmq-worker"), *self.worker_args, "--broker", self.broker],
+                                           start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        """Stop what was started; safe to call more than once."""
+        if self.worker is not None:
+            stop_process_group(self.worker)
+            self.worker = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.log is not None:
+            self.log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:

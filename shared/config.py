@@ -193,7 +193,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
 
 
 # LSTMQ_* variables that are not settings (read elsewhere, documented in the README).
-_IGNORED_ENV = {"device", "worker_name", "test_corpus"}
+_IGNORED_ENV = {"device", "test_corpus"}
 
 
 def _check_relations(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
