@@ -3,6 +3,7 @@ FROM python:3.11-slim
 ARG TF_EXTRA=cpu
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY lstmq lstmq
 COPY shared shared
 COPY worker worker
 COPY producer producer

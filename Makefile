@@ -26,7 +26,7 @@ redis-server:
 	  else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)"; exit 1; fi; }
 
 demo: setup
-	$(BIN)/python -m producer.demo
+	$(BIN)/python -m lstmq.producer.demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -65,7 +65,7 @@ def parse_arguments() -> argparse.Namespace:
 
 def choose_prompts(text: str, vocabulary, count: int) -> list[list[int]]:
     """Token ids of `count` random corpus lines of 5 to 15 words (drawn with replacement)."""
-    from shared.text import words
+    from lstmq.shared.text import words
 
     lines = [line for line in text.split("\n") if PROMPT_WORDS[0] <= len(words(line)) <= PROMPT_WORDS[1]]
     rng = np.random.default_rng(RANDOM_SEED)
@@ -88,9 +88,9 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from shared.generate import Decoder, Request, reference_greedy
-    from shared.model import build_models
-    from shared.text import Vocabulary
+    from lstmq.shared.generate import Decoder, Request, reference_greedy
+    from lstmq.shared.model import build_models
+    from lstmq.shared.text import Vocabulary
 
     path = corpus_path()
     text = path.read_text(encoding="utf-8")

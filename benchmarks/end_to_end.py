@@ -116,7 +116,7 @@ def wait_for_worker(worker: subprocess.Popen, log: Path) -> float:
 
 def choose_prompts(text: str, count: int) -> list[str]:
     """`count` random corpus lines of 3 to 12 words (drawn with replacement)."""
-    from shared.text import words
+    from lstmq.shared.text import words
 
     lines = [line.strip() for line in text.split("\n") if PROMPT_WORDS[0] <= len(words(line)) <= PROMPT_WORDS[1]]
     rng = np.random.default_rng(RANDOM_SEED)
@@ -153,8 +153,8 @@ def worker_log_figures(log: Path, job_id: str) -> dict[str, Any]:
 def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int) -> dict[str, Any]:
     import keras
 
-    from shared.generate import reference_greedy
-    from shared.text import Vocabulary
+    from lstmq.shared.generate import reference_greedy
+    from lstmq.shared.text import Vocabulary
 
     started = time.perf_counter()
     model = keras.saving.load_model(export_dir / "model.keras")
@@ -175,7 +175,7 @@ def main() -> int:
     arguments = parse_arguments()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from producer.demo import LocalStack
+    from lstmq.producer.demo import LocalStack
 
     corpus = corpus_path()
     text = corpus.read_text(encoding="utf-8")

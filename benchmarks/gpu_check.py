@@ -38,16 +38,16 @@ def main() -> None:
     parser.add_argument("--equivalence-prompts", type=int, default=64)
     args = parser.parse_args()
 
-    from worker import runtime
+    from lstmq.worker import runtime
     runtime.init_process()                      # the worker's device set-up: memory growth
     import keras
     import tensorflow as tf
 
-    from shared import model as model_module
-    from shared.config import load_settings
-    from shared.generate import Decoder, Request, reference_greedy
-    from shared.text import Vocabulary, training_sequences
-    from shared.train import SequenceBatches, train
+    from lstmq.shared import model as model_module
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.generate import Decoder, Request, reference_greedy
+    from lstmq.shared.text import Vocabulary, training_sequences
+    from lstmq.shared.train import SequenceBatches, train
 
     report: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
     gpus = tf.config.list_physical_devices("GPU")

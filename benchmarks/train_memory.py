@@ -93,7 +93,7 @@ def run_seed(text: str, epochs: int) -> dict:
     one against Keras' Tokenizer, which changes nothing here)."""
     import keras
 
-    from shared.text import Vocabulary
+    from lstmq.shared.text import Vocabulary
 
     started = time.monotonic()
     vocabulary = Vocabulary.from_text(text)
@@ -132,9 +132,9 @@ def run_seed(text: str, epochs: int) -> dict:
 
 def run_lstmq(text: str, epochs: int) -> dict:
     """shared.train.train with the default settings but `epochs`."""
-    from shared.config import load_settings
-    from shared.model import read_artifact
-    from shared.train import train
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.model import read_artifact
+    from lstmq.shared.train import train
 
     started = time.monotonic()
     params = load_settings().model_params()
@@ -166,7 +166,7 @@ def child(variant: str, lines: int, epochs: int) -> None:
 # --- the parent: runs the children, prints the ratios -----------------------------------------
 def seed_estimate(lines: int) -> dict:
     """Examples, vocabulary and one-hot bytes the seed way needs on a slice, without TensorFlow."""
-    from shared.text import Vocabulary
+    from lstmq.shared.text import Vocabulary
 
     text = read_corpus(lines)
     vocabulary = Vocabulary.from_text(text)

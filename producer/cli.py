@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from shared.errors import BrokerUnavailable, ConfigError, InputError, LstmqError
+from lstmq.shared.errors import BrokerUnavailable, ConfigError, InputError, LstmqError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 1, 2, 3
 
@@ -45,7 +45,7 @@ def common_options(command):
 def open_store(settings):
     import redis
 
-    from shared.store import Store
+    from lstmq.shared.store import Store
     store = Store.from_url(settings.broker_url, settings.result_ttl)
     try:
         store.ping(settings.broker_url)
@@ -55,7 +55,7 @@ def open_store(settings):
 
 
 def settings_for(config_file, **overrides):
-    from shared.config import load_settings
+    from lstmq.shared.config import load_settings
     return load_settings(config_file, overrides)
 
 
@@ -91,8 +91,8 @@ def main():
 @common_options
 def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, config_file, broker):
     """Upload CORPUS (UTF-8 text) and train a new version of a model on it."""
-    from shared.store import JobKind, check_model_name
-    from shared.text import words
+    from lstmq.shared.store import JobKind, check_model_name
+    from lstmq.shared.text import words
 
     settings = settings_for(config_file, broker_url=broker, epochs=epochs, batch_size=batch_size,
                             learning_rate=learning_rate)
@@ -117,7 +117,7 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
     digest = store.put_blob(data, ttl=settings.result_ttl)
     job_id = store.create_job(JobKind.TRAIN, settings.model_params(), model_name=model_name,
                               corpus_sha256=digest, corpus_file=path.name, epochs=settings.epochs)
-    from worker.app import TRAIN_QUEUE, TRAIN_TASK, create_app
+    from lstmq.worker.app import TRAIN_QUEUE, TRAIN_TASK, create_app
     create_app(settings).send_task(TRAIN_TASK, kwargs={"job": job_id}, queue=TRAIN_QUEUE)
     if not wait:
         if as_json:
@@ -125,7 +125,7 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
         else:
             click.echo(job_id)
         return
-    from producer.collect import wait_train
+    from lstmq.producer.collect import wait_train
     if not as_json:
         click.echo(f"job {job_id}: training {model_name} on {path.name} ({size:,} bytes, sha256 {digest[:12]})", err=True)
     try:
@@ -163,7 +163,7 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
 def generate(seeds, model_spec, output, words, temperature, top_k, top_p, samples, seed, chunk_size, detach,
              as_json, config_file, broker):
     """Continue every prompt of SEEDS (.txt: a prompt per line; .jsonl: {"id", "prompt", ...})."""
-    from producer.seeds import check_path
+    from lstmq.producer.seeds import check_path
     settings = settings_for(config_file, broker_url=broker, words=words, temperature=temperature, top_k=top_k,
                             top_p=top_p, n=samples, seed=seed, chunk_size=chunk_size)
     if output is None and not detach:
@@ -192,15 +192,15 @@ def generate(seeds, model_spec, output, words, temperature, top_k, top_p, sample
 
 
 def _errors_file(output) -> str:
-    from producer.collect import errors_path
+    from lstmq.producer.collect import errors_path
     return str(errors_path(output))
 
 
 def submit_generate(store, settings, seeds, name, version, output):
     """Stream the seed file into chunks (tasks are sent as chunks fill, so workers start early)."""
-    from producer.seeds import Seed, read_seeds
-    from shared.store import JobKind
-    from worker.app import GENERATE_QUEUE, GENERATE_TASK, create_app
+    from lstmq.producer.seeds import Seed, read_seeds
+    from lstmq.shared.store import JobKind
+    from lstmq.worker.app import GENERATE_QUEUE, GENERATE_TASK, create_app
 
     defaults = settings.generation_params()
     if defaults["seed"] is None:
@@ -233,7 +233,7 @@ def submit_generate(store, settings, seeds, name, version, output):
     store.add_input_errors(job_id, [error.record() for error in errors])
     store.finish_submission(job_id, chunks=chunks, prompts=prompts, input_errors=len(errors), lines=lines)
     if output and errors:
-        from producer.collect import errors_path
+        from lstmq.producer.collect import errors_path
         with open(errors_path(output), "w", encoding="utf-8") as stream:
             for error in errors:
                 stream.write(json.dumps(error.record(), ensure_ascii=False) + "\n")
@@ -246,7 +246,7 @@ def stopped_waiting(job_id: str, how: str) -> None:
 
 
 def collect_job(store, settings, job_id, output, as_json):
-    from producer.collect import errors_path, wait_generate, write_results
+    from lstmq.producer.collect import errors_path, wait_generate, write_results
     record = store.job(job_id)
     if record.get("kind") != "generate":
         raise InputError(f"job {job_id} is a {record.get('kind')} job; only generate jobs have output to collect")
@@ -344,7 +344,7 @@ def models(args, as_json, config_file, broker):
     if args and args[0] == "export":
         if len(args) != 3:
             raise click.UsageError("usage: lstmq models export NAME@VERSION DIR")
-        from shared.model import export_artifact
+        from lstmq.shared.model import export_artifact
         store = open_store(settings)
         name, version = store.resolve_model(args[1])
         written = export_artifact(store.model_artifact(name, version), args[2])

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from shared.store import JobStatus, Store
+from lstmq.shared.store import JobStatus, Store
 
 NO_WORKER_HINT_S = 15.0
 

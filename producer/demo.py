@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from shared.localredis import LocalRedis
+from lstmq.shared.localredis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS_URL = "https://sherlock-holm.es/stories/plain-text/advs.txt"

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import GENERATION_KEYS
-from shared.errors import InputError
-from shared.params import check_generation_params, prompt_key
-from shared.text import words
+from lstmq.shared.config import GENERATION_KEYS
+from lstmq.shared.errors import InputError
+from lstmq.shared.params import check_generation_params, prompt_key
+from lstmq.shared.text import words
 
 SUFFIXES = (".txt", ".jsonl")
 JSONL_FIELDS = ("id", "prompt", *GENERATION_KEYS)

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from shared.errors import ConfigError
+from lstmq.shared.errors import ConfigError
 
 ENV_PREFIX = "LSTMQ_"
 CONFIG_ENV = "LSTMQ_CONFIG"
@@ -123,7 +123,7 @@ def _kind_name(field: Field) -> str:
 
 
 def default_file() -> Path:
-    return Path(str(resources.files("config").joinpath("default.yaml")))
+    return Path(str(resources.files("lstmq.config").joinpath("default.yaml")))
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

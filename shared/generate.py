@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.text import PAD_ID, SPECIAL_TOKENS, Vocabulary, pad_right
+from lstmq.shared.text import PAD_ID, SPECIAL_TOKENS, Vocabulary, pad_right
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import time
 import uuid
 from typing import Any
 
-from shared.errors import InputError, LstmqError
-from shared.params import check_generation_params
-from shared.store import JobKind, JobStatus, Store
+from lstmq.shared.errors import InputError, LstmqError
+from lstmq.shared.params import check_generation_params
+from lstmq.shared.store import JobKind, JobStatus, Store
 
 log = logging.getLogger("lstmq.jobs")
 LOCK_TTL_S = 30    # a training job's lock expires this long after its worker stopped refreshing it
@@ -85,8 +85,8 @@ class StoreCheckpoints:
 
 def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
     """Train the job's model, register it as a new version; idempotent on redelivery."""
-    from shared.model import read_artifact
-    from shared.train import train
+    from lstmq.shared.model import read_artifact
+    from lstmq.shared.train import train
 
     record = store.job(job_id)
     if record.get("kind") != JobKind.TRAIN.value:
@@ -141,7 +141,7 @@ def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
 def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: str,
                        limits: dict[str, int]) -> dict[str, Any]:
     """Decode one chunk of a generate job and write its result once."""
-    from shared.generate import Request
+    from lstmq.shared.generate import Request
 
     started = time.monotonic()
     record = store.job(job_id)

@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from shared.config import GENERATION_KEYS, check_value
-from shared.errors import InputError
+from lstmq.shared.config import GENERATION_KEYS, check_value
+from lstmq.shared.errors import InputError
 
 
 def check_generation_params(values: dict[str, Any], max_words: int, max_n: int, source: str = "") -> dict[str, Any]:

@@ -13,9 +13,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from shared import model as model_module
-from shared.errors import CorpusError
-from shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, training_sequences
+from lstmq.shared import model as model_module
+from lstmq.shared.errors import CorpusError
+from lstmq.shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, training_sequences
 
 BUCKET_POOL_BATCHES = 50   # batches pooled and sorted by length, to cut padding without losing shuffling
 MIN_SEQUENCES = 2

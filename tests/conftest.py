@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.localredis import LocalRedis
+from lstmq.shared.localredis import LocalRedis
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from shared.config import SCHEMA, default_file, env_name, load_settings
-from shared.errors import ConfigError
+from lstmq.shared.config import SCHEMA, default_file, env_name, load_settings
+from lstmq.shared.errors import ConfigError
 
 
 def test_default_file_documents_every_setting():

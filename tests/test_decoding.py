@@ -6,9 +6,9 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from shared import model as model_module  # noqa: E402
-from shared.generate import Decoder, Request, reference_greedy, row_uniforms  # noqa: E402
-from shared.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from lstmq.shared import model as model_module  # noqa: E402
+from lstmq.shared.generate import Decoder, Request, reference_greedy, row_uniforms  # noqa: E402
+from lstmq.shared.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 
 VOCAB_SIZE = 400
 WINDOW = 17
@@ -26,8 +26,8 @@ def random_model():
 
 @pytest.fixture(scope="module")
 def trained_model(corpus_text):
-    from shared.config import load_settings
-    from shared.train import train
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.train import train
 
     text = "\n".join(corpus_text.split("\n")[60:1060])
     params = {**load_settings(environ={}).model_params(), "embedding_dim": 24, "lstm_units": 32, "epochs": 1,

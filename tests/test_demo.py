@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from producer.demo import CORPUS_SHA256, fetch_corpus
+from lstmq.producer.demo import CORPUS_SHA256, fetch_corpus
 
 pytest.importorskip("keras")
 

@@ -83,8 +83,8 @@ def test_generate_txt_with_bad_lines(trained, cli, tmp_path):
 
 def test_greedy_output_equals_the_seed_loop_on_the_exported_model(trained, cli, tmp_path):
     keras = pytest.importorskip("keras")
-    from shared.generate import reference_greedy
-    from shared.text import Vocabulary
+    from lstmq.shared.generate import reference_greedy
+    from lstmq.shared.text import Vocabulary
 
     export = tmp_path / "export"
     cli("models", "export", "sherlock@1", export)
@@ -211,9 +211,9 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
 def test_messages_are_json_and_carry_only_ids(small_config):
     import redis
 
-    from shared.config import load_settings
-    from shared.localredis import LocalRedis
-    from worker.app import GENERATE_TASK, create_app
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.localredis import LocalRedis
+    from lstmq.worker.app import GENERATE_TASK, create_app
 
     with LocalRedis() as server:   # no worker here: the message stays on the queue to be read
         app = create_app(load_settings(small_config, {"broker_url": server.url}, environ={}))
@@ -226,8 +226,9 @@ def test_messages_are_json_and_carry_only_ids(small_config):
 
 
 def test_tensorflow_stays_out_of_the_producer_and_the_prefork_parent(worker):
-    code = ("import sys, producer.cli, producer.collect, producer.seeds, producer.demo, worker.app, worker.tasks, "
-            "worker.launch, worker.run, shared.store, shared.jobs, shared.config, shared.params; "
+    code = ("import sys, lstmq.producer.cli, lstmq.producer.collect, lstmq.producer.seeds, lstmq.producer.demo, "
+            "lstmq.worker.app, lstmq.worker.tasks, lstmq.worker.launch, lstmq.worker.run, lstmq.shared.store, "
+            "lstmq.shared.jobs, lstmq.shared.config, lstmq.shared.params; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], env=clean_env()).returncode == 0
     # launcher -> Celery main process (prefork parent) -> pool process

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from producer.collect import errors_path
-from producer.seeds import Seed, SeedError, check_path, read_seeds
-from shared.errors import InputError
-from shared.params import prompt_key
+from lstmq.producer.collect import errors_path
+from lstmq.producer.seeds import Seed, SeedError, check_path, read_seeds
+from lstmq.shared.errors import InputError
+from lstmq.shared.params import prompt_key
 
 DEFAULTS = {"words": 7, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "n": 1, "seed": 5}
 LIMITS = {"max_words": 100, "max_n": 10, "max_prompt_chars": 200, "max_line_bytes": 1000}

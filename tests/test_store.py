@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from shared.errors import InputError, JobNotFound, ModelNotFound
-from shared.store import JobKind, JobStatus, Keys, Store, parse_model_spec
+from lstmq.shared.errors import InputError, JobNotFound, ModelNotFound
+from lstmq.shared.store import JobKind, JobStatus, Keys, Store, parse_model_spec
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import pytest
 
-from shared.text import PAD_ID, UNK_ID, Vocabulary, pad_right, training_sequences, words
+from lstmq.shared.text import PAD_ID, UNK_ID, Vocabulary, pad_right, training_sequences, words
 
 
 def test_words_follow_keras_tokenizer_rules():

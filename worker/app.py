@@ -4,7 +4,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from shared.config import Settings
+from lstmq.shared.config import Settings
 
 TRAIN_TASK, GENERATE_TASK = "lstmq.train", "lstmq.generate"
 TRAIN_QUEUE, GENERATE_QUEUE = "train", "generate"

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from worker.app import QUEUES
+from lstmq.worker.app import QUEUES
 
 
 def visible_gpus() -> list[str]:
@@ -44,6 +44,16 @@ def parse_queues(value: str) -> str:
     return ",".join(queues)
 
 
+def module_command(module: str) -> list[str]:
+    """`python -m MODULE` without the current directory on sys.path, so that a `worker.py`,
+    `config.py` or `lstmq/` in the directory where an operator starts lstmq-worker is never
+    imported instead of lstmq's (-P on Python 3.11+; the same by hand on 3.10)."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module]
+    return [sys.executable, "-c", f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, "
+                                  f"run_name='__main__', alter_sys=True)"]
+
+
 def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, config: str | None,
                     loglevel: str, prefix: str) -> list[tuple[list[str], dict[str, str]]]:
     base = dict(os.environ)
@@ -55,7 +65,7 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else "-1"
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env["LSTMQ_DEVICE"] = device
-        command = [sys.executable, "-m", "worker.run", "--name", f"{prefix}-{device}@%h", "--device", device,
+        command = [*module_command("lstmq.worker.run"), "--name", f"{prefix}-{device}@%h", "--device", device,
                    "--queues", queues, "--loglevel", loglevel]
         if broker:
             command += ["--broker", broker]
@@ -81,8 +91,8 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix):
         raise click.UsageError("--gpus and --cpu exclude each other")
     queues = parse_queues(queues)
     chosen = None if cpu else (parse_gpus(gpus) if gpus else visible_gpus())
-    from shared.config import load_settings
-    from shared.errors import ConfigError
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.errors import ConfigError
     try:
         load_settings(config, {"broker_url": broker})   # fail here, once, on a bad setting
     except ConfigError as error:

@@ -1,4 +1,4 @@
-"""One Celery worker (python -m worker.run): started by lstmq-worker, once per device, with
+"""One Celery worker (python -m lstmq.worker.run): started by lstmq-worker, once per device, with
 CUDA_VISIBLE_DEVICES already set. This process is the prefork parent and never imports
 TensorFlow; its single pool process does (worker.tasks -> runtime.init_process)."""
 from __future__ import annotations
@@ -7,14 +7,14 @@ import argparse
 import os
 import sys
 
-from shared.config import load_settings
-from shared.errors import ConfigError
-from worker import runtime, tasks
-from worker.app import QUEUES, create_app
+from lstmq.shared.config import load_settings
+from lstmq.shared.errors import ConfigError
+from lstmq.worker import runtime, tasks
+from lstmq.worker.app import QUEUES, create_app
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m worker.run", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m lstmq.worker.run", description=__doc__)
     parser.add_argument("--name", default="lstmq-cpu@%h", help="Celery node name")
     parser.add_argument("--device", default=os.environ.get("LSTMQ_DEVICE", "cpu"), help="device label for logs")
     parser.add_argument("--queues", default=",".join(QUEUES))

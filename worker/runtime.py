@@ -10,8 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from shared.config import Settings
-from shared.store import Store
+from lstmq.shared.config import Settings
+from lstmq.shared.store import Store
 
 log = logging.getLogger("lstmq.worker")
 
@@ -41,9 +41,9 @@ class ModelCache:
         if key in self.models:
             self.models.move_to_end(key)
             return self.models[key]
-        from shared.generate import Decoder
-        from shared.model import load_keras_bytes, read_artifact
-        from shared.text import Vocabulary
+        from lstmq.shared.generate import Decoder
+        from lstmq.shared.model import load_keras_bytes, read_artifact
+        from lstmq.shared.text import Vocabulary
 
         started = time.monotonic()
         model_bytes, vocabulary, meta = read_artifact(self.store.model_artifact(name, version))
@@ -98,7 +98,7 @@ def init_process() -> None:
 
 def ensure_settings() -> Settings:
     if STATE.settings is None:
-        from shared.config import load_settings
+        from lstmq.shared.config import load_settings
         STATE.settings = load_settings()
     return STATE.settings
 

@@ -8,9 +8,9 @@ import logging
 from celery import Celery
 from celery.signals import worker_process_init
 
-from shared.errors import JobNotFound, LstmqError
-from worker import runtime
-from worker.app import GENERATE_TASK, TRAIN_TASK
+from lstmq.shared.errors import JobNotFound, LstmqError
+from lstmq.worker import runtime
+from lstmq.worker.app import GENERATE_TASK, TRAIN_TASK
 
 log = logging.getLogger("lstmq.worker")
 BUSY_RETRY_S = 15   # a redelivered training task checks again this often while another worker holds the job
@@ -19,7 +19,7 @@ BUSY_RETRY_S = 15   # a redelivered training task checks again this often while 
 def register(app: Celery) -> None:
     @app.task(name=TRAIN_TASK, bind=True, max_retries=None)
     def train(self, *positional, job=None, **unexpected):
-        from shared.jobs import JobBusy, check_message, run_training
+        from lstmq.shared.jobs import JobBusy, check_message, run_training
         try:
             check_message(job, 0, positional, unexpected)
             store, _ = runtime.ensure_process()
@@ -33,7 +33,7 @@ def register(app: Celery) -> None:
 
     @app.task(name=GENERATE_TASK, bind=True)
     def generate(self, *positional, job=None, chunk=None, **unexpected):
-        from shared.jobs import check_message, run_generate_chunk
+        from lstmq.shared.jobs import check_message, run_generate_chunk
         try:
             check_message(job, chunk, positional, unexpected)
             store, models = runtime.ensure_process()

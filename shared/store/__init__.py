@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from shared.errors import BrokerUnavailable, InputError, JobNotFound, ModelNotFound
+from lstmq.shared.errors import BrokerUnavailable, InputError, JobNotFound, ModelNotFound
 
 PREFIX = "lstmq"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
