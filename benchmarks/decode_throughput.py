@@ -22,9 +22,11 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from lstmq.shared import devstack
+import tables
+
 
 # Model size of the seed notebook (and lstmq's default configuration).
 EMBEDDING_DIM = 100
@@ -32,11 +34,6 @@ LSTM_UNITS = 150
 SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
 PROMPT_WORDS = (5, 15)       # prompts are corpus lines of this many words, inclusive
 RANDOM_SEED = 1234           # for the weights and the choice of prompts
-
-
-def corpus_path() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "sherlock.txt"
-    return Path(os.environ.get("LSTMQ_TEST_CORPUS") or default)
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -88,11 +85,12 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
+    from lstmq.shared.config import load_settings
     from lstmq.shared.generate import Decoder, Request, reference_greedy
     from lstmq.shared.model import build_models
     from lstmq.shared.text import Vocabulary
 
-    path = corpus_path()
+    path = devstack.corpus_path()
     text = path.read_text(encoding="utf-8")
     vocabulary = Vocabulary.from_text(text)
     keras.utils.set_random_seed(RANDOM_SEED)
@@ -138,8 +136,8 @@ def main() -> None:
     for batch_size in arguments.batch_sizes:
         decoder = Decoder(inference_model, vocabulary, max_rows=batch_size)
         for mode, sampling_parameters in modes:
-            requests = [Request(ids=ids, words=words, key=index, **sampling_parameters)
-                        for index, ids in enumerate(prompts)]
+            params = load_settings(environ={}).generation_params().replace(words=words, seed=0).replace(**sampling_parameters)
+            requests = [Request(ids=ids, params=params, key=index) for index, ids in enumerate(prompts)]
             decoder.generate(requests[:batch_size])   # warm-up: traces the tf.function once
             seconds, outputs = fastest_seconds(lambda: decoder.generate(requests), arguments.repeats)
             rate = len(prompts) * words / seconds   # words per second
@@ -178,12 +176,7 @@ def print_table(rows: list[dict], baseline_prompts: int, with_predict: bool) -> 
             line.append(f"{row['ratio_vs_seed_predict']:.2f}")
         line.append("-" if row["greedy_matches"] is None else str(row["greedy_matches"]))
         lines.append(line)
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    print()
-    for number, line in enumerate(lines):
-        print("  ".join(cell.rjust(width) for cell, width in zip(line, widths)))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
+    tables.print_table(lines)
     print("(rows/call: a batch size above --prompts decodes all prompts in one call; "
           "the seed's ratios compare with its greedy loop, it had no sampling)")
 

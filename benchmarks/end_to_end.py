@@ -1,7 +1,7 @@
 """End to end: train and generate through the real parts, against the seed's predict loop.
 
 Everything lstmq does for a user runs here as a user runs it: a throwaway redis-server
-(shared.localredis), one `lstmq-worker --cpu` subprocess, and the `lstmq` CLI in subprocesses:
+(lstmq.shared.devstack), one `lstmq-worker --cpu` subprocess, and the `lstmq` CLI in subprocesses:
 
 1. `lstmq train CORPUS --model bench --epochs 1 --wait --json` with the default (seed) network on
    the whole corpus: wall time of the command, the job's worker time and the epoch's seconds;
@@ -44,21 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lstmq.shared import devstack
+
 
 SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
 PROMPT_WORDS = (3, 12)       # prompts are corpus lines of this many words, inclusive
 RANDOM_SEED = 1234           # for the choice of prompts
 MODEL_NAME = "bench"
 WORKER_READY_TIMEOUT_S = 300
-
-
-def corpus_path() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "sherlock.txt"
-    return Path(os.environ.get("LSTMQ_TEST_CORPUS") or default)
-
-
-def tool(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -89,7 +82,7 @@ class StepFailed(Exception):
 
 def lstmq(*arguments: str, ok: Sequence[int] = (0,)) -> tuple[float, dict[str, Any] | list[Any]]:
     """Run the lstmq CLI; (wall seconds, its last stdout line parsed as JSON)."""
-    command = [tool("lstmq"), *arguments]
+    command = [devstack.tool("lstmq"), *arguments]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -175,9 +168,9 @@ def main() -> int:
     arguments = parse_arguments()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from lstmq.producer.demo import LocalStack
+    from lstmq.shared.devstack import LocalStack
 
-    corpus = corpus_path()
+    corpus = devstack.corpus_path()
     text = corpus.read_text(encoding="utf-8")
     prompts = choose_prompts(text, arguments.prompts)
     words = arguments.words

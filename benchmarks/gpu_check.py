@@ -14,12 +14,12 @@ import argparse
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("LSTMQ_TEST_CORPUS", ROOT.parent / "shared" / "data" / "sherlock.txt"))
+from lstmq.shared import devstack
+
+CORPUS = devstack.corpus_path()
 
 
 def op_types(concrete_function) -> set[str]:
@@ -62,9 +62,9 @@ def main() -> None:
     text = CORPUS.read_text(encoding="utf-8")
     params = load_settings(environ={}).model_params()
     vocabulary = Vocabulary.from_text(text)
-    training_model, inference_model = model_module.build_models(len(vocabulary), params["embedding_dim"], params["lstm_units"])
+    training_model, inference_model = model_module.build_models(len(vocabulary), params.embedding_dim, params.lstm_units)
     loss_function = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    batches = SequenceBatches(training_sequences(text, vocabulary, params["context_window"]))
+    batches = SequenceBatches(training_sequences(text, vocabulary, params.context_window))
     inputs, targets = batches.batch(np.arange(64))
 
     @tf.function
@@ -81,7 +81,7 @@ def main() -> None:
     print(json.dumps({"cudnn": {k: report[k] for k in ("training_cudnn_ops", "decoder_cudnn_ops")}}), flush=True)
 
     started = time.monotonic()
-    result = train(text, {**params, "epochs": args.epochs}, "gpu-check")
+    result = train(text, params.replace(epochs=args.epochs), "gpu-check")
     report["train"] = {"epochs": args.epochs, "seconds": round(time.monotonic() - started, 2),
                        "epoch_seconds": [entry["seconds"] for entry in result.history],
                        "val_perplexity": result.metrics["val_perplexity"]}
@@ -97,7 +97,8 @@ def main() -> None:
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         decoder = Decoder(trained, vocabulary, max_rows=batch_size)
         for mode, extra in (("greedy", {}), ("sampling top_k=50", {"temperature": 1.0, "top_k": 50, "seed": 1})):
-            requests = [Request(ids=ids, words=args.words, key=i, **extra) for i, ids in enumerate(prompt_ids[:batch_size])]
+            generation = load_settings(environ={}).generation_params().replace(words=args.words, seed=0).replace(**extra)
+            requests = [Request(ids=ids, params=generation, key=i) for i, ids in enumerate(prompt_ids[:batch_size])]
             decoder.generate(requests[: min(batch_size, 64)])    # trace
             decoder.generate(requests)                            # warm
             started = time.monotonic()
@@ -110,7 +111,8 @@ def main() -> None:
 
     decoder = Decoder(trained, vocabulary, max_rows=1024)
     sample = prompt_ids[: args.equivalence_prompts]
-    generated = [s[0] for s in decoder.generate([Request(ids=ids, words=args.words) for ids in sample])]
+    greedy = load_settings(environ={}).generation_params().replace(words=args.words, temperature=0.0, seed=0)
+    generated = [s[0] for s in decoder.generate([Request(ids=ids, params=greedy, key=i) for i, ids in enumerate(sample)])]
     matches = sum(g == reference_greedy(trained, ids, args.words, window=17) for g, ids in zip(generated, sample))
     report["greedy_equivalence"] = {"prompts": len(sample), "equal": int(matches)}
     print(json.dumps({"greedy_equivalence": report["greedy_equivalence"]}), flush=True)

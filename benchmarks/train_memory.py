@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from lstmq.shared import devstack
+import tables
+
 
 # The seed notebook's network and fit settings.
 EMBEDDING_DIM = 100
@@ -46,14 +49,9 @@ KIB = 1024
 MIB = 1024 * 1024
 
 
-def corpus_path() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "data" / "sherlock.txt"
-    return Path(os.environ.get("LSTMQ_TEST_CORPUS") or default)
-
-
 def read_corpus(lines: int) -> str:
     """The first `lines` lines of the corpus, or all of it when lines is 0."""
-    text = corpus_path().read_text(encoding="utf-8")
+    text = devstack.corpus_path().read_text(encoding="utf-8")
     return "\n".join(text.split("\n")[:lines]) if lines else text
 
 
@@ -137,14 +135,13 @@ def run_lstmq(text: str, epochs: int) -> dict:
     from lstmq.shared.train import train
 
     started = time.monotonic()
-    params = load_settings().model_params()
-    params["epochs"] = epochs
+    params = load_settings().model_params().replace(epochs=epochs)
     result = train(text, params, hashlib.sha256(text.encode("utf-8")).hexdigest())
     return {
         "vocabulary": len(read_artifact(result.artifact)[1]),
         "train_examples": result.metrics["train_targets"],
         "validation_sequences": result.metrics["validation_sequences"],
-        "batch_size": params["batch_size"], "validation_split": params["validation_split"],
+        "batch_size": params.batch_size, "validation_split": params.validation_split,
         "loss": round(float(result.history[-1]["loss"]), 4),
         "epoch_seconds": [record["seconds"] for record in result.history],
         "total_seconds": round(time.monotonic() - started, 3),
@@ -202,12 +199,7 @@ def print_table(reports: list[dict]) -> None:
                      str(report["vocabulary"]), f"{report['peak_rss_mib']:.0f}",
                      f"{report['peak_above_import_mib']:.0f}", f"{seconds:.1f}",
                      f"{report['train_examples'] / seconds:.0f}"])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
-    print()
-    for number, row in enumerate(rows):
-        print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
+    tables.print_table(rows)
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -236,7 +228,7 @@ def main() -> None:
     total_lines = len(read_corpus(0).split("\n"))
     estimate = seed_estimate(arguments.lines)
     needed = estimate["one_hot_bytes"] * FIT_COPIES
-    print(f"corpus {corpus_path()} ({total_lines} lines); slice: first {arguments.lines or total_lines} lines, "
+    print(f"corpus {devstack.corpus_path()} ({total_lines} lines); slice: first {arguments.lines or total_lines} lines, "
           f"{estimate['examples']} seed examples x {estimate['vocabulary']} words = "
           f"{estimate['one_hot_bytes'] / MIB:,.0f} MiB of one-hot labels (float64); "
           f"{arguments.epochs} epoch(s); {os.cpu_count()} CPUs", flush=True)

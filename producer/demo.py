@@ -5,7 +5,7 @@ one lstmq-worker (CPU, or one per visible GPU), trains a model on the demo corpu
 epochs, generates continuations for examples/seeds.txt into demo-out.jsonl, prints a few lines,
 and stops everything it started, also on Ctrl-C or failure.
 
-Corpus: $CORPUS, else ../shared/data/sherlock.txt beside the checkout, else the same text
+Corpus: $CORPUS, else $LSTMQ_TEST_CORPUS or ../shared/data/sherlock.txt beside the checkout, else the same text
 downloaded from its public origin with its sha256 checked."""
 from __future__ import annotations
 
@@ -18,20 +18,19 @@ import sys
 import time
 from pathlib import Path
 
-from lstmq.shared.localredis import LocalRedis
+from lstmq.shared.devstack import REPOSITORY, LocalStack, corpus_path, tool
 
-ROOT = Path(__file__).resolve().parents[1]
 CORPUS_URL = "https://sherlock-holm.es/stories/plain-text/advs.txt"
 CORPUS_SHA256 = "9ac008014241e665aa5669e74d5b9aecc3ad17a812c79be01522ec35f1ab4a79"
-DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "sherlock.txt"
 
 
 def find_corpus() -> Path:
     if os.environ.get("CORPUS"):
         return Path(os.environ["CORPUS"])
-    if DEFAULT_CORPUS.exists():
-        return DEFAULT_CORPUS
-    print(f"demo: {DEFAULT_CORPUS} not found; downloading {CORPUS_URL}", flush=True)
+    default = corpus_path()
+    if default.exists():
+        return default
+    print(f"demo: {default} not found; downloading {CORPUS_URL}", flush=True)
     return fetch_corpus(CORPUS_URL, CORPUS_SHA256)
 
 
@@ -44,15 +43,11 @@ def fetch_corpus(url: str, sha256: str, cache_dir: str | None = None) -> Path:
                                      hash_algorithm="sha256", cache_dir=cache_dir))
 
 
-def tool(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("EPOCHS", 5)))
-    parser.add_argument("--seeds", default=str(ROOT / "examples" / "seeds.txt"))
+    parser.add_argument("--seeds", default=str(REPOSITORY / "examples" / "seeds.txt"))
     parser.add_argument("--output", default="demo-out.jsonl")
     parser.add_argument("--broker", default=os.environ.get("LSTMQ_BROKER_URL"))
     parser.add_argument("--worker-log", default="demo-worker.log", help="where the worker's log goes")
@@ -87,55 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ndemo: interrupted", file=sys.stderr)
         return 130
-
-
-class LocalStack:
-    """A throwaway redis-server (unless `broker` names one) and one lstmq-worker process group
-    logging to `log_path`; both are stopped on leaving, whatever happened (demo, benchmarks)."""
-
-    def __init__(self, log_path: str | Path, broker: str | None = None, worker_args: tuple[str, ...] = ()):
-        self.log_path, self.broker, self.worker_args = Path(log_path), broker, worker_args
-        self.server: LocalRedis | None = None
-        self.worker: subprocess.Popen | None = None
-        self.log = None
-
-    def __enter__(self) -> LocalStack:
-        self.log = open(self.log_path, "w")
-        try:
-            if not self.broker:
-                self.server = LocalRedis().start()
-                self.broker = self.server.url
-            self.worker = subprocess.Popen([tool("lstmq-worker"), *self.worker_args, "--broker", self.broker],
-                                           start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        """Stop what was started; safe to call more than once."""
-        if self.worker is not None:
-            stop_process_group(self.worker)
-            self.worker = None
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-        if self.log is not None:
-            self.log.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        self.log.flush()
-        return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 if __name__ == "__main__":

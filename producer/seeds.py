@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstmq.shared.config import GENERATION_KEYS
 from lstmq.shared.errors import InputError
-from lstmq.shared.params import check_generation_params, prompt_key
+from lstmq.shared.messages import PromptItem
+from lstmq.shared.params import GenerationParams, Limits, check_generation_params, prompt_key
 from lstmq.shared.text import words
 
 SUFFIXES = (".txt", ".jsonl")
-JSONL_FIELDS = ("id", "prompt", *GENERATION_KEYS)
+JSONL_FIELDS = ("id", "prompt", *GenerationParams.keys())
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,11 @@ class Seed:
     line: int
     id: Any
     prompt: str
-    params: dict[str, Any]
+    params: GenerationParams
 
-    def item(self) -> dict[str, Any]:
+    def item(self) -> PromptItem:
         """The chunk item stored for the worker."""
-        return {"line": self.line, "id": self.id, "prompt": self.prompt, "key": prompt_key(self.id),
-                "params": self.params}
+        return PromptItem(line=self.line, id=self.id, prompt=self.prompt, key=prompt_key(self.id), params=self.params)
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
-def read_seeds(path: str | Path, defaults: dict[str, Any], limits: dict[str, int]) -> Iterator[Seed | SeedError]:
+def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits) -> Iterator[Seed | SeedError]:
     """Yield a Seed or a SeedError for every non-blank line, in file order."""
     path = check_path(path)
     is_jsonl = path.suffix.lower() == ".jsonl"
@@ -69,8 +68,8 @@ def read_seeds(path: str | Path, defaults: dict[str, Any], limits: dict[str, int
             raw = raw.rstrip(b"\n").rstrip(b"\r")
             identifier: Any = None if is_jsonl else number
             try:
-                if len(raw) > limits["max_line_bytes"]:
-                    raise InputError(f"line is {len(raw)} bytes, over max_line_bytes ({limits['max_line_bytes']})")
+                if len(raw) > limits.max_line_bytes:
+                    raise InputError(f"line is {len(raw)} bytes, over max_line_bytes ({limits.max_line_bytes})")
                 try:
                     text = raw.decode("utf-8")
                 except UnicodeDecodeError as error:
@@ -81,13 +80,13 @@ def read_seeds(path: str | Path, defaults: dict[str, Any], limits: dict[str, int
                     record = _parse_json_object(text)
                     identifier = _check_id(record.get("id", number))
                     prompt = _check_prompt_field(record)
-                    overrides = {key: record[key] for key in GENERATION_KEYS if key in record}
+                    overrides = {key: record[key] for key in GenerationParams.keys() if key in record}
                 else:
                     prompt, overrides = text.strip(), {}
                 if identifier in seen_ids:
                     raise InputError(f"duplicate id {identifier!r} (first used on line {seen_ids[identifier]})")
                 _check_prompt(prompt, limits)
-                params = check_generation_params({**defaults, **overrides}, limits["max_words"], limits["max_n"])
+                params = check_generation_params({**defaults.to_dict(), **overrides}, limits)
             except InputError as error:
                 yield SeedError(str(path), number, identifier, str(error))
                 continue
@@ -122,8 +121,8 @@ def _check_prompt_field(record: dict[str, Any]) -> str:
     return record["prompt"]
 
 
-def _check_prompt(prompt: str, limits: dict[str, int]) -> None:
-    if len(prompt) > limits["max_prompt_chars"]:
-        raise InputError(f"prompt is {len(prompt)} characters, over max_prompt_chars ({limits['max_prompt_chars']})")
+def _check_prompt(prompt: str, limits: Limits) -> None:
+    if len(prompt) > limits.max_prompt_chars:
+        raise InputError(f"prompt is {len(prompt)} characters, over max_prompt_chars ({limits.max_prompt_chars})")
     if not words(prompt):
         raise InputError("prompt has no words (only spaces or punctuation)")

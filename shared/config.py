@@ -7,11 +7,14 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from lstmq.shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lstmq.shared.params import GenerationParams, Limits, ModelParams
 
 ENV_PREFIX = "LSTMQ_"
 CONFIG_ENV = "LSTMQ_CONFIG"
@@ -59,14 +62,6 @@ SCHEMA: dict[str, Field] = {
     "decode_batch_size": Field(int, 1, 1_000_000),
 }
 
-# The model settings a training job carries with it (and that end up in the model's meta.json).
-MODEL_KEYS = (
-    "embedding_dim", "lstm_units", "context_window", "max_vocab", "optimizer", "learning_rate",
-    "epochs", "batch_size", "validation_split", "early_stopping_patience", "shuffle_seed",
-)
-GENERATION_KEYS = ("words", "temperature", "top_k", "top_p", "n", "seed")
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     values: Mapping[str, Any]
@@ -78,11 +73,17 @@ class Settings:
         except KeyError:
             raise AttributeError(name) from None
 
-    def model_params(self) -> dict[str, Any]:
-        return {key: self.values[key] for key in MODEL_KEYS}
+    def model_params(self) -> ModelParams:
+        from lstmq.shared.params import ModelParams
+        return ModelParams.from_mapping(self.values)
 
-    def generation_params(self) -> dict[str, Any]:
-        return {key: self.values[key] for key in GENERATION_KEYS}
+    def generation_params(self) -> GenerationParams:
+        from lstmq.shared.params import GenerationParams
+        return GenerationParams.from_mapping(self.values)
+
+    def limits(self) -> Limits:
+        from lstmq.shared.params import Limits
+        return Limits.from_mapping(self.values)
 
 
 def env_name(key: str) -> str:

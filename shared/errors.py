@@ -33,3 +33,11 @@ class JobFailed(LstmqError):
 
 class BrokerUnavailable(LstmqError):
     """Redis cannot be reached at the configured URL."""
+
+
+class BadMessage(LstmqError, ValueError):
+    """A task message that cannot run (wrong arguments, no job id): rejected, never retried."""
+
+
+class JobBusy(LstmqError):
+    """Another live worker holds the job (a redelivered message while the first still runs)."""

@@ -16,20 +16,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lstmq.shared.model import decoding_layers
+from lstmq.shared.params import GenerationParams
 from lstmq.shared.text import PAD_ID, SPECIAL_TOKENS, Vocabulary, pad_right
 
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt to continue: its token ids and its sampling parameters."""
+    """One prompt to continue: its token ids, its parameters (seed set) and its key in the random
+    stream (from its id, see shared.params.prompt_key)."""
     ids: Sequence[int]
-    words: int = 7
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int = 0
-    key: int = 0          # the prompt's key in the random stream (its id, see producer.seeds)
+    params: GenerationParams
+    key: int
+
+    @property
+    def words(self) -> int:
+        return self.params.words
+
+    @property
+    def n(self) -> int:
+        return self.params.n
 
 
 def row_uniforms(seed: int, key: int, sample: int, steps: int) -> np.ndarray:
@@ -41,7 +47,8 @@ def row_uniforms(seed: int, key: int, sample: int, steps: int) -> np.ndarray:
 class Decoder:
     """Generates continuations with an inference model (see shared.model) and its vocabulary."""
 
-    def __init__(self, inference_model, vocabulary: Vocabulary, max_rows: int = 1024):
+    def __init__(self, inference_model, vocabulary: Vocabulary, max_rows: int):
+        """`max_rows`: rows (prompt x sample) decoded together in one compiled call (decode_batch_size)."""
         import keras
         import tensorflow as tf
 
@@ -52,10 +59,9 @@ class Decoder:
         tf.config.experimental.enable_tensor_float_32_execution(False)
         self.vocabulary = vocabulary
         self.max_rows = max_rows
-        self.embedding = inference_model.get_layer("embedding")
-        self.scores = inference_model.get_layer("next_word_logits")
-        self.softmax = inference_model.get_layer("next_word")
-        source = inference_model.get_layer("lstm")
+        layers = decoding_layers(inference_model)
+        self.embedding, self.scores, self.softmax = layers.embedding, layers.logits, layers.softmax
+        source = layers.lstm
         self.lstm = keras.layers.LSTM(source.units, return_state=True, name="decoder_lstm")
         self.lstm.build((None, None, self.embedding.output_dim))
         self.lstm.set_weights(source.get_weights())
@@ -145,15 +151,16 @@ class Decoder:
         uniforms, temperature, top_k, top_p = [], [], [], []
         for position, index in enumerate(group):
             request = requests[index]
-            for sample in range(request.n):
+            params = request.params
+            for sample in range(params.n):
                 row_prompt.append(position)
                 row_request.append(index)
                 row_sample.append(sample)
-                temperature.append(request.temperature)
-                top_k.append(request.top_k)
-                top_p.append(request.top_p)
-                uniforms.append(row_uniforms(request.seed, request.key, sample, steps)
-                                if request.temperature > 0 else np.zeros(steps))
+                temperature.append(params.temperature)
+                top_k.append(params.top_k)
+                top_p.append(params.top_p)
+                uniforms.append(row_uniforms(params.seed, request.key, sample, steps)
+                                if params.sampling else np.zeros(steps))
         tokens = self._decode(
             pad_right([requests[i].ids for i in group]),
             np.asarray(row_prompt, np.int32), np.asarray(uniforms, np.float32).reshape(len(row_prompt), steps),

@@ -17,10 +17,18 @@ import json
 import os
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ARTIFACT_FILES = ("model.keras", "vocab.json", "meta.json")
+# The network's layer names: this module owns them (the decoder and the training code ask here).
+INPUT = "token_ids"
+EMBEDDING = "embedding"
+LSTM = "lstm"                      # the inference view's LSTM (last state only)
+LSTM_SEQUENCE = "lstm_sequence"    # the training view's LSTM (every position)
+LOGITS = "next_word_logits"
+SOFTMAX = "next_word"
 FORMAT = "lstmq-artifact/1"
 # How a context is fed to model.keras; recorded in meta.json so any consumer can do the same.
 CONTEXT_FEED = {
@@ -38,12 +46,12 @@ def build_models(vocab_size: int, embedding_dim: int, lstm_units: int):
     two LSTM layers differ only in return_sequences, so call copy_to_inference after training."""
     import keras
 
-    token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-    embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name="embedding")
-    sequence_lstm = keras.layers.LSTM(lstm_units, return_sequences=True, name="lstm_sequence")
-    last_lstm = keras.layers.LSTM(lstm_units, name="lstm")
-    scores = keras.layers.Dense(vocab_size, name="next_word_logits")
-    softmax = keras.layers.Softmax(name="next_word")
+    token_ids = keras.Input(shape=(None,), dtype="int32", name=INPUT)
+    embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name=EMBEDDING)
+    sequence_lstm = keras.layers.LSTM(lstm_units, return_sequences=True, name=LSTM_SEQUENCE)
+    last_lstm = keras.layers.LSTM(lstm_units, name=LSTM)
+    scores = keras.layers.Dense(vocab_size, name=LOGITS)
+    softmax = keras.layers.Softmax(name=SOFTMAX)
 
     training = keras.Model(token_ids, scores(sequence_lstm(embedding(token_ids))), name="lstmq_train")
     inference = keras.Model(token_ids, softmax(scores(last_lstm(embedding(token_ids)))), name="lstmq")
@@ -53,8 +61,21 @@ def build_models(vocab_size: int, embedding_dim: int, lstm_units: int):
 def copy_to_inference(training, inference) -> None:
     """Set the inference model's weights from a (possibly reloaded) training model, by layer name."""
     by_layer = {layer.name: layer.get_weights() for layer in training.layers}
-    by_layer["lstm"] = by_layer.pop("lstm_sequence")
+    by_layer[LSTM] = by_layer.pop(LSTM_SEQUENCE)
     inference.set_weights([weight for layer in inference.layers for weight in by_layer.get(layer.name, [])])
+
+
+@dataclass(frozen=True)
+class DecodingLayers:
+    """The inference model's layers that incremental decoding runs one by one."""
+    embedding: Any
+    lstm: Any
+    logits: Any
+    softmax: Any
+
+
+def decoding_layers(inference_model) -> DecodingLayers:
+    return DecodingLayers(*(inference_model.get_layer(name) for name in (EMBEDDING, LSTM, LOGITS, SOFTMAX)))
 
 
 def save_keras_bytes(model) -> bytes:

@@ -1,30 +1,94 @@
-"""Generation parameters of one prompt: validated the same way by the producer (per seed line)
-and by the worker (a message is never trusted). No TensorFlow."""
+"""Typed parameters: the network and its training (ModelParams), how one prompt is continued
+(GenerationParams), and the input limits (Limits). Frozen dataclasses with no defaults of their
+own: the one set of defaults is config/default.yaml, read by shared.config (Settings.model_params,
+generation_params, limits). Generation parameters are validated the same way by the producer
+(per seed line) and by the worker (a chunk is never trusted). No TensorFlow."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
-from lstmq.shared.config import GENERATION_KEYS, check_value
+from lstmq.shared.config import check_value
 from lstmq.shared.errors import InputError
 
+P = TypeVar("P", bound="_Params")
 
-def check_generation_params(values: dict[str, Any], max_words: int, max_n: int, source: str = "") -> dict[str, Any]:
+
+class _Params:
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_mapping(cls: type[P], values: Mapping[str, Any]) -> P:
+        """The parameters from a mapping holding (at least) every key; extra keys are ignored."""
+        return cls(**{key: values[key] for key in cls.keys()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    def replace(self: P, **changes: Any) -> P:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams(_Params):
+    """The network and how it is trained; a training job carries them, meta.json records them."""
+    embedding_dim: int          # width of the word embedding
+    lstm_units: int             # LSTM state size
+    context_window: int         # tokens of context per training sequence
+    max_vocab: int              # keep the N most frequent words, 0 = all
+    optimizer: str              # adam, sgd or rmsprop
+    learning_rate: float
+    epochs: int
+    batch_size: int             # sequences (corpus lines) per training step
+    validation_split: float     # fraction of corpus lines held out
+    early_stopping_patience: int
+    shuffle_seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationParams(_Params):
+    """How one prompt is continued. `seed` is None only in job defaults that have not drawn one."""
+    words: int
+    temperature: float          # 0 = greedy
+    top_k: int                  # 0 = off
+    top_p: float                # 1 = off
+    n: int                      # samples per prompt
+    seed: int | None
+
+    @property
+    def sampling(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits(_Params):
+    """Upper bounds on what one seed line may ask for."""
+    max_words: int
+    max_n: int
+    max_prompt_chars: int
+    max_line_bytes: int
+
+
+def check_generation_params(values: Mapping[str, Any], limits: Limits, source: str = "") -> GenerationParams:
     """The parameters with types checked and ranges enforced; InputError names the field."""
-    checked = {}
-    for key in GENERATION_KEYS:
-        if key not in values:
-            raise InputError(f"{source + ': ' if source else ''}missing field {key!r}")
-        checked[key] = check_value(key, values[key], source, noun="field", error=InputError)
     prefix = f"{source}: " if source else ""
-    if checked["words"] > max_words:
-        raise InputError(f"{prefix}field 'words' must be <= max_words ({max_words}), got {checked['words']}")
-    if checked["n"] > max_n:
-        raise InputError(f"{prefix}field 'n' must be <= max_n ({max_n}), got {checked['n']}")
+    checked = {}
+    for key in GenerationParams.keys():
+        if key not in values:
+            raise InputError(f"{prefix}missing field {key!r}")
+        checked[key] = check_value(key, values[key], source, noun="field", error=InputError)
+    if checked["words"] > limits.max_words:
+        raise InputError(f"{prefix}field 'words' must be <= max_words ({limits.max_words}), got {checked['words']}")
+    if checked["n"] > limits.max_n:
+        raise InputError(f"{prefix}field 'n' must be <= max_n ({limits.max_n}), got {checked['n']}")
     if checked["seed"] is None:
         raise InputError(f"{prefix}field 'seed' must be an integer >= 0, got null")
-    return checked
+    return GenerationParams(**checked)
 
 
 def prompt_key(prompt_id: Any) -> int:

@@ -15,6 +15,7 @@ import numpy as np
 
 from lstmq.shared import model as model_module
 from lstmq.shared.errors import CorpusError
+from lstmq.shared.params import ModelParams
 from lstmq.shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, training_sequences
 
 BUCKET_POOL_BATCHES = 50   # batches pooled and sorted by length, to cut padding without losing shuffling
@@ -111,28 +112,28 @@ def make_optimizer(name: str, learning_rate: float):
     return classes[name](learning_rate=learning_rate)
 
 
-def prepare(text: str, params: dict[str, Any]):
-    vocabulary = Vocabulary.from_text(text, params["max_vocab"])
-    sequences = training_sequences(text, vocabulary, params["context_window"])
+def prepare(text: str, params: ModelParams):
+    vocabulary = Vocabulary.from_text(text, params.max_vocab)
+    sequences = training_sequences(text, vocabulary, params.context_window)
     if len(sequences) < MIN_SEQUENCES:
         raise CorpusError(f"corpus has {len(sequences)} line(s) with two or more words; "
                           f"training needs at least {MIN_SEQUENCES}")
-    training, validation = split_sequences(sequences, params["validation_split"], params["shuffle_seed"])
+    training, validation = split_sequences(sequences, params.validation_split, params.shuffle_seed)
     return vocabulary, SequenceBatches(training), (SequenceBatches(validation) if validation else None)
 
 
-def train(text: str, params: dict[str, Any], corpus_sha256: str,
+def train(text: str, params: ModelParams, corpus_sha256: str,
           progress: Callable[[dict[str, Any]], None] | None = None,
           checkpoints: Checkpoints | None = None) -> TrainResult:
-    """Train the network on `text` with the model settings in `params` (see config.MODEL_KEYS)."""
+    """Train the network on `text` with the network and training parameters `params`."""
     import keras
     import tensorflow as tf
 
     started = time.monotonic()
     vocabulary, training_batches, validation_batches = prepare(text, params)
-    keras.utils.set_random_seed(params["shuffle_seed"])
+    keras.utils.set_random_seed(params.shuffle_seed)
     training_model, inference_model = model_module.build_models(
-        len(vocabulary), params["embedding_dim"], params["lstm_units"])
+        len(vocabulary), params.embedding_dim, params.lstm_units)
     history: list[dict[str, Any]] = []
     initial_epoch = 0
     resumed = checkpoints.load() if checkpoints else None
@@ -140,10 +141,10 @@ def train(text: str, params: dict[str, Any], corpus_sha256: str,
         initial_epoch, model_bytes, history = resumed
         training_model = model_module.load_keras_bytes(model_bytes, compile=True)
     else:
-        training_model.compile(optimizer=make_optimizer(params["optimizer"], params["learning_rate"]),
+        training_model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate),
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    steps = math.ceil(len(training_batches) / params["batch_size"])
-    epochs = params["epochs"]
+    steps = math.ceil(len(training_batches) / params.batch_size)
+    epochs = params.epochs
 
     class Report(keras.callbacks.Callback):
         last_batch_report = 0.0
@@ -175,13 +176,13 @@ def train(text: str, params: dict[str, Any], corpus_sha256: str,
                 progress({"event": "epoch", **record})
 
     callbacks: list[Any] = [Report()]
-    if validation_batches is not None and params["early_stopping_patience"] > 0:
+    if validation_batches is not None and params.early_stopping_patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=params["early_stopping_patience"], restore_best_weights=True))
+            monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True))
     if initial_epoch < epochs:
         training_model.fit(
-            training_batches.dataset(params["batch_size"], params["shuffle_seed"]),
-            validation_data=validation_batches.dataset(params["batch_size"], None) if validation_batches else None,
+            training_batches.dataset(params.batch_size, params.shuffle_seed),
+            validation_data=validation_batches.dataset(params.batch_size, None) if validation_batches else None,
             epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False, callbacks=callbacks)
     model_module.copy_to_inference(training_model, inference_model)
 
@@ -194,12 +195,12 @@ def train(text: str, params: dict[str, Any], corpus_sha256: str,
         "seconds": round(time.monotonic() - started, 3),
     }
     meta = {
-        "network": {"vocab_size": len(vocabulary), "embedding_dim": params["embedding_dim"],
-                    "lstm_units": params["lstm_units"], "layers": ["Embedding(mask_zero)", "LSTM", "Dense", "Softmax"]},
+        "network": {"vocab_size": len(vocabulary), "embedding_dim": params.embedding_dim,
+                    "lstm_units": params.lstm_units, "layers": ["Embedding(mask_zero)", "LSTM", "Dense", "Softmax"]},
         "context_feed": model_module.CONTEXT_FEED,
         "tokenizer": {"lower": True, "filters": FILTERS, "split": " ", "pad_id": PAD_ID, "unk_id": UNK_ID,
                       "order": "count descending, ties by first appearance (Keras Tokenizer)"},
-        "training": dict(params),
+        "training": params.to_dict(),
         "corpus_sha256": corpus_sha256,
         "metrics": metrics,
         "history": history,

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lstmq.shared.localredis import LocalRedis
+from lstmq.shared.devstack import CORPUS_ENV, LocalRedis, corpus_path
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CORPUS = Path(os.environ.get("LSTMQ_TEST_CORPUS", ROOT.parent / "shared" / "data" / "sherlock.txt"))
+CORPUS = corpus_path()
 # A small network and a slice of the corpus keep the suite fast on 2 cores.
 SMALL_MODEL = {"embedding_dim": 32, "lstm_units": 48, "epochs": 2, "batch_size": 32, "early_stopping_patience": 0}
 
@@ -24,7 +23,7 @@ SMALL_MODEL = {"embedding_dim": 32, "lstm_units": 48, "epochs": 2, "batch_size":
 @pytest.fixture(scope="session")
 def corpus_text() -> str:
     if not CORPUS.exists():
-        pytest.skip(f"corpus {CORPUS} not found (set LSTMQ_TEST_CORPUS)")
+        pytest.skip(f"corpus {CORPUS} not found (set {CORPUS_ENV})")
     return CORPUS.read_text(encoding="utf-8")
 
 
@@ -55,9 +54,10 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def lstmq(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+def lstmq(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None,
+          cwd: Path | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run([str(BIN / "lstmq"), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                            env=env or clean_env(), stdin=subprocess.DEVNULL)
+                            env=env or clean_env(), stdin=subprocess.DEVNULL, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"lstmq {' '.join(map(str, args))} exited {result.returncode}\n"
                              f"stdout: {result.stdout}\nstderr: {result.stderr}")
@@ -67,12 +67,12 @@ def lstmq(*args: str, check: bool = True, timeout: float = 300, env: dict | None
 class WorkerProcess:
     """A real `lstmq-worker` (launcher + Celery worker + pool process), logs to a file."""
 
-    def __init__(self, broker: str, log_path: Path, *extra: str):
-        self.log_path = log_path
+    def __init__(self, broker: str, log_path: Path, *extra: str, cwd: Path | None = None):
+        self.broker, self.log_path = broker, log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen([str(BIN / "lstmq-worker"), "--cpu", "--broker", broker, *extra],
                                         stdout=self.log, stderr=subprocess.STDOUT, env=clean_env(),
-                                        start_new_session=True)
+                                        start_new_session=True, cwd=cwd)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -96,6 +96,21 @@ class WorkerProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.log.close()
+
+
+SHADOWING_MODULES = ("worker.py", "config.py", "producer.py", "shared/__init__.py", "lstmq/__init__.py")
+
+
+@pytest.fixture(scope="session")
+def shadowing_dir(tmp_path_factory) -> Path:
+    """A directory whose own worker.py, config.py, shared/ and lstmq/ raise on import: where an
+    operator might start lstmq-worker or lstmq. Nothing of lstmq's may be shadowed by them."""
+    directory = tmp_path_factory.mktemp("shadowing")
+    for name in SHADOWING_MODULES:
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"raise ImportError('the working directory\\'s {name} was imported')\n")
+    return directory
 
 
 def read_jsonl(path: Path) -> list[dict]:

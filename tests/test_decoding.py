@@ -7,7 +7,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from lstmq.shared import model as model_module  # noqa: E402
-from lstmq.shared.generate import Decoder, Request, reference_greedy, row_uniforms  # noqa: E402
+from lstmq.shared import generate as generate_module  # noqa: E402
+from lstmq.shared.generate import Decoder, reference_greedy, row_uniforms  # noqa: E402
+from lstmq.shared.config import load_settings  # noqa: E402
 from lstmq.shared.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 
 VOCAB_SIZE = 400
@@ -26,15 +28,20 @@ def random_model():
 
 @pytest.fixture(scope="module")
 def trained_model(corpus_text):
-    from lstmq.shared.config import load_settings
     from lstmq.shared.train import train
 
     text = "\n".join(corpus_text.split("\n")[60:1060])
-    params = {**load_settings(environ={}).model_params(), "embedding_dim": 24, "lstm_units": 32, "epochs": 1,
-              "batch_size": 32, "early_stopping_patience": 0}
+    params = load_settings(environ={}).model_params().replace(embedding_dim=24, lstm_units=32, epochs=1, batch_size=32,
+                                                              early_stopping_patience=0)
     result = train(text, params, "test")
     model_bytes, tokens, meta = model_module.read_artifact(result.artifact)
     return model_module.load_keras_bytes(model_bytes), Vocabulary(tokens), meta
+
+
+def Request(ids, key=0, **params):   # noqa: N802 (reads like the class it builds)
+    """A decoder request with the default settings' parameters, seed 0, and these changes."""
+    defaults = load_settings(environ={}).generation_params().replace(seed=0)
+    return generate_module.Request(ids=ids, params=defaults.replace(**params), key=key)
 
 
 def random_prompts(count, seed, low=1, high=40):
@@ -82,7 +89,7 @@ def test_padding_side_does_not_change_the_model(random_model):
 def test_long_prompts_have_no_length_limit(random_model):
     inference, vocabulary = random_model
     prompt = random_prompts(1, seed=11, low=300, high=300)[0]
-    decoder = Decoder(inference, vocabulary)
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
     assert decoder.generate([Request(ids=prompt, words=4)])[0][0] == reference_greedy(inference, prompt, 4)
 
 
@@ -109,7 +116,7 @@ def test_sampling_is_deterministic_across_batches_and_order(random_model):
 def test_greedy_rows_mixed_with_sampling_rows(random_model):
     inference, vocabulary = random_model
     prompts = random_prompts(6, seed=8)
-    decoder = Decoder(inference, vocabulary)
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
     requests = [Request(ids=p, key=i, words=5, temperature=(0.0 if i % 2 else 1.0), seed=3) for i, p in enumerate(prompts)]
     results = decoder.generate(requests)
     for index in range(1, 6, 2):
@@ -126,7 +133,7 @@ def test_sampling_follows_the_distribution(random_model):
     inference, vocabulary = random_model
     prompt = random_prompts(1, seed=21, low=6, high=6)[0]
     probabilities = next_word_probabilities(inference, prompt)
-    decoder = Decoder(inference, vocabulary)
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
     draws = 4000
     tokens = [s[0] for s in decoder.generate([Request(ids=prompt, words=1, temperature=1.0, n=draws, seed=17)])[0]]
     counts = np.bincount(tokens, minlength=VOCAB_SIZE)
@@ -141,7 +148,7 @@ def test_top_k_and_top_p_restrict_the_choices(random_model):
     prompt = random_prompts(1, seed=22, low=6, high=6)[0]
     probabilities = next_word_probabilities(inference, prompt)
     order = list(np.argsort(probabilities)[::-1])
-    decoder = Decoder(inference, vocabulary)
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
     draw = lambda **params: {s[0] for s in decoder.generate([Request(ids=prompt, words=1, n=300, seed=5, **params)])[0]}
     assert draw(temperature=1.0, top_k=3) <= set(order[:3])
     assert draw(temperature=1.0, top_k=1) == {order[0]}
@@ -174,12 +181,12 @@ def test_exported_model_opens_with_plain_keras(random_model, tmp_path):
 def test_rows_with_different_top_k_do_not_affect_each_other(random_model):
     inference, vocabulary = random_model
     prompts = random_prompts(6, seed=31)
-    decoder = Decoder(inference, vocabulary)
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
     settings = [dict(top_k=0), dict(top_k=5), dict(top_k=40, top_p=0.8), dict(top_p=0.7), dict(top_k=1), dict(top_k=3)]
     requests = [Request(ids=p, key=i, words=4, temperature=1.1, seed=8, n=2, **s)
                 for i, (p, s) in enumerate(zip(prompts, settings))]
     together = decoder.generate(requests)
     assert [decoder.generate([request])[0] for request in requests] == together
     # rows that all have a top_k are ranked only that far; the draws are the same
-    limited = [request for request in requests if request.top_k > 0]
-    assert decoder.generate(limited) == [together[i] for i, r in enumerate(requests) if r.top_k > 0]
+    limited = [request for request in requests if request.params.top_k > 0]
+    assert decoder.generate(limited) == [together[i] for i, r in enumerate(requests) if r.params.top_k > 0]

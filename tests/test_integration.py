@@ -18,9 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def worker(redis_server, small_config, tmp_path_factory):
+def worker(redis_server, small_config, tmp_path_factory, shadowing_dir):
+    # started, like the CLI below, in a directory whose worker.py, config.py, shared/ and lstmq/ raise on import
     process = WorkerProcess(redis_server.url, tmp_path_factory.mktemp("worker") / "worker.log",
-                            "--config", str(small_config))
+                            "--config", str(small_config), cwd=shadowing_dir)
     try:
         process.wait_ready()
         yield process
@@ -29,8 +30,9 @@ def worker(redis_server, small_config, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cli(redis_server, small_config):
+def cli(redis_server, small_config, shadowing_dir):
     def run(*args, check=True, **kwargs):
+        kwargs.setdefault("cwd", shadowing_dir)
         return lstmq(*args, "--broker", redis_server.url, "--config", small_config, check=check, **kwargs)
     return run
 
@@ -190,7 +192,7 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
 
     app = Celery(broker=redis_server.url)
     app.conf.task_serializer = "json"
-    app.send_task("lstmq.generate", kwargs={"job": "no-such-job", "chunk": 0}, queue="generate")
+    unknown_job = app.send_task("lstmq.generate", kwargs={"job": "no-such-job", "chunk": 0}, queue="generate")
     app.send_task("lstmq.generate", kwargs={"job": 17, "chunk": "x"}, queue="generate")
     app.send_task("lstmq.generate", args=["positional", "garbage", 3], queue="generate")
     app.send_task("lstmq.train", kwargs={"job": "no-such-job"}, queue="train")
@@ -202,22 +204,23 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
     assert len(read_jsonl(out)) == 1
     assert worker.process.poll() is None
     log = worker.text()
-    assert "generate task failed (job 'no-such-job' chunk 0): no job 'no-such-job'" in log
-    assert "message has no job id (got 17)" in log
+    assert "rejected generate message {'job': 'no-such-job', 'chunk': 0}: no job 'no-such-job'" in log
+    assert "rejected generate message {'job': 17, 'chunk': 'x'}: message has no job id (got 17)" in log
     assert "message has unexpected arguments ['positional', 'garbage', 3]" in log
-    assert "train job 'no-such-job' failed: no job 'no-such-job'" in log
+    assert "rejected train message {'job': 'no-such-job'}: no job 'no-such-job'" in log
+    # rejected the Celery way, never reported as a success
+    assert f"lstmq.generate[{unknown_job.id}] succeeded" not in log
 
 
 def test_messages_are_json_and_carry_only_ids(small_config):
     import redis
 
-    from lstmq.shared.config import load_settings
-    from lstmq.shared.localredis import LocalRedis
-    from lstmq.worker.app import GENERATE_TASK, create_app
+    from lstmq.shared.devstack import LocalRedis
+    from lstmq.shared.messages import Dispatcher
 
     with LocalRedis() as server:   # no worker here: the message stays on the queue to be read
-        app = create_app(load_settings(small_config, {"broker_url": server.url}, environ={}))
-        app.send_task(GENERATE_TASK, kwargs={"job": "j", "chunk": 3}, queue="generate")
+        with Dispatcher(server.url, visibility_timeout=60).chunks("j") as send:
+            send(3)
         raw = redis.Redis.from_url(server.url).lrange("generate", 0, -1)
     message = json.loads(raw[0])
     assert message["content-type"] == "application/json" and message["headers"]["task"] == "lstmq.generate"
@@ -227,8 +230,9 @@ def test_messages_are_json_and_carry_only_ids(small_config):
 
 def test_tensorflow_stays_out_of_the_producer_and_the_prefork_parent(worker):
     code = ("import sys, lstmq.producer.cli, lstmq.producer.collect, lstmq.producer.seeds, lstmq.producer.demo, "
-            "lstmq.worker.app, lstmq.worker.tasks, lstmq.worker.launch, lstmq.worker.run, lstmq.shared.store, "
-            "lstmq.shared.jobs, lstmq.shared.config, lstmq.shared.params; "
+            "lstmq.producer.submit, lstmq.producer.render, lstmq.worker.app, lstmq.worker.tasks, lstmq.worker.launch, "
+            "lstmq.worker.run, lstmq.shared.store, lstmq.shared.execute, lstmq.shared.messages, lstmq.shared.config, "
+            "lstmq.shared.params, lstmq.shared.devstack; "
             "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], env=clean_env()).returncode == 0
     # launcher -> Celery main process (prefork parent) -> pool process
@@ -255,3 +259,48 @@ def test_cli_help_answers(tmp_path):
     result = subprocess.run([str(BIN / "lstmq-worker"), "--gpus", "a,b"], capture_output=True, text=True, env=clean_env())
     assert result.returncode == 2 and "expected GPU indices" in result.stderr
     assert time.monotonic() - started < 120   # a hang guard, not a speed assertion
+
+
+def test_modules_in_the_working_directory_shadow_nothing(trained, worker, cli, shadowing_dir, tmp_path):
+    """lstmq-worker, its Celery worker and pool process, and the CLI all ran in shadowing_dir,
+    whose worker.py, config.py, shared/ and lstmq/ raise on import: training worked (trained),
+    and so does generation."""
+    children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    celery_main = children(worker.process.pid)[0]
+    for pid in (worker.process.pid, celery_main, *children(celery_main)):
+        assert Path(f"/proc/{pid}/cwd").resolve() == shadowing_dir.resolve()
+    assert trained[0]["status"] == "succeeded"
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("the working directory holds a worker.py\n")
+    out = tmp_path / "out.jsonl"
+    cli("generate", seeds, "--model", "sherlock@1", "-o", out, "--words", "3")
+    assert len(read_jsonl(out)[0]["continuation"].split()) == 3
+    assert "was imported" not in worker.text()
+
+
+def test_the_producer_imports_nothing_from_the_worker(trained, cli, tmp_path):
+    """-X importtime (PYTHONPROFILEIMPORTTIME) lists every module a real `lstmq generate` run imports."""
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("a prompt for the import check\n")
+    env = {**clean_env(), "PYTHONPROFILEIMPORTTIME": "1"}
+    result = cli("generate", seeds, "--model", "sherlock@1", "-o", tmp_path / "out.jsonl", env=env)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "lstmq.producer.submit" in imported and "lstmq.shared.messages" in imported and "celery" in imported
+    assert not [name for name in imported if name.startswith("lstmq.worker")]
+    assert not [name for name in imported if name.split(".")[0] in ("tensorflow", "keras")]
+
+
+def test_celery_tools_reach_the_fleet_through_the_module_level_app(worker, redis_server, tmp_path):
+    """`celery -A lstmq.worker.app inspect ...` (and Flower) use the app that the workers run,
+    configured from LSTMQ_BROKER_URL; task events are on so that monitors see lstmq's tasks."""
+    env = {**clean_env(), "LSTMQ_BROKER_URL": redis_server.url}
+    celery = [str(BIN / "celery"), "-A", "lstmq.worker.app"]
+    ping = subprocess.run([*celery, "inspect", "ping", "--timeout", "10"], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert ping.returncode == 0 and "pong" in ping.stdout and "lstmq-cpu@" in ping.stdout, ping.stdout + ping.stderr
+    registered = subprocess.run([*celery, "inspect", "registered", "--timeout", "10"], capture_output=True, text=True,
+                                env=env, cwd=tmp_path, timeout=120)
+    assert "lstmq.train" in registered.stdout and "lstmq.generate" in registered.stdout, registered.stdout
+    report = subprocess.run([*celery, "inspect", "conf", "--timeout", "10"], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=120)
+    assert '"worker_send_task_events": true' in report.stdout and '"task_acks_late": true' in report.stdout, report.stdout

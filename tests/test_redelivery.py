@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import WorkerProcess, lstmq, read_jsonl
-from test_crashes import pool_processes, status, wait_for
+from test_crashes import chunks_done_soon, pool_processes, status, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +27,18 @@ def test_a_worker_killed_outright_is_restarted_and_its_message_redelivered(redis
         worker.wait_ready()
         cli("train", corpus_slice, "--model", "killed", "--epochs", "1", "--wait")
         seeds = tmp_path / "seeds.txt"
-        seeds.write_text("\n".join(f"the {i} men were" for i in range(600)) + "\n")
+        seeds.write_text("\n".join(f"the {i} men were" for i in range(4000)) + "\n")
         job = json.loads(cli("generate", seeds, "--model", "killed", "--detach", "--json", "--words", "200",
                              "--chunk-size", "100").stdout)["job"]
-        wait_for(lambda: status(cli, job).get("chunks_done", 0) >= 1)
+        assert chunks_done_soon(redis_server.url, job) < 40, "the job finished before the worker could be killed"
         main_processes = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()
         for pid in [*main_processes, *map(str, pool_processes(worker))]:
             os.kill(int(pid), signal.SIGKILL)
         out = tmp_path / "out.jsonl"
         cli("collect", job, "-o", out, timeout=400)
-        assert [line["id"] for line in read_jsonl(out)] == list(range(1, 601))
+        assert [line["id"] for line in read_jsonl(out)] == list(range(1, 4001))
         record = status(cli, job)
-        assert (record["prompts_done"], record["chunks_done"], record.get("chunks_failed", 0)) == (600, 6, 0)
-        assert "restarting lstmq-cpu" in worker.text()
+        assert (record["prompts_done"], record["chunks_done"], record.get("chunks_failed", 0)) == (4000, 40, 0)
+        wait_for(lambda: "restarting lstmq-cpu" in worker.text(), timeout=60)
     finally:
         worker.stop()

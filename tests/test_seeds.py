@@ -5,10 +5,10 @@ import pytest
 from lstmq.producer.collect import errors_path
 from lstmq.producer.seeds import Seed, SeedError, check_path, read_seeds
 from lstmq.shared.errors import InputError
-from lstmq.shared.params import prompt_key
+from lstmq.shared.params import GenerationParams, Limits, prompt_key
 
-DEFAULTS = {"words": 7, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "n": 1, "seed": 5}
-LIMITS = {"max_words": 100, "max_n": 10, "max_prompt_chars": 200, "max_line_bytes": 1000}
+DEFAULTS = GenerationParams(words=7, temperature=0.0, top_k=0, top_p=1.0, n=1, seed=5)
+LIMITS = Limits(max_words=100, max_n=10, max_prompt_chars=200, max_line_bytes=1000)
 
 
 def read(path):
@@ -43,7 +43,8 @@ def test_jsonl_fields_and_overrides(tmp_path):
     ]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     first, second = read(path)
-    assert first.id == "a" and first.params == {"words": 3, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "n": 2, "seed": 9}
+    assert first.id == "a" and first.params.to_dict() == {"words": 3, "temperature": 0.7, "top_k": 5, "top_p": 0.9, "n": 2,
+                                                         "seed": 9}
     assert second.id == 2 and second.params == DEFAULTS
 
 

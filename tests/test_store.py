@@ -1,10 +1,18 @@
-"""The Redis store against a real redis-server."""
+"""The Redis store against a real redis-server: one test group per aggregate."""
 import json
+import os
+import socket
 
 import pytest
 
-from lstmq.shared.errors import InputError, JobNotFound, ModelNotFound
-from lstmq.shared.store import JobKind, JobStatus, Keys, Store, parse_model_spec
+from lstmq.shared.config import load_settings
+from lstmq.shared.errors import InputError, JobBusy, JobNotFound, ModelNotFound
+from lstmq.shared.store import JobKind, JobStatus, Store, keys, parse_model_spec
+from lstmq.shared.store.clock import iso_utc
+
+SETTINGS = load_settings(environ={})
+GENERATION = SETTINGS.generation_params().replace(seed=1)
+MODEL = SETTINGS.model_params()
 
 
 @pytest.fixture
@@ -16,89 +24,141 @@ def store(redis_server):
 
 
 def test_blobs_are_content_addressed(store):
-    digest = store.put_blob(b"hello", ttl=60)
+    digest = store.blobs.put(b"hello", ttl=60)
     assert digest == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-    assert store.get_blob(digest) == b"hello"
-    assert 0 < store.redis.ttl(Keys.blob(digest)) <= 60
+    assert store.blobs.get(digest) == b"hello"
+    assert 0 < store.redis.ttl(keys.blob(digest)) <= 60
     with pytest.raises(LookupError):
-        store.get_blob("0" * 64)
+        store.blobs.get("0" * 64)
+    kept = store.blobs.put(b"artifact")
+    assert store.redis.ttl(keys.blob(kept)) == -1    # model artifacts never expire
 
 
-def test_registry_versions_aliases_and_idempotent_registration(store):
-    first = store.create_job(JobKind.TRAIN, {"epochs": 1}, model_name="m")
-    second = store.create_job(JobKind.TRAIN, {"epochs": 1}, model_name="m")
-    assert store.register_model(first, "m", b"artifact-1", {"metrics": {}}) == 1
-    assert store.register_model(first, "m", b"artifact-1", {"metrics": {}}) == 1   # redelivered task
-    assert store.register_model(second, "m", b"artifact-2", {"metrics": {}}) == 2
-    assert store.resolve_model("m") == ("m", 2)
-    assert store.resolve_model("m@1") == ("m", 1)
-    assert store.resolve_model("m@current") == ("m", 2)
-    assert store.model_artifact("m", 1) == b"artifact-1"
-    assert store.job(first)["model"] == "m@1"
-    assert list(store.model_versions("m")) == [1, 2]
-    assert store.model_names() == ["m"]
+def test_registry_versions_and_aliases(store):
+    first = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
+    second = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
+    assert store.registry.register(first, "m", b"artifact-1", {"metrics": {}}) == 1
+    assert store.registry.register(first, "m", b"artifact-1", {"metrics": {}}) == 1   # redelivered task
+    assert store.registry.register(second, "m", b"artifact-2", {"metrics": {}}) == 2
+    assert store.registry.resolve("m") == ("m", 2)
+    assert store.registry.resolve("m@1") == ("m", 1)
+    assert store.registry.resolve("m@current") == ("m", 2)
+    assert store.registry.artifact("m", 1) == b"artifact-1"
+    assert store.jobs.get(first).model == "m@1" and store.jobs.get(first).version == 1
+    assert list(store.registry.versions("m")) == [1, 2]
+    assert store.registry.names() == ["m"]
+    assert store.registry.aliases("m") == {"current": 2}
     with pytest.raises(ModelNotFound, match="has no version 3"):
-        store.resolve_model("m@3")
+        store.registry.resolve("m@3")
     with pytest.raises(ModelNotFound, match="no model named 'other'"):
-        store.resolve_model("other")
-    with pytest.raises(InputError):
-        parse_model_spec("bad name")
-    with pytest.raises(InputError):
-        parse_model_spec("m@")
+        store.registry.resolve("other")
+    for bad in ("bad name", "m@", "list", "export"):
+        with pytest.raises(InputError):
+            parse_model_spec(bad)
 
 
-def test_job_record_and_status(store):
-    job = store.create_job(JobKind.GENERATE, {"words": 3}, model_name="m", version=1)
-    record = store.job(job)
-    assert record["status"] == JobStatus.QUEUED and record["params"] == {"words": 3} and record["version"] == 1
-    store.start_job(job, "w1")
-    assert store.job(job)["status"] == "running" and store.job(job)["worker"] == "w1"
-    assert job in store.job_ids()
+def test_job_record_is_typed(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, model="m@1")
+    record = store.jobs.get(job)
+    assert record.kind is JobKind.GENERATE and record.status is JobStatus.QUEUED
+    assert record.params == GENERATION and record.version == 1 and record.started is None
+    assert record.progress().done == 0 and record.progress().total is None   # submission still open
+    store.jobs.start(job, "w1")
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.RUNNING and record.worker == "w1" and record.started >= record.created
+    assert job in store.jobs.recent()
+    data = record.to_json()
+    assert data["kind"] == "generate" and data["params"]["seed"] == 1 and "finished" not in data
+    assert data["created"] == iso_utc(record.created) and data["created"].endswith("Z")
+    json.dumps(data)   # JSON-ready
     with pytest.raises(JobNotFound):
-        store.job("nope")
+        store.jobs.get("nope")
+
+
+def test_training_progress_counts_the_running_epoch(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL.replace(epochs=4), model_name="m", epochs=4)
+    store.training.add_epoch(job, {"epoch": 1, "epochs": 4, "loss": 2.5, "seconds": 1.0})
+    store.jobs.update(job, step=5, steps=10, epoch_running=2)
+    progress = store.jobs.get(job).progress()
+    assert (progress.done, progress.total, progress.unit, progress.fraction) == (1.5, 4, "epoch", 1.5 / 4)
+    assert store.jobs.get(job).loss == 2.5
+    assert store.training.history(job) == [{"epoch": 1, "epochs": 4, "loss": 2.5, "seconds": 1.0}]
+
+
+def test_a_start_never_reopens_a_finished_job(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
+    store.jobs.finish(job, JobStatus.FAILED, error="boom")
+    store.jobs.start(job, "late")
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED and record.error == "boom" and record.finished is not None
 
 
 def test_chunk_results_are_written_once_and_finish_the_job(store):
-    job = store.create_job(JobKind.GENERATE, {}, model_name="m", version=1)
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     for chunk in range(3):
-        store.put_chunk(job, chunk, [{"line": chunk + 1}])
-    assert store.save_chunk_result(job, 0, [{"samples": ["a b"]}], words=2)
-    assert not store.save_chunk_result(job, 0, [{"samples": ["a b"]}], words=2)   # duplicate delivery
-    assert store.fail_chunk(job, 1, "boom", prompts=1)
-    assert not store.save_chunk_result(job, 1, [{"samples": ["late"]}], words=2)  # an outcome is final
-    assert store.finish_submission(job, chunks=3, prompts=3, input_errors=0, lines=3) == "queued"   # 2 of 3
-    assert store.save_chunk_result(job, 2, [{"samples": ["c"]}], words=1)
-    record = store.job(job)
-    assert record["status"] == "failed"   # one chunk failed
-    assert (record["chunks_done"], record["chunks_failed"], record["prompts_done"], record["words_done"]) == (2, 1, 2, 3)
-    assert store.chunk_result(job, 1) is None and store.failed_chunks(job) == {1: "boom"}
+        store.jobs.put_chunk(job, chunk, [{"line": chunk + 1}])
+    assert store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)
+    assert not store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)   # duplicate delivery
+    assert store.jobs.fail_chunk(job, 1, "boom", prompts=1)
+    assert not store.jobs.save_result(job, 1, [{"samples": ["late"]}], words=2)  # an outcome is final
+    assert store.jobs.finish_submission(job, chunks=3, prompts=3, input_errors=0, lines=3) is JobStatus.QUEUED
+    assert store.jobs.save_result(job, 2, [{"samples": ["c"]}], words=1)
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED   # one chunk failed
+    assert (record.chunks_done, record.chunks_failed, record.prompts_done, record.words_done) == (2, 1, 2, 3)
+    assert (record.progress().done, record.progress().total) == (3, 3)
+    assert store.jobs.result(job, 1) is None and store.jobs.failed_chunks(job) == {1: "boom"}
 
 
 def test_job_finishes_when_submission_ends_after_the_last_chunk(store):
-    job = store.create_job(JobKind.GENERATE, {}, model_name="m", version=1)
-    store.put_chunk(job, 0, [{"line": 1}])
-    store.save_chunk_result(job, 0, [{"samples": ["x"]}], words=1)
-    assert store.job(job)["status"] != "succeeded"    # submission still open
-    assert store.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1) == "succeeded"
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, [{"line": 1}])
+    store.jobs.save_result(job, 0, [{"samples": ["x"]}], words=1)
+    assert store.jobs.get(job).status is not JobStatus.SUCCEEDED    # submission still open
+    assert store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1) is JobStatus.SUCCEEDED
+    assert store.jobs.get(job).submitted
 
 
-def test_input_errors_checkpoints_and_locks(store):
-    job = store.create_job(JobKind.TRAIN, {})
-    store.add_input_errors(job, [{"id": 1, "line": 1, "error": "x"}])
-    assert store.input_errors(job) == [{"id": 1, "line": 1, "error": "x"}]
-    store.save_checkpoint(job, 2, b"weights", [{"epoch": 1}, {"epoch": 2}])
-    assert store.load_checkpoint(job) == (2, b"weights", [{"epoch": 1}, {"epoch": 2}])
-    assert store.acquire_lock(job, "a", 60) and not store.acquire_lock(job, "b", 60)
-    assert not store.refresh_lock(job, "b", 60) and store.refresh_lock(job, "a", 60)
-    store.release_lock(job, "b")
-    assert not store.acquire_lock(job, "b", 60)
-    store.release_lock(job, "a")
-    assert store.acquire_lock(job, "b", 60)
+def test_input_errors_and_checkpoints(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL)
+    store.jobs.add_input_errors(job, [{"id": 1, "line": 1, "error": "x"}])
+    assert store.jobs.input_errors(job) == [{"id": 1, "line": 1, "error": "x"}]
+    store.training.save_checkpoint(job, 2, b"weights", [{"epoch": 1}, {"epoch": 2}])
+    assert store.training.load_checkpoint(job) == (2, b"weights", [{"epoch": 1}, {"epoch": 2}])
+    store.training.drop_checkpoint(job)
+    assert store.training.load_checkpoint(job) is None
+
+
+def test_lock_primitives(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL)
+    training = store.training
+    assert training.acquire_lock(job, "a", 60) and not training.acquire_lock(job, "b", 60)
+    assert not training.refresh_lock(job, "b", 60) and training.refresh_lock(job, "a", 60)
+    training.release_lock(job, "b")
+    assert not training.acquire_lock(job, "b", 60)
+    training.release_lock(job, "a")
+    assert training.acquire_lock(job, "b", 60)
+
+
+def test_training_lock_context_manager(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL)
+    with store.training.lock(job) as held:
+        assert store.training.lock_holder(job) == held.owner
+        with pytest.raises(JobBusy):   # a live holder (this process) keeps it
+            with store.training.lock(job):
+                pass
+    assert store.training.lock_holder(job) is None
+    # a lock left by a dead process on this host is taken over at once
+    store.training.acquire_lock(job, f"{socket.gethostname()}:{2**22 + 12345}:dead")
+    assert not os.path.exists(f"/proc/{2**22 + 12345}")
+    with store.training.lock(job) as held:
+        assert store.training.lock_holder(job) == held.owner
 
 
 def test_every_key_is_under_the_prefix(store):
-    job = store.create_job(JobKind.GENERATE, {})
-    store.put_chunk(job, 0, [])
-    store.save_chunk_result(job, 0, [], 0)
+    job = store.jobs.create(JobKind.GENERATE, GENERATION)
+    store.jobs.put_chunk(job, 0, [])
+    store.jobs.save_result(job, 0, [], 0)
     assert all(key.startswith(b"lstmq:") for key in store.redis.keys("*"))
-    assert json.loads(store.redis.get(Keys.chunk_result(job, 0))) == []
+    assert json.loads(store.redis.get(keys.job_key(job, "result", 0))) == []
+    assert keys.job_key("j") == "lstmq:job:j" and keys.job_key("j", "chunk", 3) == "lstmq:job:j:chunk:3"

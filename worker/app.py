@@ -1,34 +1,36 @@
-"""The Celery app: JSON only, queues `train` and `generate`, late acks, one message at a time."""
+"""The Celery app, importable for Celery's own tools:
+
+    celery -A lstmq.worker.app inspect ping
+    celery -A lstmq.worker.app flower
+
+Its settings are read when Celery first needs them (never at import): those lstmq-worker
+configured in this process, else the LSTMQ_* environment and LSTMQ_CONFIG (broker_url and
+visibility_timeout). Queues, routes and JSON come from the task contract (shared.messages)."""
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
-from kombu import Exchange, Queue
 
 from lstmq.shared.config import Settings
-
-TRAIN_TASK, GENERATE_TASK = "lstmq.train", "lstmq.generate"
-TRAIN_QUEUE, GENERATE_QUEUE = "train", "generate"
-QUEUES = (TRAIN_QUEUE, GENERATE_QUEUE)
+from lstmq.shared.messages import celery_config
+from lstmq.worker import runtime
 
 
-def create_app(settings: Settings, label: str = "") -> Celery:
-    app = Celery("lstmq", broker=settings.broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        task_ignore_result=True,            # results live in the store, written idempotently
-        task_acks_late=True,                # a task is acknowledged only after it finished...
-        task_reject_on_worker_lost=True,    # ...and redelivered when its process died
-        worker_prefetch_multiplier=1,       # long tasks: never hold messages another worker could run
-        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
-        task_default_queue=GENERATE_QUEUE,
-        task_routes={TRAIN_TASK: {"queue": TRAIN_QUEUE}, GENERATE_TASK: {"queue": GENERATE_QUEUE}},
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
-        broker_connection_retry_on_startup=True,
-        worker_proc_alive_timeout=180,      # the pool process imports TensorFlow before saying it is up
-        worker_send_task_events=False,
-        worker_log_format=f"[%(asctime)s: %(levelname)s/%(processName)s] {label}%(message)s",
-        worker_task_log_format=f"[%(asctime)s: %(levelname)s/%(processName)s] {label}%(task_name)s[%(task_id)s]: %(message)s",
-    )
-    return app
+def worker_config(settings: Settings, label: str = "") -> dict[str, Any]:
+    return {
+        **celery_config(settings.broker_url, settings.visibility_timeout),
+        "task_acks_late": True,                # a task is acknowledged only after it finished...
+        "task_reject_on_worker_lost": True,    # ...and redelivered when its process died
+        "worker_prefetch_multiplier": 1,       # long tasks: never hold messages another worker could run
+        "worker_proc_alive_timeout": 180,      # the pool process imports TensorFlow before saying it is up
+        "worker_send_task_events": True,       # Flower and `celery events` see lstmq's tasks
+        "task_send_sent_event": True,
+        "worker_log_format": f"[%(asctime)s: %(levelname)s/%(processName)s] {label}%(message)s",
+        "worker_task_log_format": f"[%(asctime)s: %(levelname)s/%(processName)s] {label}"
+                                  "%(task_name)s[%(task_id)s]: %(message)s",
+    }
+
+
+app = Celery("lstmq", set_as_current=False, include=["lstmq.worker.tasks"])
+app.add_defaults(lambda: worker_config(runtime.ensure_settings(), runtime.describe()))

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from lstmq.worker.app import QUEUES
+from lstmq.shared.messages import QUEUES
 
 
 def visible_gpus() -> list[str]:

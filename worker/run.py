@@ -1,6 +1,6 @@
 """One Celery worker (python -m lstmq.worker.run): started by lstmq-worker, once per device, with
 CUDA_VISIBLE_DEVICES already set. This process is the prefork parent and never imports
-TensorFlow; its single pool process does (worker.tasks -> runtime.init_process)."""
+TensorFlow; its single pool process does (lstmq.worker.tasks -> runtime.init_process)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,8 @@ import sys
 
 from lstmq.shared.config import load_settings
 from lstmq.shared.errors import ConfigError
-from lstmq.worker import runtime, tasks
-from lstmq.worker.app import QUEUES, create_app
+from lstmq.shared.messages import QUEUES
+from lstmq.worker import runtime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,10 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstmq-worker: {error}", file=sys.stderr)
         return 2
     name = args.name.replace("%h", os.uname().nodename)
-    runtime.configure(settings, name, args.device)
-    app = create_app(settings, runtime.describe())
-    tasks.register(app)
-    app.worker_main(["worker", "--queues", args.queues, "--concurrency", "1", "--pool", "prefork",
+    runtime.configure(settings, name, args.device)   # before anything reads the app's settings
+    from lstmq.worker import tasks   # registers the tasks on the app
+    tasks.app.worker_main(["worker", "--queues", args.queues, "--concurrency", "1", "--pool", "prefork",
                      "--hostname", args.name, "--loglevel", args.loglevel, "--without-mingle", "--without-gossip"])
     return 0
 

@@ -46,7 +46,7 @@ class ModelCache:
         from lstmq.shared.text import Vocabulary
 
         started = time.monotonic()
-        model_bytes, vocabulary, meta = read_artifact(self.store.model_artifact(name, version))
+        model_bytes, vocabulary, meta = read_artifact(self.store.registry.artifact(name, version))
         decoder = Decoder(load_keras_bytes(model_bytes), Vocabulary(vocabulary), max_rows=self.max_rows)
         loaded = LoadedModel(name, version, decoder, meta)
         self.models[key] = loaded
@@ -103,8 +103,8 @@ def ensure_settings() -> Settings:
     return STATE.settings
 
 
-def ensure_process() -> tuple[Store, ModelCache]:
+def process() -> Runtime:
+    """This process's runtime, set up on first use (the pool process sets it up at start)."""
     if STATE.store is None or STATE.models is None:
         init_process()
-    assert STATE.store is not None and STATE.models is not None
-    return STATE.store, STATE.models
+    return STATE

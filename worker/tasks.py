@@ -1,48 +1,70 @@
-"""Thin tasks: check the message, call shared.jobs, let Celery acknowledge. A bad message or a
-job that cannot run is logged, recorded in the job where there is one, and acknowledged (never
-retried forever, never fatal to the worker)."""
+"""Thin tasks: parse the message (shared.messages), call shared.execute, let Celery acknowledge.
+A message that cannot run (malformed, or its job does not exist) is logged and rejected the
+Celery way (Reject, not requeued); a job that fails is recorded failed in the store and the task
+fails in Celery's eyes too (an expected error: logged without a traceback)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from celery import Celery
+from celery import Task
+from celery.exceptions import Reject
 from celery.signals import worker_process_init
 
-from lstmq.shared.errors import JobNotFound, LstmqError
+from lstmq.shared.errors import BadMessage, JobBusy, JobNotFound, LstmqError
+from lstmq.shared.messages import ROUTES, JobKind, parse_message
 from lstmq.worker import runtime
-from lstmq.worker.app import GENERATE_TASK, TRAIN_TASK
+from lstmq.worker.app import app
 
 log = logging.getLogger("lstmq.worker")
 BUSY_RETRY_S = 15   # a redelivered training task checks again this often while another worker holds the job
 
 
-def register(app: Celery) -> None:
-    @app.task(name=TRAIN_TASK, bind=True, max_retries=None)
-    def train(self, *positional, job=None, **unexpected):
-        from lstmq.shared.jobs import JobBusy, check_message, run_training
+class LstmqTask(Task):
+    """Per-process resources (Celery's "Instantiation"): the store and the model cache are made
+    once in the pool process (runtime.init_process) and shared by every task it runs."""
+    throws = (LstmqError,)   # expected failures: recorded in the job, logged without a traceback
+
+    @property
+    def store(self):
+        return runtime.process().store
+
+    @property
+    def models(self):
+        return runtime.process().models
+
+    @contextmanager
+    def rejecting(self, kind: JobKind, message: dict) -> Iterator[None]:
+        """A message that cannot run is rejected (dropped, never redelivered), and logged."""
         try:
-            check_message(job, 0, positional, unexpected)
-            store, _ = runtime.ensure_process()
-            return run_training(store, job, runtime.STATE.name)
+            yield
+        except (BadMessage, JobNotFound) as error:
+            log.error("rejected %s message %s: %s", kind.value, message, error)
+            raise Reject(str(error), requeue=False) from None
+
+
+@app.task(name=ROUTES[JobKind.TRAIN].task, bind=True, base=LstmqTask, max_retries=None)
+def train(self, *args, **kwargs):
+    from lstmq.shared.execute import run_training
+
+    with self.rejecting(JobKind.TRAIN, kwargs):
+        message = parse_message(JobKind.TRAIN, args, kwargs)
+        try:
+            return run_training(self.store, message.job, runtime.STATE.name)
         except JobBusy as error:
             log.info("%s; retrying in %ds", error, BUSY_RETRY_S)
             raise self.retry(countdown=BUSY_RETRY_S) from None
-        except (JobNotFound, LstmqError, ValueError) as error:
-            log.error("train job %r failed: %s", job, error)
-            return {"job": job, "error": str(error)}
 
-    @app.task(name=GENERATE_TASK, bind=True)
-    def generate(self, *positional, job=None, chunk=None, **unexpected):
-        from lstmq.shared.jobs import check_message, run_generate_chunk
-        try:
-            check_message(job, chunk, positional, unexpected)
-            store, models = runtime.ensure_process()
-            settings = runtime.ensure_settings()
-            limits = {"max_words": settings.max_words, "max_n": settings.max_n}
-            return run_generate_chunk(store, models, job, chunk, runtime.STATE.name, limits)
-        except (JobNotFound, LstmqError, ValueError, LookupError) as error:
-            log.error("generate task failed (job %r chunk %r): %s", job, chunk, error)
-            return {"job": job, "chunk": chunk, "error": str(error)}
+
+@app.task(name=ROUTES[JobKind.GENERATE].task, bind=True, base=LstmqTask)
+def generate(self, *args, **kwargs):
+    from lstmq.shared.execute import run_generate_chunk
+
+    with self.rejecting(JobKind.GENERATE, kwargs):
+        message = parse_message(JobKind.GENERATE, args, kwargs)
+        limits = runtime.ensure_settings().limits()
+        return run_generate_chunk(self.store, self.models, message.job, message.chunk, runtime.STATE.name, limits)
 
 
 @worker_process_init.connect

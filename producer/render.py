@@ -1,0 +1,150 @@
+"""What the CLI shows: JSON, tables and progress bars. No Redis, no click: plain text to streams."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from lstmq.shared.store import JobKind, JobRecord
+from lstmq.shared.store.clock import iso_utc
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, ensure_ascii=False)
+
+
+def echo_json(data: Any, stream: TextIO | None = None) -> None:
+    print(dumps(data), file=stream or sys.stdout, flush=True)
+
+
+def note(message: str) -> None:
+    """A line for the person at the terminal (stderr), without breaking a progress bar."""
+    tqdm.write(message, file=sys.stderr)
+
+
+def number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+# -- jobs -----------------------------------------------------------------------------------------
+def progress_text(record: JobRecord) -> str:
+    progress = record.progress()
+    if record.kind is JobKind.TRAIN:
+        text = f"epoch {record.epoch}/{progress.total or '?'}"
+        if record.val_perplexity is not None:
+            text += f", val ppl {record.val_perplexity:.2f}"
+        return text
+    return f"{record.prompts_done}/{progress.total if progress.total is not None else '?'} prompts, " \
+           f"{record.words_done} words"
+
+
+def job_table(records: list[JobRecord]) -> str:
+    lines = [f"{'JOB':<17}{'KIND':<9}{'STATUS':<10}{'MODEL':<22}PROGRESS"]
+    for record in records:
+        lines.append(f"{record.id:<17}{record.kind.value:<9}{record.status.value:<10}"
+                     f"{record.model or record.model_name or '':<22}{progress_text(record)}")
+    return "\n".join(lines)
+
+
+def job_details(record: JobRecord, history: list[dict[str, Any]]) -> str:
+    data = record.to_json()
+    lines = []
+    for key in sorted(data):
+        value = json.dumps(data[key]) if isinstance(data[key], dict) else data[key]
+        lines.append(f"{key:>16}: {value}")
+    lines.append(f"{'progress':>16}: {progress_text(record)}")
+    for entry in history:
+        perplexity = f", val ppl {entry['val_perplexity']:.2f}" if "val_perplexity" in entry else ""
+        lines.append(f"{'epoch ' + str(entry['epoch']):>16}: loss {entry['loss']:.4f}{perplexity} "
+                     f"({entry['seconds']:.1f}s)")
+    return "\n".join(lines)
+
+
+# -- models ---------------------------------------------------------------------------------------
+def version_row(name: str, version: int, meta: dict[str, Any], aliases: dict[str, int]) -> dict[str, Any]:
+    metrics = meta.get("metrics", {})
+    registered = meta.get("registered")
+    return {"model": f"{name}@{version}", "version": version, "created": meta.get("created", ""),
+            "registered": iso_utc(registered) if isinstance(registered, (int, float)) else registered,
+            "epochs_run": metrics.get("epochs_run"), "val_perplexity": metrics.get("val_perplexity"),
+            "loss": metrics.get("loss"), "vocab_size": meta.get("network", {}).get("vocab_size", 0),
+            "corpus_sha256": meta.get("corpus_sha256", ""), "artifact_sha256": meta.get("artifact_sha256"),
+            "job": meta.get("job"), "aliases": sorted(alias for alias, target in aliases.items() if target == version)}
+
+
+def versions_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'MODEL':<24}{'EPOCHS':>7}{'VAL PPL':>10}{'VOCAB':>8}  {'CORPUS':<14}{'CREATED':<27}ALIASES"]
+    for row in rows:
+        lines.append(f"{row['model']:<24}{row['epochs_run'] or 0:>7}{number(row['val_perplexity']):>10}"
+                     f"{row['vocab_size']:>8}  {row['corpus_sha256'][:12]:<14}{row['created']:<27}"
+                     f"{','.join(row['aliases'])}")
+    return "\n".join(lines)
+
+
+def models_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'NAME':<24}{'VERSIONS':>9}{'CURRENT':>9}"]
+    for row in rows:
+        lines.append(f"{row['name']:<24}{row['versions']:>9}{row['current'] or '-':>9}")
+    return "\n".join(lines)
+
+
+# -- progress while waiting -------------------------------------------------------------------------
+def _bar_options(show: bool) -> dict[str, Any]:
+    """tqdm options: follow the terminal's width, or 100 columns where it reports none (a pty)."""
+    try:
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        columns = 0
+    return {"disable": not show, "file": sys.stderr, "dynamic_ncols": columns > 0, "ncols": None if columns else 100}
+
+
+class GenerateProgress:
+    """Prompts done (or failed) of the job's prompts, with the words/s since waiting began."""
+
+    def __init__(self, record: JobRecord, show: bool, clock):
+        self.clock = clock
+        self.first_words, self.first_time = record.words_done, clock()
+        self.bar = tqdm(total=record.prompts, unit="prompt", desc=f"job {record.id}", smoothing=0.1,
+                        **_bar_options(show))
+
+    def update(self, record: JobRecord) -> None:
+        progress = record.progress()
+        if progress.total is not None:
+            self.bar.total = progress.total
+        self.bar.update(progress.done - self.bar.n)
+        elapsed = self.clock() - self.first_time
+        if elapsed > 0:
+            rate = (record.words_done - self.first_words) / elapsed
+            self.bar.set_postfix_str(f"{rate:,.0f} words/s", refresh=False)
+
+    def close(self) -> None:
+        self.bar.refresh()
+        self.bar.close()
+
+
+class TrainProgress:
+    """Epochs (fractional while one runs) on a terminal bar; one line per epoch to `log` otherwise."""
+
+    def __init__(self, record: JobRecord, show: bool, log: TextIO):
+        self.show, self.log, self.reported = show, log, 0
+        self.bar = tqdm(total=record.progress().total, unit="epoch", desc=f"train {record.model_name}",
+                        bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]",
+                        **_bar_options(show))
+
+    def update(self, record: JobRecord) -> None:
+        progress = record.progress()
+        self.bar.update(progress.done - self.bar.n)
+        if record.epoch > self.reported and record.loss is not None:
+            self.reported = record.epoch
+            postfix = f"loss {record.loss:.4f}"
+            if record.val_perplexity is not None:
+                postfix += f", val ppl {record.val_perplexity:.2f}"
+            self.bar.set_postfix_str(postfix)
+            if not self.show:
+                print(f"epoch {record.epoch}/{progress.total}: {postfix}", file=self.log, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,152 @@
+"""Development plumbing, in one place, for `make demo`, the tests and the benchmarks: a throwaway
+redis-server on a free loopback port, a local stack (that server and one lstmq-worker process
+group), and where the development corpus is. Not used by the producer or the workers."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+import redis
+
+# The team's kit lies beside the checkout: ../shared/data/sherlock.txt (never copied into the repo).
+REPOSITORY = Path(__file__).resolve().parents[1]
+CORPUS_ENV = "LSTMQ_TEST_CORPUS"
+DEFAULT_CORPUS = REPOSITORY.parent / "shared" / "data" / "sherlock.txt"
+
+
+def corpus_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The development corpus: $LSTMQ_TEST_CORPUS, else ../shared/data/sherlock.txt beside the checkout."""
+    environ = os.environ if environ is None else environ
+    return Path(environ.get(CORPUS_ENV) or DEFAULT_CORPUS)
+
+
+def tool(name: str) -> str:
+    """A console script installed beside this Python (lstmq, lstmq-worker)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalRedis:
+    """redis-server in a temporary directory; `appendonly=True` for durability tests (fsync
+    always), so a restart keeps every acknowledged write."""
+
+    def __init__(self, appendonly: bool = False, port: int | None = None, directory: str | None = None):
+        self.appendonly = appendonly
+        self.port = port or free_port()
+        self._own_directory = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="lstmq-redis-"))
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> LocalRedis:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise RuntimeError("redis-server is not installed (make setup installs it: apt-get install redis-server)")
+        command = [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                   "--save", "", "--logfile", str(self.directory / "redis.log"), "--protected-mode", "yes"]
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.exceptions.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.directory / "redis.log")
+                    detail = log.read_text()[-2000:] if log.exists() else ""
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start on port {self.port}: {detail}") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_directory:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+class LocalStack:
+    """A throwaway redis-server (unless `broker` names one) and one lstmq-worker process group
+    logging to `log_path`; both are stopped on leaving, whatever happened (demo, benchmarks)."""
+
+    def __init__(self, log_path: str | Path, broker: str | None = None, worker_args: tuple[str, ...] = ()):
+        self.log_path, self.broker, self.worker_args = Path(log_path), broker, worker_args
+        self.server: LocalRedis | None = None
+        self.worker: subprocess.Popen | None = None
+        self.log: IO[str] | None = None
+
+    def __enter__(self) -> LocalStack:
+        self.log = open(self.log_path, "w")
+        try:
+            if not self.broker:
+                self.server = LocalRedis().start()
+                self.broker = self.server.url
+            self.worker = subprocess.Popen([tool("lstmq-worker"), *self.worker_args, "--broker", self.broker],
+                                           start_new_session=True, stdout=self.log, stderr=subprocess.STDOUT)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        """Stop what was started; safe to call more than once."""
+        if self.worker is not None:
+            stop_process_group(self.worker)
+            self.worker = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.log is not None:
+            self.log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log is not None and not self.log.closed:
+            self.log.flush()
+        return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM to the process group (a warm shutdown), SIGKILL after `timeout` seconds."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
