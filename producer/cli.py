@@ -49,14 +49,14 @@ def settings_for(config_file, **overrides):
 
 def open_store(settings):
     from lstmq.shared.store import Store
-    store = Store.from_url(settings.broker_url, settings.result_ttl)
+    store = Store.from_settings(settings)
     store.ping(settings.broker_url)
     return store
 
 
 def dispatcher_for(settings):
     from lstmq.shared.messages import Dispatcher
-    return Dispatcher(settings.broker_url, settings.visibility_timeout)
+    return Dispatcher(settings)
 
 
 def show_progress() -> bool:

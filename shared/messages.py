@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from lstmq.shared.config import Settings
 from lstmq.shared.errors import BadMessage, InputError
 from lstmq.shared.params import GenerationParams, Limits, check_generation_params
 
@@ -46,10 +47,10 @@ def celery_queues() -> list[Any]:
             for route in ROUTES.values()]
 
 
-def celery_config(broker_url: str, visibility_timeout: int) -> dict[str, Any]:
+def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings that sender and consumer must agree on: JSON only, the queues, routes."""
     return {
-        "broker_url": broker_url,
+        "broker_url": settings.broker_url,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -57,7 +58,7 @@ def celery_config(broker_url: str, visibility_timeout: int) -> dict[str, Any]:
         "task_queues": celery_queues(),
         "task_default_queue": ROUTES[JobKind.GENERATE].queue,
         "task_routes": {route.task: {"queue": route.queue} for route in ROUTES.values()},
-        "broker_transport_options": {"visibility_timeout": visibility_timeout},
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "broker_connection_retry_on_startup": True,
     }
 
@@ -65,11 +66,11 @@ def celery_config(broker_url: str, visibility_timeout: int) -> dict[str, Any]:
 class Dispatcher:
     """Sends task messages; runs no task. The producer's only way to reach the workers."""
 
-    def __init__(self, broker_url: str, visibility_timeout: int):
+    def __init__(self, settings: Settings):
         from celery import Celery
 
         self.app = Celery("lstmq-producer", set_as_current=False)
-        self.app.conf.update(celery_config(broker_url, visibility_timeout))
+        self.app.conf.update(celery_config(settings))
 
     def send(self, kind: JobKind, producer: Any = None, **fields: Any) -> None:
         route = ROUTES[kind]

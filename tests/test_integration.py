@@ -215,11 +215,13 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
 def test_messages_are_json_and_carry_only_ids(small_config):
     import redis
 
+    from lstmq.shared.config import load_settings
     from lstmq.shared.devstack import LocalRedis
     from lstmq.shared.messages import Dispatcher
 
     with LocalRedis() as server:   # no worker here: the message stays on the queue to be read
-        with Dispatcher(server.url, visibility_timeout=60).chunks("j") as send:
+        settings = load_settings(small_config, {"broker_url": server.url}, environ={})
+        with Dispatcher(settings).chunks("j") as send:
             send(3)
         raw = redis.Redis.from_url(server.url).lrange("generate", 0, -1)
     message = json.loads(raw[0])

@@ -19,7 +19,7 @@ from lstmq.worker import runtime
 
 def worker_config(settings: Settings, label: str = "") -> dict[str, Any]:
     return {
-        **celery_config(settings.broker_url, settings.visibility_timeout),
+        **celery_config(settings),
         "task_acks_late": True,                # a task is acknowledged only after it finished...
         "task_reject_on_worker_lost": True,    # ...and redelivered when its process died
         "worker_prefetch_multiplier": 1,       # long tasks: never hold messages another worker could run

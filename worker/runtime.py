@@ -91,7 +91,7 @@ def init_process() -> None:
     else:
         detail = f"CPU only, CUDA_VISIBLE_DEVICES={visible}"
     settings = ensure_settings()
-    STATE.store = Store.from_url(settings.broker_url, settings.result_ttl)
+    STATE.store = Store.from_settings(settings)
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, settings.decode_batch_size)
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())
 

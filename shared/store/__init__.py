@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import redis
 
+from lstmq.shared.config import Settings
 from lstmq.shared.errors import BrokerUnavailable
 from lstmq.shared.messages import JobKind
 from lstmq.shared.store.blobs import Blobs, sha256
@@ -31,6 +32,11 @@ class Store:
         self.registry = Registry(client, self.blobs)
         self.jobs = Jobs(client, ttl)
         self.training = Training(client, ttl)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        """The store at settings.broker_url, keeping job data for settings.result_ttl."""
+        return cls.from_url(settings.broker_url, settings.result_ttl)
 
     @classmethod
     def from_url(cls, url: str, ttl: int) -> Store:
