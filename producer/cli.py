@@ -3,9 +3,10 @@
 Click commands only: submission is producer.submit, waiting and output files producer.collect,
 what is shown producer.render. Nothing here (or there) imports TensorFlow or lstmq.worker.
 
-Exit status: 0 done; 1 a job failed or Redis could not be reached; 2 bad usage, settings or
-input file; 3 the job finished but some seed lines or prompts could not be used (they are in
-OUT.errors.jsonl); 130 stopped waiting on Ctrl-C (the job goes on)."""
+Exit status: 0 done; 1 a job failed, or Redis could not be reached or was refused; 2 bad usage,
+settings or input file; 3 the job finished but some seed lines or prompts could not be used
+(they are in OUT.errors.jsonl); 4 --timeout passed while waiting (the job goes on); 5 the job
+was cancelled; 130 stopped waiting on Ctrl-C (the job goes on)."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,7 @@ import click
 
 from lstmq.shared.errors import ConfigError, InputError, LstmqError
 
-EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_CANCELLED, EXIT_INTERRUPTED = 1, 2, 3, 4, 5, 130
 SHOWN_BAD_LINES = 20
 
 
@@ -27,18 +28,38 @@ class BadInput(click.ClickException):
     exit_code = EXIT_USAGE
 
 
+class TimedOut(click.ClickException):
+    exit_code = EXIT_TIMEOUT
+
+
+def timeout_option(command):
+    return click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+                        help=f"Stop waiting after this long (exit status {EXIT_TIMEOUT}; the job goes on).")(command)
+
+
 def common_options(command):
     @click.option("--config", "config_file", type=click.Path(dir_okay=False),
                   help="Settings file (YAML); also LSTMQ_CONFIG.")
     @click.option("--broker", help="Redis URL, e.g. redis://host:6379/0 (setting broker_url, LSTMQ_BROKER_URL).")
     @functools.wraps(command)
     def wrapper(*args, config_file=None, broker=None, **kwargs):
+        import redis
+
+        from lstmq.producer.collect import WaitTimeout
+        from lstmq.shared.redact import redact
+        from lstmq.shared.store.health import is_out_of_memory
         try:
             return command(*args, config_file=config_file, broker=broker, **kwargs)
         except (ConfigError, InputError) as error:
-            raise BadInput(str(error)) from None
+            raise BadInput(redact(str(error))) from None
+        except WaitTimeout as error:
+            raise TimedOut(str(error)) from None
         except LstmqError as error:   # a failed job, an unknown job or model, no broker
-            raise Failure(str(error)) from None
+            raise Failure(redact(str(error))) from None
+        except redis.exceptions.RedisError as error:   # Redis went away, or refused a write
+            if is_out_of_memory(error):
+                raise Failure(f"Redis is out of memory: {error} (free memory or raise maxmemory)") from None
+            raise Failure(f"Redis error: {redact(str(error))}") from None
     return wrapper
 
 
@@ -48,9 +69,12 @@ def settings_for(config_file, **overrides):
 
 
 def open_store(settings):
+    """The store, once Redis answered and its eviction policy is safe (see allow_eviction)."""
     from lstmq.shared.store import Store
+    from lstmq.shared.store.health import check_eviction_policy
     store = Store.from_settings(settings)
     store.ping(settings.broker_url)
+    check_eviction_policy(store.redis, settings.allow_eviction)
     return store
 
 
@@ -89,8 +113,9 @@ def main():
 @click.option("--learning-rate", type=float, help="Optimizer step size (setting learning_rate).")
 @click.option("--wait", is_flag=True, help="Wait, showing per-epoch loss and validation perplexity.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: job, status, model.")
+@timeout_option
 @common_options
-def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, config_file, broker):
+def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, timeout, config_file, broker):
     """Upload CORPUS (UTF-8 text) and train a new version of a model on it."""
     from lstmq.producer import render
     from lstmq.producer.submit import read_corpus, submit_train
@@ -114,7 +139,7 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
         click.echo(f"job {job_id}: training {model_name} on {submission.corpus_file} ({submission.corpus_bytes:,} "
                    f"bytes, sha256 {submission.corpus_sha256[:12]})", err=True)
     try:
-        record = wait_for_job(store, job_id, settings.poll_interval, show_progress(), sys.stderr)
+        record = wait_for_job(store, job_id, settings, show_progress(), dispatcher_for(settings), timeout)
     except KeyboardInterrupt:
         stopped_waiting(job_id, f"lstmq status {job_id}")
     succeeded = record.status.value == "succeeded"
@@ -126,6 +151,9 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
         render.echo_json(summary)
     elif succeeded:
         click.echo(record.model)
+    if record.status.value == "cancelled":
+        click.echo(f"lstmq: training job {job_id} was cancelled", err=True)
+        sys.exit(EXIT_CANCELLED)
     if not succeeded:
         raise Failure(f"training job {job_id} failed: {summary['error']}")
 
@@ -144,14 +172,15 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
 @click.option("--chunk-size", type=int, help="Prompts per task.")
 @click.option("--detach", is_flag=True, help="Submit, print the job id and return; collect later.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@timeout_option
 @common_options
 def generate(seeds, model_spec, output, words, temperature, top_k, top_p, samples, seed, chunk_size, detach,
-             as_json, config_file, broker):
+             as_json, timeout, config_file, broker):
     """Continue every prompt of SEEDS (.txt: a prompt per line; .jsonl: {"id", "prompt", ...})."""
     from lstmq.producer import render
     from lstmq.producer.collect import write_errors
     from lstmq.producer.seeds import check_path
-    from lstmq.producer.submit import submit_generate
+    from lstmq.producer.submit import NoPrompts, submit_generate
 
     settings = settings_for(config_file, broker_url=broker, words=words, temperature=temperature, top_k=top_k,
                             top_p=top_p, n=samples, seed=seed, chunk_size=chunk_size)
@@ -159,7 +188,18 @@ def generate(seeds, model_spec, output, words, temperature, top_k, top_p, sample
         raise click.UsageError("missing -o/--output OUT.jsonl (or use --detach and `lstmq collect` later)")
     check_path(seeds)
     store = open_store(settings)
-    submission = submit_generate(store, dispatcher_for(settings), settings, seeds, model_spec)
+
+    def created(job_id: str) -> None:   # before the first chunk goes out: the id is never lost
+        click.echo(f"lstmq: job {job_id}: submitting {seeds} to {model_spec}", err=True)
+
+    try:
+        submission = submit_generate(store, dispatcher_for(settings), settings, seeds, model_spec, created)
+    except NoPrompts as error:
+        for bad_line in error.submission.bad_lines[:SHOWN_BAD_LINES]:
+            click.echo(f"lstmq: {bad_line}", err=True)
+        if output and error.submission.bad_lines:
+            write_errors(output, [bad_line.record() for bad_line in error.submission.bad_lines])
+        raise
     bad_lines = submission.bad_lines
     for error in bad_lines[:SHOWN_BAD_LINES]:
         click.echo(f"lstmq: {error}", err=True)
@@ -179,10 +219,10 @@ def generate(seeds, model_spec, output, words, temperature, top_k, top_p, sample
         return
     if not as_json:
         click.echo(f"job {submission.job}: {submission.prompts} prompts with {submission.model}", err=True)
-    collect_job(store, settings, submission.job, output, as_json)
+    collect_job(store, settings, submission.job, output, as_json, timeout)
 
 
-def collect_job(store, settings, job_id, output, as_json):
+def collect_job(store, settings, job_id, output, as_json, timeout=None):
     from lstmq.producer import render
     from lstmq.producer.collect import errors_path, wait, write_results
     from lstmq.shared.store import JobKind, JobStatus
@@ -191,7 +231,7 @@ def collect_job(store, settings, job_id, output, as_json):
     if record.kind is not JobKind.GENERATE:
         raise InputError(f"job {job_id} is a {record.kind.value} job; only generate jobs have output to collect")
     try:
-        record = wait(store, job_id, settings.poll_interval, show_progress() and not as_json)
+        record = wait(store, job_id, settings, show_progress() and not as_json, dispatcher_for(settings), timeout)
     except KeyboardInterrupt:
         stopped_waiting(job_id, f"lstmq collect {job_id} -o {output}")
     written, errors = write_results(store, job_id, output)
@@ -204,7 +244,12 @@ def collect_job(store, settings, job_id, output, as_json):
     else:
         click.echo(f"wrote {written} lines to {output} ({record.words_done:,} words in {record.seconds:.1f}s)"
                    + (f"; {len(errors)} error(s) in {summary['errors_file']}" if errors else ""), err=True)
+    if record.status is JobStatus.CANCELLED:
+        click.echo(f"lstmq: job {job_id} was cancelled", err=True)
+        sys.exit(EXIT_CANCELLED)
     if record.status is JobStatus.FAILED:
+        click.echo(f"lstmq: job {job_id} failed: {render.failure_summary(record, store.jobs.failed_chunks(job_id))}",
+                   err=True)
         sys.exit(EXIT_FAILED)
     if errors:
         sys.exit(EXIT_PARTIAL)
@@ -214,11 +259,70 @@ def collect_job(store, settings, job_id, output, as_json):
 @click.argument("job")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@timeout_option
 @common_options
-def collect(job, output, as_json, config_file, broker):
+def collect(job, output, as_json, timeout, config_file, broker):
     """Wait for generate job JOB and write its results to OUTPUT (can be run again any time)."""
     settings = settings_for(config_file, broker_url=broker)
-    collect_job(open_store(settings), settings, job, output, as_json)
+    collect_job(open_store(settings), settings, job, output, as_json, timeout)
+
+
+@main.command("wait")
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's final record as JSON.")
+@timeout_option
+@common_options
+def wait_command(job, as_json, timeout, config_file, broker):
+    """Wait until JOB ends; exit 0 succeeded, 1 failed, 5 cancelled, 4 on --timeout."""
+    from lstmq.producer import render
+    from lstmq.producer.collect import wait
+    from lstmq.shared.store import JobStatus
+
+    settings = settings_for(config_file, broker_url=broker)
+    store = open_store(settings)
+    try:
+        record = wait(store, job, settings, show_progress() and not as_json, dispatcher_for(settings), timeout)
+    except KeyboardInterrupt:
+        stopped_waiting(job, f"lstmq wait {job}")
+    if as_json:
+        render.echo_json(record.to_json())
+    else:
+        click.echo(f"job {job}: {record.status.value}" + (f" ({record.error})" if record.error else ""))
+    sys.exit({JobStatus.SUCCEEDED: 0, JobStatus.CANCELLED: EXIT_CANCELLED}.get(record.status, EXIT_FAILED))
+
+
+@main.command()
+@click.argument("job")
+@click.option("--json", "as_json", is_flag=True, help="Print {job, status} as JSON.")
+@common_options
+def cancel(job, as_json, config_file, broker):
+    """Cancel JOB: workers skip its pending chunks (a running chunk or epoch finishes); what was
+    produced stays collectable. A job that has ended keeps its status."""
+    from lstmq.producer import render
+
+    store = open_store(settings_for(config_file, broker_url=broker))
+    status = store.jobs.cancel(job)
+    if as_json:
+        render.echo_json({"job": job, "status": status.value})
+    else:
+        click.echo(f"job {job}: {status.value}")
+
+
+@main.command()
+@click.argument("jobs", nargs=-1, required=True, metavar="JOB...")
+@click.option("--json", "as_json", is_flag=True, help="Print [{job, keys}] as JSON.")
+@common_options
+def rm(jobs, as_json, config_file, broker):
+    """Delete ended jobs and everything they kept in Redis (inputs, results, history)."""
+    from lstmq.producer import render
+
+    store = open_store(settings_for(config_file, broker_url=broker))
+    removed = [{"job": job, "keys": store.jobs.remove(job)} for job in jobs]
+    if as_json:
+        render.echo_json(removed)
+    else:
+        for entry in removed:
+            click.echo(f"job {entry['job']}: removed ({entry['keys']} keys)")
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -234,14 +338,21 @@ def status(job, limit, as_json, config_file, broker):
 
     store = open_store(settings_for(config_file, broker_url=broker))
     if job:
+        store.jobs.fail_lapsed_submission(job)   # a producer that died mid-submission shows here
         record = store.jobs.get(job)
         history = store.training.history(job) if record.kind is JobKind.TRAIN else []
+        failed, leases = store.jobs.failed_chunks(job), store.jobs.leases(job)
         if as_json:
-            render.echo_json({**record.to_json(), **({"history": history} if record.kind is JobKind.TRAIN else {})})
+            extra = {"history": history} if record.kind is JobKind.TRAIN else {}
+            render.echo_json({**record.to_json(), **extra, "failed_chunks": {str(k): v for k, v in failed.items()},
+                              "running": sorted(leases)})
         else:
-            click.echo(render.job_details(record, history))
+            click.echo(render.job_details(record, history, failed, leases))
         return
-    records = [store.jobs.get(job_id) for job_id in store.jobs.recent(limit)]
+    job_ids = store.jobs.recent(limit)
+    for job_id in job_ids:
+        store.jobs.fail_lapsed_submission(job_id)
+    records = [store.jobs.get(job_id) for job_id in job_ids]
     if as_json:
         render.echo_json([record.to_json() for record in records])
     else:

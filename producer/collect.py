@@ -11,11 +11,20 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+import kombu.exceptions
+import redis
+
 from lstmq.producer.render import GenerateProgress, TrainProgress, note
+from lstmq.shared.config import Settings
+from lstmq.shared.errors import LstmqError
+from lstmq.shared.messages import ROUTES, Dispatcher
 from lstmq.shared.params import GenerationParams
+from lstmq.shared.recovery import recover
+from lstmq.shared.redact import redact, redact_url
 from lstmq.shared.store import JobKind, JobRecord, JobStatus, Store
 
-NO_WORKER_HINT_S = 15.0
+NO_WORKER_NOTICE_S = 10.0      # a waiting CLI says within this long that no worker consumes the queue
+UNREACHABLE_POLL_MAX_S = 5.0   # polling slows down to this while Redis is unreachable
 OUTPUT_PARAMS = tuple(key for key in GenerationParams.keys() if key != "seed")   # the seed has its own field
 
 
@@ -26,24 +35,78 @@ def errors_path(out: str | Path) -> Path:
     return out.with_name(f"{stem}.errors.jsonl")
 
 
-def wait(store: Store, job_id: str, poll: float, show: bool, log: TextIO = sys.stderr) -> JobRecord:
-    """Poll the job until it reaches a final state, drawing its progress; say so when it stays
-    queued (no worker consuming its queue)."""
+class WaitTimeout(LstmqError):
+    """Waiting for the job took longer than --timeout (the job goes on)."""
+
+
+class Watch:
+    """What a waiting CLI says besides progress: no live worker on the job's queue (within
+    NO_WORKER_NOTICE_S, and again when one appears), Redis unreachable and back, and work that
+    lost its worker and went out again (recover() runs here too, for this job)."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher | None, settings: Settings, record: JobRecord):
+        self.store, self.dispatcher, self.settings = store, dispatcher, settings
+        self.queue = ROUTES[record.kind].queue
+        self.started = time.monotonic()
+        self.workers_seen: bool | None = None
+        self.unreachable_since: float | None = None
+
+    def check(self, record: JobRecord) -> None:
+        if self.dispatcher is not None:
+            for recovery in recover(self.store, self.dispatcher, self.settings.redispatch_limit, [record.id],
+                                    self.settings.lease_seconds):
+                note(f"lstmq: {recovery.describe()}")
+        if time.monotonic() - self.started < NO_WORKER_NOTICE_S and self.workers_seen is None:
+            if not self.store.workers.consuming(self.queue):
+                return   # a worker may be starting: give it a moment before saying anything
+        consuming = bool(self.store.workers.consuming(self.queue))
+        if consuming != self.workers_seen:
+            if not consuming:
+                note(f"lstmq: no live lstmq-worker consumes the '{self.queue}' queue on {redact_url(self.settings.broker_url)}; "
+                     f"job {record.id} waits until one does (start one: lstmq-worker)")
+            elif self.workers_seen is False:
+                note(f"lstmq: a worker now consumes the '{self.queue}' queue")
+            self.workers_seen = consuming
+
+    def unreachable(self, error: Exception) -> None:
+        if self.unreachable_since is None:
+            self.unreachable_since = time.monotonic()
+            note(f"lstmq: Redis at {redact_url(self.settings.broker_url)} is unreachable ({redact(str(error))}); "
+                 f"still waiting, retrying")
+
+    def reachable(self) -> None:
+        if self.unreachable_since is not None:
+            note(f"lstmq: Redis is back after {time.monotonic() - self.unreachable_since:.0f}s")
+            self.unreachable_since = None
+
+
+def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: Dispatcher | None = None,
+         timeout: float | None = None, log: TextIO = sys.stderr) -> JobRecord:
+    """Poll the job until it reaches a final state, drawing its progress and saying what stands
+    in its way (see Watch). Raises WaitTimeout after `timeout` seconds."""
     record = store.jobs.get(job_id)
     progress = (TrainProgress(record, show, log) if record.kind is JobKind.TRAIN
                 else GenerateProgress(record, show, time.monotonic))
-    started, hinted = time.monotonic(), False
+    watch = Watch(store, dispatcher, settings, record)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = settings.poll_interval
     try:
         while True:
-            record = store.jobs.get(job_id)
-            progress.update(record)
-            if record.status.finished:
-                return record
-            if not hinted and record.status is JobStatus.QUEUED and time.monotonic() - started > NO_WORKER_HINT_S:
-                hinted = True
-                note(f"lstmq: job {record.id} is still queued: is an lstmq-worker consuming the "
-                     f"'{record.kind.value}' queue on this broker?")
-            time.sleep(poll)
+            try:
+                record = store.jobs.get(job_id)
+                progress.update(record)
+                if record.status.finished:
+                    return record
+                watch.check(record)
+                watch.reachable()
+                pause = settings.poll_interval
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    kombu.exceptions.OperationalError) as error:
+                watch.unreachable(error)
+                pause = min(pause * 2, UNREACHABLE_POLL_MAX_S)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"job {job_id} did not end within {timeout:g}s (it goes on: lstmq wait {job_id})")
+            time.sleep(pause if deadline is None else max(min(pause, deadline - time.monotonic()), 0))
     finally:
         progress.close()
 
@@ -57,13 +120,17 @@ def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list
     out = Path(out)
     written = 0
     with _atomic(out) as stream:
-        for chunk in range(record.chunks):
-            items = store.jobs.chunk(job_id, chunk)
+        for chunk in range(record.chunks if record.submitted else record.chunks_sent):
             results = store.jobs.result(job_id, chunk)
-            if results is None:
-                reason = failed_chunks.get(chunk, "no result (the job has not finished)")
-                errors.extend({"id": item["id"], "line": item["line"], "error": f"generation failed: {reason}"}
-                              for item in items)
+            reason = None if results is not None else missing_reason(record, failed_chunks.get(chunk))
+            try:
+                items = store.jobs.chunk(job_id, chunk)
+            except LookupError:   # its input is gone too: the prompts can only be counted
+                errors.append({"id": None, "line": None, "chunk": chunk, "prompts": store.jobs.chunk_prompts(job_id, chunk),
+                               "error": reason or "the chunk's input is gone (expired, or deleted)"})
+                continue
+            if reason is not None:
+                errors.extend({"id": item["id"], "line": item["line"], "error": reason} for item in items)
                 continue
             for item, result in zip(items, results):
                 if "error" in result:
@@ -78,9 +145,20 @@ def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list
                         "unknown_words": result["unknown"],
                     }, ensure_ascii=False) + "\n")
                     written += 1
-    errors.sort(key=lambda error: error["line"])
+    errors.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
     write_errors(out, errors)
     return written, errors
+
+
+def missing_reason(record: JobRecord, failure: str | None) -> str:
+    """Why a chunk has no result: its failure, the job's end, or that the job has not ended."""
+    if failure is not None:
+        return f"generation failed: {failure}"
+    if record.status is JobStatus.CANCELLED:
+        return "cancelled (lstmq cancel) before this prompt was generated"
+    if record.status is JobStatus.FAILED:
+        return f"cancelled: {record.error or 'the job failed'}"
+    return "no result (the job has not finished)"
 
 
 def write_errors(out: str | Path, errors: Iterable[dict[str, Any]]) -> Path | None:

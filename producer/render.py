@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from lstmq.shared.store import JobKind, JobRecord
 from lstmq.shared.store.clock import iso_utc
+
+SHOWN_FAILURES = 10
 
 
 def dumps(data: Any) -> str:
@@ -49,18 +52,38 @@ def job_table(records: list[JobRecord]) -> str:
     return "\n".join(lines)
 
 
-def job_details(record: JobRecord, history: list[dict[str, Any]]) -> str:
+def job_details(record: JobRecord, history: list[dict[str, Any]], failed_chunks: dict[int, str] | None = None,
+                leases: dict[str, float] | None = None) -> str:
     data = record.to_json()
     lines = []
     for key in sorted(data):
         value = json.dumps(data[key]) if isinstance(data[key], dict) else data[key]
         lines.append(f"{key:>16}: {value}")
     lines.append(f"{'progress':>16}: {progress_text(record)}")
+    if leases:
+        now = time.time()
+        running = ", ".join(f"{member} ({deadline - now:+.0f}s)" for member, deadline in sorted(leases.items())[:10])
+        lines.append(f"{'running':>16}: {running}  (lease time left)")
+    for chunk, reason in sorted((failed_chunks or {}).items())[:SHOWN_FAILURES]:
+        lines.append(f"{'failed chunk ' + str(chunk):>16}: {reason}")
+    if failed_chunks and len(failed_chunks) > SHOWN_FAILURES:
+        lines.append(f"{'':>16}  ... and {len(failed_chunks) - SHOWN_FAILURES} more failed chunks")
     for entry in history:
         perplexity = f", val ppl {entry['val_perplexity']:.2f}" if "val_perplexity" in entry else ""
         lines.append(f"{'epoch ' + str(entry['epoch']):>16}: loss {entry['loss']:.4f}{perplexity} "
                      f"({entry['seconds']:.1f}s)")
     return "\n".join(lines)
+
+
+def failure_summary(record: JobRecord, failed_chunks: dict[int, str]) -> str:
+    """Why a job failed, in a line: its own error, else its chunks' distinct reasons."""
+    if record.error:
+        return record.error
+    reasons = sorted(set(failed_chunks.values()))
+    if not reasons:
+        return "unknown error"
+    text = "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} other reasons" if len(reasons) > 3 else "")
+    return f"{len(failed_chunks)} chunk(s) failed: {text}"
 
 
 # -- models ---------------------------------------------------------------------------------------

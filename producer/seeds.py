@@ -3,7 +3,8 @@
 .txt: one prompt per line, id = 1-based line number, blank lines skipped.
 .jsonl: one object per line: {"id", "prompt"} plus optional words, temperature, top_k, top_p,
 n, seed. A line that cannot be used becomes a SeedError (file, line, what is wrong); the other
-lines go on.
+lines go on. A UTF-8 byte order mark at the start of the file is skipped. JSON's non-standard
+NaN, Infinity and -Infinity are rejected: every number must be finite.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from lstmq.shared.text import words
 
 SUFFIXES = (".txt", ".jsonl")
 JSONL_FIELDS = ("id", "prompt", *GenerationParams.keys())
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"   # UTF-8 BOM, written by some Windows editors
 
 
 @dataclass(frozen=True)
@@ -62,11 +64,14 @@ def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits) -> 
     """Yield a Seed or a SeedError for every non-blank line, in file order."""
     path = check_path(path)
     is_jsonl = path.suffix.lower() == ".jsonl"
-    seen_ids: dict[Any, int] = {}
+    seen_ids: dict[Any, tuple[int, bool]] = {}   # id -> (line, whether the id was implied by the line number)
     with path.open("rb") as stream:
         for number, raw in enumerate(stream, start=1):
             raw = raw.rstrip(b"\n").rstrip(b"\r")
+            if number == 1 and raw.startswith(BYTE_ORDER_MARK):
+                raw = raw[len(BYTE_ORDER_MARK):]
             identifier: Any = None if is_jsonl else number
+            implied = not is_jsonl
             try:
                 if len(raw) > limits.max_line_bytes:
                     raise InputError(f"line is {len(raw)} bytes, over max_line_bytes ({limits.max_line_bytes})")
@@ -78,33 +83,95 @@ def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits) -> 
                     continue
                 if is_jsonl:
                     record = _parse_json_object(text)
+                    implied = "id" not in record
                     identifier = _check_id(record.get("id", number))
                     prompt = _check_prompt_field(record)
                     overrides = {key: record[key] for key in GenerationParams.keys() if key in record}
                 else:
                     prompt, overrides = text.strip(), {}
                 if identifier in seen_ids:
-                    raise InputError(f"duplicate id {identifier!r} (first used on line {seen_ids[identifier]})")
+                    raise InputError(_duplicate_id_message(identifier, number, implied, *seen_ids[identifier]))
                 _check_prompt(prompt, limits)
                 params = check_generation_params({**defaults.to_dict(), **overrides}, limits)
             except InputError as error:
                 yield SeedError(str(path), number, identifier, str(error))
                 continue
-            seen_ids[identifier] = number
+            seen_ids[identifier] = (number, implied)
             yield Seed(number, identifier, prompt, params)
 
 
+def _duplicate_id_message(identifier: Any, line: int, implied: bool, first_line: int, first_implied: bool) -> str:
+    """Why `identifier` on `line` clashes with the same id on `first_line`, saying which id came from a line number."""
+    if not implied and not first_implied:
+        return f"duplicate id {identifier!r} (first used on line {first_line})"
+    if implied:
+        return (f"duplicate id {identifier!r} (line {line} has no \"id\", so its id is its line number; "
+                f"line {first_line} set \"id\": {json.dumps(identifier)})")
+    return (f"duplicate id {identifier!r} (line {first_line} has no \"id\", so its id is its line number; "
+            f"line {line} sets \"id\": {json.dumps(identifier)})")
+
+
+class _NonFinite:
+    """Stands in for a NaN, Infinity or -Infinity that json.loads met, so that it can be reported."""
+
+    def __init__(self, constant: str) -> None:
+        self.constant = constant
+
+
 def _parse_json_object(text: str) -> dict[str, Any]:
+    non_finite: list[_NonFinite] = []
+
+    def parse_constant(constant: str) -> _NonFinite:
+        # json.loads accepts NaN, Infinity and -Infinity, which are not JSON: remember them, reject below
+        non_finite.append(_NonFinite(constant))
+        return non_finite[-1]
+
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_constant=parse_constant)
     except json.JSONDecodeError as error:
         raise InputError(f"not valid JSON: {error.msg} at column {error.colno}") from None
+    except ValueError as error:   # e.g. an integer over Python's 4300-digit conversion limit
+        raise InputError(f"not valid JSON: {error}") from None
+    except RecursionError:
+        raise InputError("not valid JSON: arrays or objects nested too deeply") from None
+    if non_finite:
+        _reject_non_finite(text, record, non_finite[0])
     if not isinstance(record, dict):
         raise InputError(f"expected a JSON object like {{\"id\": 1, \"prompt\": \"...\"}}, got {type(record).__name__}")
     unknown = [key for key in record if key not in JSONL_FIELDS]
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r} (fields: {', '.join(JSONL_FIELDS)})")
     return record
+
+
+def _reject_non_finite(text: str, record: Any, first: _NonFinite) -> None:
+    """Raise InputError for the first NaN or Infinity on the line, naming its field and column."""
+    column = _constant_column(text, first.constant)
+    where = f" at column {column}" if column else ""
+    if isinstance(record, dict):
+        for key, value in record.items():
+            if value is first and key in GenerationParams.keys():
+                raise InputError(f"field {key!r} must be a finite number, got {first.constant}{where}")
+    raise InputError(f"not valid JSON: {first.constant}{where} (JSON numbers must be finite)")
+
+
+def _constant_column(text: str, constant: str) -> int | None:
+    """The 1-based column of the first `constant` outside a JSON string, or None.
+    json.loads reads left to right, so the first one it met is the first one outside strings."""
+    in_string = escaped = False
+    for index, character in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif character == "\\":
+                escaped = True
+            elif character == '"':
+                in_string = False
+        elif character == '"':
+            in_string = True
+        elif text.startswith(constant, index):
+            return index + 1
+    return None
 
 
 def _check_id(identifier: Any) -> Any:

@@ -3,6 +3,7 @@ messages through the dispatcher, and return a typed result for the CLI (or a scr
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,10 +12,11 @@ from lstmq.producer.seeds import SeedError, check_path, read_seeds
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError
 from lstmq.shared.messages import Dispatcher, JobKind
-from lstmq.shared.store import Store, check_model_name
+from lstmq.shared.store import JobStatus, Store, check_model_name
 from lstmq.shared.text import words
 
 MIN_CORPUS_LINES = 2
+RENEW_SUBMISSION_S = 2.0   # how often a long submission renews its deadline between chunks
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def read_corpus(path: str | Path, settings: Settings) -> bytes:
     size = path.stat().st_size
     if size > settings.max_corpus_bytes:
         raise InputError(f"{path}: {size} bytes, over max_corpus_bytes ({settings.max_corpus_bytes})")
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")   # a UTF-8 BOM is not text
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -76,38 +78,63 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
                     on_created: Callable[[str], None] | None = None) -> GenerateSubmission:
     """Pin the model version, stream the seed file into chunks and send a task as each chunk
     fills (workers start early). Bad lines are kept in the job (and returned), good lines go on.
-    `on_created(job_id)` runs once the job exists, before the first chunk is sent."""
+    `on_created(job_id)` runs once the job exists, before the first chunk is sent.
+
+    While it streams, the submission renews a deadline (submission_timeout ahead): if the
+    producer dies, whoever looks at the job after that deadline fails it ("submission
+    interrupted after N lines") and the chunks already sent are cancelled (workers skip them).
+    A file with no usable line ends the job failed and raises InputError."""
     check_path(seeds)
     name, version = store.registry.resolve(model_spec)
     defaults = settings.generation_params()
     if defaults.seed is None:
         defaults = defaults.replace(seed=random.SystemRandom().randrange(2**31))
     job_id = store.jobs.create(JobKind.GENERATE, defaults, model_name=name, version=version, model=f"{name}@{version}",
-                               seeds_file=Path(seeds).name)
+                               seeds_file=Path(seeds).name,
+                               submit_deadline=time.time() + settings.submission_timeout)
     if on_created:
         on_created(job_id)
     bad_lines: list[SeedError] = []
     chunk: list[dict] = []
     chunks = prompts = lines = 0
+    renewed = time.monotonic()
     with dispatcher.chunks(job_id) as send:
         def flush() -> None:
-            nonlocal chunk, chunks
-            store.jobs.put_chunk(job_id, chunks, chunk)
+            nonlocal chunk, chunks, renewed
+            store.jobs.put_chunk(job_id, chunks, chunk, lines, time.time() + settings.submission_timeout)
             send(chunks)
-            chunks, chunk = chunks + 1, []
+            chunks, chunk, renewed = chunks + 1, [], time.monotonic()
 
         for entry in read_seeds(seeds, defaults, settings.limits()):
             lines += 1
             if isinstance(entry, SeedError):
                 bad_lines.append(entry)
-                continue
-            chunk.append(entry.item().to_dict())
-            prompts += 1
-            if len(chunk) >= settings.chunk_size:
-                flush()
+            else:
+                chunk.append(entry.item().to_dict())
+                prompts += 1
+                if len(chunk) >= settings.chunk_size:
+                    flush()
+            if time.monotonic() - renewed > RENEW_SUBMISSION_S:
+                store.jobs.keep_submitting(job_id, lines, time.time() + settings.submission_timeout)
+                renewed = time.monotonic()
         if chunk:
             flush()
     store.jobs.add_input_errors(job_id, [error.record() for error in bad_lines])
+    submission = GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
+                                    prompts=prompts, chunks=chunks, bad_lines=bad_lines)
+    if prompts == 0:
+        reason = (f"{seeds}: no usable line ({len(bad_lines)} bad line(s))" if bad_lines
+                  else f"{seeds}: no prompt in the file (it is empty or holds only blank lines)")
+        store.jobs.finish(job_id, JobStatus.FAILED, error=reason)
     store.jobs.finish_submission(job_id, chunks=chunks, prompts=prompts, input_errors=len(bad_lines), lines=lines)
-    return GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines, prompts=prompts,
-                              chunks=chunks, bad_lines=bad_lines)
+    if prompts == 0:
+        raise NoPrompts(reason, submission)
+    return submission
+
+
+class NoPrompts(InputError):
+    """A seed file with no usable line: the job ends failed; `submission` says what was read."""
+
+    def __init__(self, message: str, submission: GenerateSubmission):
+        super().__init__(message)
+        self.submission = submission

@@ -3,6 +3,7 @@ flags (later wins). Validated once, into a frozen Settings object. Nothing is re
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from importlib import resources
@@ -103,7 +104,8 @@ def env_name(key: str) -> str:
 
 def check_value(key: str, value: Any, source: str, noun: str = "setting",
                 error: type[Exception] = ConfigError) -> Any:
-    """Return `value` converted to the key's type, or raise `error` naming the key and source."""
+    """Return `value` converted to the key's type, or raise `error` naming the key and source.
+    Float settings and fields must be finite: nan and inf are rejected."""
     prefix = f"{source}: " if source else ""
     field = SCHEMA.get(key)
     if field is None:
@@ -114,9 +116,23 @@ def check_value(key: str, value: Any, source: str, noun: str = "setting",
         raise error(f"{prefix}{noun} {key!r} must not be null")
     kind = field.kind
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise error(f"{prefix}{noun} {key!r} must be a finite number, got an integer too large for a float") from None
+    if kind is float and isinstance(value, str):
+        # "nan" or "inf" as text (an environment variable, an unquoted YAML word): name the real problem
+        try:
+            non_finite_text = not math.isfinite(float(value))
+        except ValueError:
+            non_finite_text = False
+        if non_finite_text:
+            raise error(f"{prefix}{noun} {key!r} must be a finite number, got {value!r}")
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise error(f"{prefix}{noun} {key!r} must be {_kind_name(field)}, got {type(value).__name__} {value!r}")
+    if kind is float and not math.isfinite(value):
+        # NaN compares false with every bound, so it would pass the range checks below
+        raise error(f"{prefix}{noun} {key!r} must be a finite number, got {value!r}")
     if field.choices and value not in field.choices:
         raise error(f"{prefix}{noun} {key!r} must be one of {', '.join(field.choices)}, got {value!r}")
     if field.minimum is not None:

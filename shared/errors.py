@@ -41,3 +41,11 @@ class BadMessage(LstmqError, ValueError):
 
 class JobBusy(LstmqError):
     """Another live worker holds the job (a redelivered message while the first still runs)."""
+
+
+class RedisOutOfMemory(LstmqError):
+    """Redis refused a write: used memory is over maxmemory (with the noeviction policy)."""
+
+
+class ArtifactCorrupt(LstmqError):
+    """A model artifact's bytes do not match the sha256 the registry recorded for them."""

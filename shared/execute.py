@@ -1,17 +1,47 @@
 """What a worker does with a job: the logic behind the thin Celery tasks. Training and
-decoding modules (TensorFlow) are imported only when a job runs."""
+decoding modules (TensorFlow) are imported only when a job runs.
+
+Every outcome is recorded: a chunk ends with its result or failed with its reason (missing
+input, Redis out of memory, a bug alike); a training job ends succeeded, failed or cancelled.
+Transient errors (Redis unreachable) are retried in place with backoff (retry_transient), and
+work in progress holds a lease (Lease) so that a lost worker's work is dispatched again."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
+
+from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError, LstmqError
 from lstmq.shared.messages import JobKind, PromptItem
-from lstmq.shared.params import Limits
 from lstmq.shared.store import JobRecord, JobStatus, Store
+from lstmq.shared.store.health import is_out_of_memory, out_of_memory
+from lstmq.shared.store.jobs import TRAIN
 
 log = logging.getLogger("lstmq.jobs")
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+RETRY_BACKOFF_MAX_S = 60.0
+T = TypeVar("T")
+
+
+def retry_transient(operation: Callable[[], T], attempts: int, what: str,
+                    sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run `operation`; while Redis is unreachable, try again after 1, 2, 4, ... s (at most 60 s
+    apart), `attempts` more times, each logged; then the last error is raised."""
+    for attempt in range(attempts + 1):
+        try:
+            return operation()
+        except TRANSIENT as error:
+            if attempt == attempts:
+                raise
+            delay = min(2.0 ** attempt, RETRY_BACKOFF_MAX_S)
+            log.warning("%s: Redis unreachable (%s); retry %d of %d in %.0fs", what, error, attempt + 1, attempts, delay)
+            sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def job_of_kind(store: Store, job_id: str, kind: JobKind) -> JobRecord:
@@ -21,25 +51,56 @@ def job_of_kind(store: Store, job_id: str, kind: JobKind) -> JobRecord:
     return record
 
 
+class Lease:
+    """`with Lease(...)`: renew the work's lease every third of lease_seconds while the block
+    runs. A renewal that finds the lease gone (lapsed and dispatched again elsewhere) is logged;
+    the work goes on (results are written once)."""
+
+    def __init__(self, store: Store, job_id: str, member: int | str, lease_seconds: float):
+        self.store, self.job_id, self.member, self.lease_seconds = store, job_id, member, lease_seconds
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{job_id}-{member}")
+
+    def __enter__(self) -> Lease:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stopped.set()
+
+    def _renew(self) -> None:
+        while not self.stopped.wait(self.lease_seconds / 3):
+            try:
+                if not self.store.jobs.renew_lease(self.job_id, self.member, self.lease_seconds):
+                    log.warning("job %s %s: the lease lapsed and was taken away; finishing anyway",
+                                self.job_id, self.member)
+                    return
+            except redis.exceptions.RedisError as error:   # Redis away for a moment: the next beat tries again
+                log.warning("job %s %s: could not renew the lease: %s", self.job_id, self.member, error)
+
+
 class StoreCheckpoints:
     """shared.train's Checkpoints, kept in the store beside the job."""
 
-    def __init__(self, store: Store, job_id: str):
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: Store, job_id: str, attempts: int):
+        self.store, self.job_id, self.attempts = store, job_id, attempts
 
     def load(self):
         checkpoint = self.store.training.load_checkpoint(self.job_id)
         if checkpoint:
-            log.info("train job %s: resuming from the checkpoint after epoch %d", self.job_id, checkpoint[0])
+            log.info("train job %s: resuming from the checkpoint after epoch %d", self.job_id, checkpoint.epoch)
         return checkpoint
 
-    def save(self, epoch, model_bytes, history):
-        self.store.training.save_checkpoint(self.job_id, epoch, model_bytes, history)
+    def save(self, epoch, model_bytes, history, best):
+        retry_transient(lambda: self.store.training.save_checkpoint(self.job_id, epoch, model_bytes, history, best),
+                        self.attempts, f"train job {self.job_id}: checkpoint")
 
 
-def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
-    """Train the job's model, register it as a new version; idempotent on redelivery.
-    Raises JobBusy while another live worker holds the job."""
+def run_training(store: Store, job_id: str, worker: str, settings: Settings,
+                 next_slice: Callable[[str], None]) -> dict[str, Any]:
+    """Run one slice of a training job (at most train_slice_seconds, then a checkpoint and
+    `next_slice(job_id)`); the last slice registers the model as a new version. Idempotent on
+    redelivery; raises JobBusy while another live worker holds the job."""
     from lstmq.shared.model import read_artifact
     from lstmq.shared.train import train
 
@@ -48,79 +109,137 @@ def run_training(store: Store, job_id: str, worker: str) -> dict[str, Any]:
         log.info("train job %s is already %s; nothing to do", job_id, record.status.value)
         return {"job": job_id, "status": record.status.value, "skipped": True}
     with store.training.lock(job_id):
-        try:
-            store.jobs.start(job_id, worker)
+        taken = store.jobs.take_lease(job_id, TRAIN, worker, settings.lease_seconds)
+        if taken != "ok":
+            log.info("train job %s is %s; nothing to do", job_id, taken)
+            return {"job": job_id, "status": taken, "skipped": True}
+        with Lease(store, job_id, TRAIN, settings.lease_seconds):
             name = record.model_name
             try:
-                corpus = store.blobs.get(record.corpus_sha256 or "").decode("utf-8")
-            except LookupError as error:
-                raise InputError(f"train job {job_id}: {error}") from None
+                try:
+                    corpus = store.blobs.get(record.corpus_sha256 or "").decode("utf-8").removeprefix("\ufeff")
+                except LookupError as error:
+                    raise InputError(f"train job {job_id}: {error}") from None
 
-            def progress(event: dict[str, Any]) -> None:
-                if event["event"] == "epoch":
-                    store.training.add_epoch(job_id, event)
-                    log.info("%s epoch %d/%d: loss %.4f, validation perplexity %s (%.1fs)", name,
-                             event["epoch"], event["epochs"], event["loss"],
-                             f"{event['val_perplexity']:.2f}" if "val_perplexity" in event else "n/a", event["seconds"])
-                else:
-                    store.jobs.update(job_id, step=event["step"], steps=event["steps"], epoch_running=event["epoch"])
+                def progress(event: dict[str, Any]) -> None:
+                    if event["event"] == "epoch":
+                        retry_transient(lambda: store.training.add_epoch(job_id, event), settings.task_retries,
+                                        f"train job {job_id}: epoch record")
+                        log.info("%s epoch %d/%d: loss %.4f, validation perplexity %s (%.1fs)", name,
+                                 event["epoch"], event["epochs"], event["loss"],
+                                 f"{event['val_perplexity']:.2f}" if "val_perplexity" in event else "n/a",
+                                 event["seconds"])
+                    else:
+                        try:
+                            store.jobs.update(job_id, step=event["step"], steps=event["steps"],
+                                              epoch_running=event["epoch"])
+                        except TRANSIENT as error:   # progress only: the next report tries again
+                            log.warning("train job %s: could not record progress: %s", job_id, error)
 
-            result = train(corpus, record.params, record.corpus_sha256, progress, StoreCheckpoints(store, job_id))
-            _, _, meta = read_artifact(result.artifact)
-            meta.pop("history", None)
-            version = store.registry.register(job_id, name, result.artifact, meta)
-            metrics = result.metrics
-            store.jobs.finish(job_id, JobStatus.SUCCEEDED, model=f"{name}@{version}", version=version,
-                              epochs_run=metrics["epochs_run"], loss=metrics["loss"],
-                              val_loss=metrics["val_loss"], val_perplexity=metrics["val_perplexity"])
-            store.training.drop_checkpoint(job_id)
-        except Exception as error:
-            store.jobs.finish(job_id, JobStatus.FAILED, error=describe(error))
-            raise
+                def cancelled() -> bool:
+                    try:
+                        return store.jobs.get(job_id).status.finished
+                    except TRANSIENT:
+                        return False
+
+                result = train(corpus, record.params, record.corpus_sha256, progress,
+                               StoreCheckpoints(store, job_id, settings.task_retries),
+                               slice_seconds=settings.train_slice_seconds, cancelled=cancelled)
+                if result.stopped == "cancelled" or cancelled():
+                    store.training.drop_checkpoint(job_id)
+                    log.info("train job %s was cancelled after %d epochs", job_id, len(result.history))
+                    return {"job": job_id, "status": "cancelled"}
+                if not result.finished:
+                    store.jobs.update(job_id, slices=record.slices + 1)
+                    store.jobs.drop_lease(job_id, TRAIN)
+            except TRANSIENT:
+                raise          # retried by the task; the checkpoint keeps the finished epochs
+            except Exception as error:
+                store.jobs.finish(job_id, JobStatus.FAILED, error=describe(error))
+                raise
+            if result.finished:
+                _, _, meta = read_artifact(result.artifact)
+                meta.pop("history", None)
+                version = store.registry.register(job_id, name, result.artifact, meta)
+                metrics = result.metrics
+                store.jobs.finish(job_id, JobStatus.SUCCEEDED, model=f"{name}@{version}", version=version,
+                                  epochs_run=metrics["epochs_run"], loss=metrics["loss"],
+                                  val_loss=metrics["val_loss"], val_perplexity=metrics["val_perplexity"])
+                store.training.drop_checkpoint(job_id)
+    if not result.finished:   # the lock is released: the next slice may start anywhere
+        next_slice(job_id)
+        log.info("train job %s: slice done after epoch %d of %d; next slice queued", job_id,
+                 len(result.history), record.params.epochs)
+        return {"job": job_id, "status": "running", "epochs": len(result.history)}
     log.info("registered model %s@%d (%d epochs, %.1fs)", name, version, metrics["epochs_run"], metrics["seconds"])
     return {"job": job_id, "status": "succeeded", "model": f"{name}@{version}"}
 
 
-def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: str, limits: Limits) -> dict[str, Any]:
-    """Decode one chunk of a generate job and write its result once."""
-    from lstmq.shared.generate import Request
-
+def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: str,
+                       settings: Settings) -> dict[str, Any]:
+    """Decode one chunk of a generate job and write its result once; or record it failed."""
     started = time.monotonic()
     record = job_of_kind(store, job_id, JobKind.GENERATE)
-    if store.jobs.chunk_finished(job_id, chunk):
-        log.info("job %s chunk %d already written; skipping the redelivered task", job_id, chunk)
+    taken = store.jobs.take_lease(job_id, chunk, worker, settings.lease_seconds)
+    if taken == "finished":
+        log.info("job %s chunk %d already has an outcome; skipping the redelivered task", job_id, chunk)
         return {"job": job_id, "chunk": chunk, "skipped": True}
-    items = store.jobs.chunk(job_id, chunk)
-    store.jobs.start(job_id, worker)
-    try:
-        loaded = models.get(record.model_name, record.version)
-        vocabulary = loaded.decoder.vocabulary
-        results: list[dict[str, Any]] = []
-        requests, positions = [], []
-        for position, raw in enumerate(items):
+    if taken != "ok":
+        log.info("job %s is %s; skipping chunk %d", job_id, taken, chunk)
+        return {"job": job_id, "chunk": chunk, "skipped": True}
+    items: list[Any] | None = None
+    with Lease(store, job_id, chunk, settings.lease_seconds):
+        try:
             try:
-                item = PromptItem.parse(raw, limits)
-                ids, unknown = vocabulary.encode(item.prompt)
-                if not ids:
-                    raise InputError("prompt has no words")
-            except InputError as error:
-                results.append({"error": str(error)})
-                continue
-            results.append({"unknown": unknown})
-            positions.append(position)
-            requests.append(Request(ids=ids, params=item.params, key=item.key))
-        words = 0
-        for position, request, samples in zip(positions, requests, loaded.decoder.continuations(requests)):
-            results[position]["samples"] = samples
-            words += request.words * request.n
-    except Exception as error:
-        store.jobs.fail_chunk(job_id, chunk, describe(error), len(items))
-        raise
-    first = store.jobs.save_result(job_id, chunk, results, words)
+                items = store.jobs.chunk(job_id, chunk)
+            except LookupError as error:
+                raise InputError(f"chunk {chunk}: its input is gone ({error})") from None
+            loaded = models.get(record.model_name, record.version)
+            results, requests, positions = prepare_chunk(items, loaded.decoder.vocabulary, settings)
+            words = 0
+            for position, request, samples in zip(positions, requests, loaded.decoder.continuations(requests)):
+                results[position]["samples"] = samples
+                words += request.words * request.n
+            try:
+                first = store.jobs.save_result(job_id, chunk, results, words)
+            except redis.exceptions.ResponseError as error:   # OutOfMemoryError is one
+                if is_out_of_memory(error):
+                    raise out_of_memory(store.redis, error) from None
+                raise
+        except TRANSIENT:
+            raise      # retried by the task (the lease lapses if it never comes back)
+        except Exception as error:
+            prompts = len(items) if items is not None else store.jobs.chunk_prompts(job_id, chunk)
+            store.jobs.fail_chunk(job_id, chunk, describe(error), prompts)
+            log.error("job %s chunk %d failed: %s", job_id, chunk, describe(error))
+            raise
     seconds = time.monotonic() - started
     log.info("job %s chunk %d: %d prompts, %d words with %s in %.2fs (%.0f words/s)%s", job_id, chunk,
              len(items), words, loaded.label, seconds, words / max(seconds, 1e-9), "" if first else " (duplicate)")
     return {"job": job_id, "chunk": chunk, "prompts": len(items), "words": words}
+
+
+def prepare_chunk(items: list[Any], vocabulary, settings: Settings):
+    """Per item: a result slot ({"error"} for an item that cannot be used, {"unknown"} otherwise),
+    and the decoder requests with their positions."""
+    from lstmq.shared.generate import Request
+
+    limits = settings.limits()
+    results: list[dict[str, Any]] = []
+    requests, positions = [], []
+    for position, raw in enumerate(items):
+        try:
+            item = PromptItem.parse(raw, limits)
+            ids, unknown = vocabulary.encode(item.prompt)
+            if not ids:
+                raise InputError("prompt has no words")
+        except InputError as error:
+            results.append({"error": str(error)})
+            continue
+        results.append({"unknown": unknown})
+        positions.append(position)
+        requests.append(Request(ids=ids, params=item.params, key=item.key))
+    return results, requests, positions
 
 
 def describe(error: BaseException) -> str:

@@ -48,8 +48,25 @@ def celery_queues() -> list[Any]:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    """The Celery settings that sender and consumer must agree on: JSON only, the queues, routes."""
+    """The Celery settings that sender and consumer must agree on: JSON only, the queues, routes;
+    for a rediss:// broker, TLS with the broker_tls_* settings (kombu would otherwise connect to a
+    rediss:// URL without checking the server's certificate). Results are ignored, so no result
+    backend and no redis_backend_use_ssl."""
+    tls: dict[str, Any] = {}
+    if settings.broker_url.lower().startswith("rediss://"):
+        import ssl
+
+        cert_reqs = settings.broker_tls_cert_reqs
+        tls["broker_use_ssl"] = {
+            "ssl_cert_reqs": {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL,
+                              "none": ssl.CERT_NONE}[cert_reqs],
+            "ssl_ca_certs": settings.broker_tls_ca_certs,
+            "ssl_certfile": settings.broker_tls_certfile,
+            "ssl_keyfile": settings.broker_tls_keyfile,
+            "ssl_check_hostname": cert_reqs == "required",
+        }
     return {
+        **tls,
         "broker_url": settings.broker_url,
         "task_serializer": "json",
         "accept_content": ["json"],

@@ -91,7 +91,8 @@ def load_keras_bytes(data: bytes, compile: bool = False):
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.keras")
         Path(path).write_bytes(data)
-        return keras.saving.load_model(path, compile=compile)
+        # safe_mode: a Lambda layer's pickled code in an artifact is refused, never run
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
 def pack_artifact(model_bytes: bytes, vocabulary: list[str], meta: dict[str, Any]) -> bytes:

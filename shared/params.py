@@ -74,6 +74,15 @@ class Limits(_Params):
     max_line_bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A training job's state after an epoch, to resume from."""
+    epoch: int
+    model: bytes                  # the training model with its optimizer state (model.keras bytes)
+    history: list[dict[str, Any]]
+    best: bytes | None = None     # the best validation epoch's model, when early stopping is on
+
+
 def check_generation_params(values: Mapping[str, Any], limits: Limits, source: str = "") -> GenerationParams:
     """The parameters with types checked and ranges enforced; InputError names the field."""
     prefix = f"{source}: " if source else ""

@@ -15,7 +15,7 @@ import numpy as np
 
 from lstmq.shared import model as model_module
 from lstmq.shared.errors import CorpusError
-from lstmq.shared.params import ModelParams
+from lstmq.shared.params import Checkpoint, ModelParams
 from lstmq.shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, training_sequences
 
 BUCKET_POOL_BATCHES = 50   # batches pooled and sorted by length, to cut padding without losing shuffling
@@ -23,17 +23,26 @@ MIN_SEQUENCES = 2
 
 
 class Checkpoints(Protocol):
-    """Where per-epoch checkpoints go (the Redis store implements it)."""
+    """Where per-epoch checkpoints go (the Redis store implements it): the latest epoch's model
+    (with its optimizer state) and, for early stopping, the model of the best validation epoch."""
 
-    def load(self) -> tuple[int, bytes, list[dict[str, Any]]] | None: ...
-    def save(self, epoch: int, model_bytes: bytes, history: list[dict[str, Any]]) -> None: ...
+    def load(self) -> Checkpoint | None: ...
+    def save(self, epoch: int, model_bytes: bytes, history: list[dict[str, Any]], best: bytes | None) -> None: ...
 
 
 @dataclass
 class TrainResult:
-    artifact: bytes
+    """`finished`: the training is complete and `artifact` holds the model. Otherwise it stopped
+    after an epoch (`stopped`: 'slice' when its time was up, 'cancelled') and resumes from the
+    last checkpoint."""
+    artifact: bytes | None
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped is None
 
 
 class SequenceBatches:
@@ -124,8 +133,16 @@ def prepare(text: str, params: ModelParams):
 
 def train(text: str, params: ModelParams, corpus_sha256: str,
           progress: Callable[[dict[str, Any]], None] | None = None,
-          checkpoints: Checkpoints | None = None) -> TrainResult:
-    """Train the network on `text` with the network and training parameters `params`."""
+          checkpoints: Checkpoints | None = None,
+          slice_seconds: float | None = None,
+          cancelled: Callable[[], bool] | None = None) -> TrainResult:
+    """Train the network on `text` with the network and training parameters `params`.
+
+    With `checkpoints`, each epoch is saved and a later call resumes after the last saved epoch.
+    `slice_seconds`: stop after the epoch that passes this much time (resume with another call).
+    `cancelled()`: asked every second or so; True stops training after the current batch.
+    Early stopping (early_stopping_patience) counts across resumed calls and restores the best
+    validation epoch's weights when it stops the training."""
     import keras
     import tensorflow as tf
 
@@ -137,32 +154,39 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
     history: list[dict[str, Any]] = []
     initial_epoch = 0
     resumed = checkpoints.load() if checkpoints else None
+    best_bytes = resumed.best if resumed else None
     if resumed:
-        initial_epoch, model_bytes, history = resumed
-        training_model = model_module.load_keras_bytes(model_bytes, compile=True)
+        initial_epoch, history = resumed.epoch, list(resumed.history)
+        training_model = model_module.load_keras_bytes(resumed.model, compile=True)
     else:
         training_model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate),
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     steps = math.ceil(len(training_batches) / params.batch_size)
     epochs = params.epochs
+    patience = params.early_stopping_patience if validation_batches is not None else 0
 
     class Report(keras.callbacks.Callback):
         last_batch_report = 0.0
+        stopped: str | None = None
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch_started = time.monotonic()
 
         def on_train_batch_end(self, batch, logs=None):
             now = time.monotonic()
-            if progress and now - self.last_batch_report >= 1.0:
-                self.last_batch_report = now
-                progress({"event": "batch", "epoch": self.params_epoch(), "step": batch + 1, "steps": steps,
+            if now - self.last_batch_report < 1.0:
+                return
+            self.last_batch_report = now
+            if progress:
+                progress({"event": "batch", "epoch": len(history) + 1, "step": batch + 1, "steps": steps,
                           "loss": float(logs.get("loss", math.nan)) if logs else None})
-
-        def params_epoch(self):
-            return len(history) + 1
+            if cancelled and cancelled():
+                self.stop("cancelled")
 
         def on_epoch_end(self, epoch, logs=None):
+            nonlocal best_bytes
+            if self.stopped == "cancelled":
+                return   # a partial epoch: neither recorded nor saved
             logs = logs or {}
             record = {"epoch": epoch + 1, "epochs": epochs, "loss": float(logs["loss"]),
                       "seconds": round(time.monotonic() - self.epoch_started, 3)}
@@ -170,20 +194,35 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
                 record["val_loss"] = float(logs["val_loss"])
                 record["val_perplexity"] = float(math.exp(min(logs["val_loss"], 700.0)))
             history.append(record)
+            best_epoch = best_validation_epoch(history)
+            improved = patience > 0 and best_epoch == record["epoch"]
+            if improved:
+                best_bytes = model_module.save_keras_bytes(self.model)
             if checkpoints:
-                checkpoints.save(epoch + 1, model_module.save_keras_bytes(self.model), history)
+                checkpoints.save(epoch + 1, model_module.save_keras_bytes(self.model), history,
+                                 best_bytes if improved else None)
             if progress:
                 progress({"event": "epoch", **record})
+            if patience > 0 and best_epoch is not None and record["epoch"] - best_epoch >= patience:
+                self.stop("early")
+            elif slice_seconds is not None and time.monotonic() - started >= slice_seconds and epoch + 1 < epochs:
+                self.stop("slice")
 
-    callbacks: list[Any] = [Report()]
-    if validation_batches is not None and params.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=params.early_stopping_patience, restore_best_weights=True))
-    if initial_epoch < epochs:
+        def stop(self, reason: str) -> None:
+            self.stopped = reason
+            self.model.stop_training = True
+
+    report = Report()
+    if initial_epoch < epochs and not early_stopped(history, patience):
         training_model.fit(
             training_batches.dataset(params.batch_size, params.shuffle_seed),
             validation_data=validation_batches.dataset(params.batch_size, None) if validation_batches else None,
-            epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False, callbacks=callbacks)
+            epochs=epochs, initial_epoch=initial_epoch, verbose=0, shuffle=False, callbacks=[report])
+    if report.stopped in ("slice", "cancelled"):
+        return TrainResult(artifact=None, metrics={"epochs_run": len(history)}, history=history,
+                           stopped=report.stopped)
+    if early_stopped(history, patience) and best_bytes is not None:
+        training_model.set_weights(model_module.load_keras_bytes(best_bytes).get_weights())
     model_module.copy_to_inference(training_model, inference_model)
 
     best = min(history, key=lambda r: r.get("val_loss", r["loss"])) if history else {}
@@ -210,3 +249,15 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
     artifact = model_module.pack_artifact(model_module.save_keras_bytes(inference_model), vocabulary.tokens, meta)
     return TrainResult(artifact=artifact, metrics=metrics, history=history)
 
+
+
+def best_validation_epoch(history: list[dict[str, Any]]) -> int | None:
+    """The epoch with the lowest validation loss (the first of equals), None without validation."""
+    scored = [record for record in history if "val_loss" in record]
+    return min(scored, key=lambda record: record["val_loss"])["epoch"] if scored else None
+
+
+def early_stopped(history: list[dict[str, Any]], patience: int) -> bool:
+    """Whether `patience` epochs have passed without a better validation loss."""
+    best = best_validation_epoch(history)
+    return patience > 0 and best is not None and bool(history) and history[-1]["epoch"] - best >= patience

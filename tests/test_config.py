@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from lstmq.shared.config import SCHEMA, default_file, env_name, load_settings
-from lstmq.shared.errors import ConfigError
+from lstmq.shared.config import SCHEMA, check_value, default_file, env_name, load_settings
+from lstmq.shared.errors import ConfigError, InputError
 
 
 def test_default_file_documents_every_setting():
@@ -91,3 +91,44 @@ def test_relations_between_settings():
 def test_environment_names():
     assert env_name("broker_url") == "LSTMQ_BROKER_URL"
     assert env_name("visibility_timeout") == "LSTMQ_VISIBILITY_TIMEOUT"
+
+
+@pytest.mark.parametrize("text, shown", [
+    (".nan", "nan"), (".inf", "inf"), ("-.inf", "-inf"), ("nan", "'nan'"), ("Infinity", "'Infinity'"),
+])
+def test_non_finite_numbers_in_a_file_are_rejected(tmp_path, text, shown):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"temperature: {text}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert str(caught.value) == f"{config}: setting 'temperature' must be a finite number, got {shown}"
+
+
+@pytest.mark.parametrize("key, raw, shown", [
+    ("temperature", "nan", "'nan'"), ("temperature", ".nan", "nan"), ("top_p", "inf", "'inf'"),
+    ("poll_interval", "-Infinity", "'-Infinity'"), ("learning_rate", ".inf", "inf"),
+])
+def test_non_finite_numbers_in_the_environment_are_rejected(key, raw, shown):
+    name = env_name(key)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={name: raw})
+    assert str(caught.value) == f"environment variable {name}: setting {key!r} must be a finite number, got {shown}"
+
+
+@pytest.mark.parametrize("value, shown", [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf"),
+                                          (10**400, "an integer too large for a float")])
+def test_non_finite_overrides_are_rejected(value, shown):
+    # what `lstmq generate --temperature nan` passes (click's float type reads "nan" as a float)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(overrides={"temperature": value}, environ={})
+    assert str(caught.value) == f"option --temperature: setting 'temperature' must be a finite number, got {shown}"
+
+
+def test_check_value_rejects_non_finite_fields_with_the_given_error():
+    assert check_value("temperature", 0.5, "") == 0.5
+    with pytest.raises(InputError, match=r"^seeds\.jsonl:2: field 'top_p' must be a finite number, got nan$"):
+        check_value("top_p", float("nan"), "seeds.jsonl:2", noun="field", error=InputError)
+    with pytest.raises(ConfigError, match="'epochs' must be an integer, got float inf"):
+        check_value("epochs", float("inf"), "")
+    with pytest.raises(ConfigError, match="'temperature' must be a number, got str 'hot'"):
+        check_value("temperature", "hot", "")

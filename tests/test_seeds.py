@@ -95,3 +95,96 @@ def test_prompt_keys_are_stable():
     assert prompt_key(12) == 12
     assert prompt_key("a") == prompt_key("a") != prompt_key("b")
     assert 0 <= prompt_key(-3) < 2**63 and prompt_key("12") != 12
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_jsonl_non_finite_numbers_are_per_line_errors(tmp_path, constant):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"id": 1, "prompt": "good before"}\n'
+                    f'{{"id": 2, "prompt": "not a number", "temperature": {constant}}}\n'
+                    '{"id": 3, "prompt": "good after", "temperature": 0.5}\n')
+    before, bad, after = read(path)
+    assert isinstance(before, Seed) and isinstance(after, Seed) and after.params.temperature == 0.5
+    assert isinstance(bad, SeedError) and bad.line == 2 and bad.id is None
+    assert bad.error == f"field 'temperature' must be a finite number, got {constant} at column 52"
+    json.dumps(bad.record(), allow_nan=False)   # the errors file stays strict JSON
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": 1, "prompt": "x", "top_p": NaN}', "field 'top_p' must be a finite number, got NaN at column 35"),
+    ('{"id": 1, "prompt": "NaN Infinity", "words": Infinity}',
+     "field 'words' must be a finite number, got Infinity at column 46"),
+    ('{"id": NaN, "prompt": "x"}', "not valid JSON: NaN at column 8 (JSON numbers must be finite)"),
+    ('{"id": 1, "prompt": "x \\" NaN", "seed": [-Infinity]}',
+     "not valid JSON: -Infinity at column 42 (JSON numbers must be finite)"),
+    ('NaN', "not valid JSON: NaN at column 1 (JSON numbers must be finite)"),
+    ('{"id": 1, "prompt": "x", "temperature": 1e400}', "field 'temperature' must be a finite number, got inf"),
+    ('{"id": 1, "prompt": "x", "temperature": "NaN"}', "field 'temperature' must be a finite number, got 'NaN'"),
+    ('{"id": 1, "prompt": "x", "temperature": 1' + "0" * 400 + '}',
+     "field 'temperature' must be a finite number, got an integer too large for a float"),
+    ('{"id": 1, "prompt": "x", "words": 1' + "0" * 5000 + '}', "not valid JSON: Exceeds the limit"),
+    ('{"id": ' + "[" * 100_000, "not valid JSON: arrays or objects nested too deeply"),
+])
+def test_jsonl_non_finite_and_extreme_values(tmp_path, line, message):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(f'{{"id": "ok", "prompt": "fine words"}}\n{line}\n')
+    good, bad = read_seeds(path, DEFAULTS, LIMITS.replace(max_line_bytes=1_000_000))
+    assert isinstance(good, Seed) and isinstance(bad, SeedError)
+    assert bad.line == 2 and bad.error.startswith(message)
+
+
+def test_txt_byte_order_mark_is_stripped_from_the_first_line_only(tmp_path):
+    path = tmp_path / "seeds.txt"
+    path.write_bytes(b"\xef\xbb\xbfFirst prompt here\nsecond \xef\xbb\xbfprompt\n")
+    first, second = read(path)
+    assert isinstance(first, Seed) and first.prompt == "First prompt here" and first.id == 1
+    assert second.prompt == "second \ufeffprompt"   # a BOM inside the file is text, not a marker
+
+
+def test_txt_byte_order_mark_alone_on_the_first_line_is_a_blank_line(tmp_path):
+    path = tmp_path / "seeds.txt"
+    path.write_bytes(b"\xef\xbb\xbf\r\nonly prompt\n")
+    (only,) = read(path)
+    assert only.line == 2 and only.prompt == "only prompt"
+
+
+def test_jsonl_byte_order_mark_is_stripped(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "hello there"}\r\n{"prompt": "no id"}\n')
+    first, second = read(path)
+    assert isinstance(first, Seed) and (first.line, first.id, first.prompt) == (1, "a", "hello there")
+    assert isinstance(second, Seed) and second.id == 2
+
+
+def test_jsonl_byte_order_mark_after_line_one_is_still_an_error(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_bytes(b'{"id": "a", "prompt": "hello"}\n\xef\xbb\xbf{"id": "b", "prompt": "there"}\n')
+    first, second = read(path)
+    assert isinstance(first, Seed) and isinstance(second, SeedError)
+    assert second.error.startswith("not valid JSON")
+
+
+def test_implied_id_clashes_with_an_earlier_explicit_id(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"id": 3, "prompt": "explicit three"}\n{"prompt": "two"}\n{"prompt": "implied three"}\n')
+    first, second, third = read(path)
+    assert isinstance(first, Seed) and isinstance(second, Seed) and second.id == 2
+    assert isinstance(third, SeedError) and third.line == 3 and third.id == 3
+    assert third.error == ('duplicate id 3 (line 3 has no "id", so its id is its line number; '
+                           'line 1 set "id": 3)')
+
+
+def test_explicit_id_clashes_with_an_earlier_implied_id(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"prompt": "implied one"}\n{"id": "x", "prompt": "two"}\n{"id": 1, "prompt": "explicit one"}\n')
+    first, second, third = read(path)
+    assert isinstance(first, Seed) and first.id == 1 and isinstance(second, Seed)
+    assert isinstance(third, SeedError) and third.line == 3 and third.id == 1
+    assert third.error == ('duplicate id 1 (line 1 has no "id", so its id is its line number; '
+                           'line 3 sets "id": 1)')
+
+
+def test_string_id_does_not_clash_with_an_implied_integer_id(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"id": "2", "prompt": "string two"}\n{"prompt": "implied two"}\n')
+    assert [(type(entry).__name__, entry.id) for entry in read(path)] == [("Seed", "2"), ("Seed", 2)]

@@ -2,11 +2,13 @@
 import json
 import os
 import socket
+import time
 
 import pytest
 
 from lstmq.shared.config import load_settings
-from lstmq.shared.errors import InputError, JobBusy, JobNotFound, ModelNotFound
+from lstmq.shared.errors import ArtifactCorrupt, InputError, JobBusy, JobNotFound, ModelNotFound
+from lstmq.shared.params import Checkpoint
 from lstmq.shared.store import JobKind, JobStatus, Store, keys, parse_model_spec
 from lstmq.shared.store.clock import iso_utc
 
@@ -48,6 +50,10 @@ def test_registry_versions_and_aliases(store):
     assert list(store.registry.versions("m")) == [1, 2]
     assert store.registry.names() == ["m"]
     assert store.registry.aliases("m") == {"current": 2}
+    digest = store.registry.meta("m", 1)["artifact_sha256"]
+    store.redis.set(keys.blob(digest), b"tampered")            # the bytes no longer match the registry
+    with pytest.raises(ArtifactCorrupt, match="will not be used"):
+        store.registry.artifact("m", 1)
     with pytest.raises(ModelNotFound, match="has no version 3"):
         store.registry.resolve("m@3")
     with pytest.raises(ModelNotFound, match="no model named 'other'"):
@@ -63,7 +69,7 @@ def test_job_record_is_typed(store):
     assert record.kind is JobKind.GENERATE and record.status is JobStatus.QUEUED
     assert record.params == GENERATION and record.version == 1 and record.started is None
     assert record.progress().done == 0 and record.progress().total is None   # submission still open
-    store.jobs.start(job, "w1")
+    assert store.jobs.take_lease(job, 0, "w1", 30) == "ok"
     record = store.jobs.get(job)
     assert record.status is JobStatus.RUNNING and record.worker == "w1" and record.started >= record.created
     assert job in store.jobs.recent()
@@ -85,18 +91,21 @@ def test_training_progress_counts_the_running_epoch(store):
     assert store.training.history(job) == [{"epoch": 1, "epochs": 4, "loss": 2.5, "seconds": 1.0}]
 
 
-def test_a_start_never_reopens_a_finished_job(store):
+def test_nothing_reopens_a_finished_job(store):
     job = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
-    store.jobs.finish(job, JobStatus.FAILED, error="boom")
-    store.jobs.start(job, "late")
+    assert store.jobs.finish(job, JobStatus.FAILED, error="boom") is JobStatus.FAILED
+    assert store.jobs.take_lease(job, "train", "late", 30) == "failed"
+    assert store.jobs.finish(job, JobStatus.SUCCEEDED) is JobStatus.FAILED     # a final state stays
+    assert store.jobs.cancel(job) is JobStatus.FAILED
     record = store.jobs.get(job)
     assert record.status is JobStatus.FAILED and record.error == "boom" and record.finished is not None
+    assert job not in store.jobs.active()
 
 
 def test_chunk_results_are_written_once_and_finish_the_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     for chunk in range(3):
-        store.jobs.put_chunk(job, chunk, [{"line": chunk + 1}])
+        store.jobs.put_chunk(job, chunk, [{"line": chunk + 1}], lines=chunk + 1, submit_deadline=time.time() + 60)
     assert store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)
     assert not store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)   # duplicate delivery
     assert store.jobs.fail_chunk(job, 1, "boom", prompts=1)
@@ -112,7 +121,7 @@ def test_chunk_results_are_written_once_and_finish_the_job(store):
 
 def test_job_finishes_when_submission_ends_after_the_last_chunk(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, [{"line": 1}])
+    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
     store.jobs.save_result(job, 0, [{"samples": ["x"]}], words=1)
     assert store.jobs.get(job).status is not JobStatus.SUCCEEDED    # submission still open
     assert store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1) is JobStatus.SUCCEEDED
@@ -123,8 +132,9 @@ def test_input_errors_and_checkpoints(store):
     job = store.jobs.create(JobKind.TRAIN, MODEL)
     store.jobs.add_input_errors(job, [{"id": 1, "line": 1, "error": "x"}])
     assert store.jobs.input_errors(job) == [{"id": 1, "line": 1, "error": "x"}]
-    store.training.save_checkpoint(job, 2, b"weights", [{"epoch": 1}, {"epoch": 2}])
-    assert store.training.load_checkpoint(job) == (2, b"weights", [{"epoch": 1}, {"epoch": 2}])
+    store.training.save_checkpoint(job, 1, b"weights-1", [{"epoch": 1}], best=b"best-1")
+    store.training.save_checkpoint(job, 2, b"weights-2", [{"epoch": 1}, {"epoch": 2}])   # epoch 2 was no better
+    assert store.training.load_checkpoint(job) == Checkpoint(2, b"weights-2", [{"epoch": 1}, {"epoch": 2}], b"best-1")
     store.training.drop_checkpoint(job)
     assert store.training.load_checkpoint(job) is None
 
@@ -157,8 +167,132 @@ def test_training_lock_context_manager(store):
 
 def test_every_key_is_under_the_prefix(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION)
-    store.jobs.put_chunk(job, 0, [])
+    store.jobs.put_chunk(job, 0, [], lines=0, submit_deadline=time.time() + 60)
+    store.jobs.take_lease(job, 0, "w", 30)
     store.jobs.save_result(job, 0, [], 0)
+    store.workers.heartbeat("w", {"queues": ["generate"]}, ttl=5)
     assert all(key.startswith(b"lstmq:") for key in store.redis.keys("*"))
     assert json.loads(store.redis.get(keys.job_key(job, "result", 0))) == []
     assert keys.job_key("j") == "lstmq:job:j" and keys.job_key("j", "chunk", 3) == "lstmq:job:j:chunk:3"
+
+
+def test_a_lapsed_lease_is_claimed_once_and_fails_after_the_limit(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, [{"line": 1}, {"line": 2}], lines=2, submit_deadline=time.time() + 60)
+    store.jobs.finish_submission(job, chunks=1, prompts=2, input_errors=0, lines=2)
+    assert store.jobs.take_lease(job, 0, "w1", lease_seconds=60) == "ok"
+    assert store.jobs.lapsed(job) == [] and store.jobs.claim_lapsed(job, "0", 1, "lost") == "live"
+    assert store.jobs.take_lease(job, 0, "w1", lease_seconds=-1) == "ok"     # a deadline in the past: lapsed
+    assert store.jobs.lapsed(job) == ["0"]
+    assert store.jobs.claim_lapsed(job, "0", 1, "lost") == "redispatch"
+    assert store.jobs.claim_lapsed(job, "0", 1, "lost") == "live"            # whoever noticed second: nothing
+    assert not store.jobs.renew_lease(job, 0, 60)                          # the old worker learns it lost it
+    store.jobs.take_lease(job, 0, "w2", lease_seconds=-1)
+    assert store.jobs.claim_lapsed(job, "0", 1, "lost") == "failed"          # second lapse, limit 1
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED and (record.chunks_failed, record.prompts_failed) == (1, 2)
+    assert record.lease_lapses == 2 and store.jobs.failed_chunks(job) == {0: "lost (2 times)"}
+    assert job not in store.jobs.active()
+
+
+def test_a_lapsed_training_lease_fails_the_job_after_the_limit(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
+    store.jobs.take_lease(job, "train", "w1", lease_seconds=-1)
+    assert store.jobs.claim_lapsed(job, "train", 0, "lost") == "failed"
+    assert store.jobs.get(job).status is JobStatus.FAILED and store.jobs.get(job).error == "lost (1 times)"
+
+
+def test_cancel_skips_pending_chunks_and_keeps_what_was_done(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    for chunk in range(2):
+        store.jobs.put_chunk(job, chunk, [{"line": chunk + 1}], lines=chunk + 1, submit_deadline=time.time() + 60)
+    store.jobs.finish_submission(job, chunks=2, prompts=2, input_errors=0, lines=2)
+    store.jobs.take_lease(job, 0, "w", 30)
+    assert store.jobs.cancel(job) is JobStatus.CANCELLED
+    assert store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)    # the running chunk finishes
+    assert store.jobs.take_lease(job, 1, "w", 30) == "cancelled"            # the pending one is skipped
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.CANCELLED and record.chunks_done == 1 and job not in store.jobs.active()
+    with pytest.raises(JobNotFound):
+        store.jobs.cancel("nope")
+
+
+def test_remove_deletes_every_key_of_an_ended_job(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "x"}])
+    with pytest.raises(InputError, match="cancel it first"):
+        store.jobs.remove(job)
+    store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=1, lines=2)
+    store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)
+    other = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
+    assert store.jobs.remove(job) >= 4
+    assert [key for key in store.redis.keys("*") if job.encode() in key] == []
+    assert job not in store.jobs.recent() and store.jobs.get(other).id == other
+    with pytest.raises(JobNotFound):
+        store.jobs.get(job)
+
+
+def test_every_job_key_expires(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "x"}])
+    store.jobs.take_lease(job, 0, "w", 30)
+    store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)
+    store.jobs.take_lease(job, 1, "w", 30)
+    job_keys = [key for key in store.redis.keys("*") if job.encode() in key and key != keys.JOBS.encode()]
+    assert len(job_keys) >= 5
+    assert all(0 < store.redis.ttl(key) <= 3600 for key in job_keys), {key: store.redis.ttl(key) for key in job_keys}
+
+
+def test_an_interrupted_submission_fails_the_job(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=7, submit_deadline=time.time() + 60)
+    assert not store.jobs.fail_lapsed_submission(job)
+    store.jobs.keep_submitting(job, lines=9, submit_deadline=time.time() - 1)   # the producer went quiet
+    assert store.jobs.fail_lapsed_submission(job)
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED and record.error.startswith("submission interrupted after 9 lines")
+    assert store.jobs.take_lease(job, 0, "w", 30) == "failed"               # its chunks are skipped
+
+
+def test_a_chunk_failure_is_recorded_when_redis_is_out_of_memory(store):
+    from lstmq.shared.store.health import is_out_of_memory, out_of_memory
+
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1)
+    store.redis.config_set("maxmemory", 1)   # every write is refused now (noeviction)
+    try:
+        with pytest.raises(Exception) as refused:
+            store.jobs.save_result(job, 0, [{"samples": ["x" * 1000]}], words=1)
+        assert is_out_of_memory(refused.value)
+        error = out_of_memory(store.redis, refused.value)
+        assert str(error).startswith("Redis is out of memory (maxmemory")
+        assert store.jobs.fail_chunk(job, 0, str(error), prompts=1)       # allow-oom: recorded anyway
+    finally:
+        store.redis.config_set("maxmemory", 0)
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED and "out of memory" in store.jobs.failed_chunks(job)[0]
+
+
+def test_eviction_policies_other_than_noeviction_are_refused(store):
+    from lstmq.shared.errors import BrokerUnavailable
+    from lstmq.shared.store.health import check_eviction_policy
+
+    assert check_eviction_policy(store.redis, allow_eviction=False) == "noeviction"
+    store.redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(BrokerUnavailable, match="maxmemory-policy is 'allkeys-lru'"):
+            check_eviction_policy(store.redis, allow_eviction=False)
+        assert check_eviction_policy(store.redis, allow_eviction=True) == "allkeys-lru"
+    finally:
+        store.redis.config_set("maxmemory-policy", "noeviction")
+
+
+def test_live_workers_and_their_queues(store):
+    store.workers.heartbeat("a", {"queues": ["generate"]}, ttl=30)
+    store.workers.heartbeat("b", {"queues": ["train"]}, ttl=0.2)
+    assert {worker["name"] for worker in store.workers.consuming("generate")} == {"a"}
+    time.sleep(0.3)
+    assert [worker["name"] for worker in store.workers.live()] == ["a"] and not store.workers.consuming("train")

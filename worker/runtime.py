@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from lstmq.shared.config import Settings
+from lstmq.shared.messages import Dispatcher
+from lstmq.shared.recovery import recover_quietly
 from lstmq.shared.store import Store
 
 log = logging.getLogger("lstmq.worker")
@@ -62,15 +68,41 @@ class Runtime:
     settings: Settings | None = None
     name: str = "lstmq"
     device: str = "cpu"
+    queues: tuple[str, ...] = ()
     store: Store | None = None
     models: ModelCache | None = None
+    dispatcher: Dispatcher | None = None
+    watchdog: Watchdog | None = None
+
+
+class Watchdog(threading.Thread):
+    """In the process that runs tasks: every third of lease_seconds, say that this worker is
+    alive (and which queues it consumes), and take over lapsed leases of any active job (another
+    worker was killed, or its machine lost) by dispatching that work again."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, name: str, info: dict[str, Any]):
+        super().__init__(daemon=True, name="lstmq-watchdog")
+        self.store, self.dispatcher, self.settings, self.worker, self.info = store, dispatcher, settings, name, info
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            try:
+                self.store.workers.heartbeat(self.worker, self.info, ttl=self.settings.lease_seconds)
+            except redis.exceptions.RedisError as error:
+                log.warning("could not send this worker's heartbeat: %s", error)
+            recover_quietly(self.store, self.dispatcher, self.settings.redispatch_limit,
+                            lease_seconds=self.settings.lease_seconds)
+            if self.stopped.wait(interval):
+                return
 
 
 STATE = Runtime()
 
 
-def configure(settings: Settings, name: str, device: str) -> None:
-    STATE.settings, STATE.name, STATE.device = settings, name, device
+def configure(settings: Settings, name: str, device: str, queues: tuple[str, ...] = ()) -> None:
+    STATE.settings, STATE.name, STATE.device, STATE.queues = settings, name, device, queues
 
 
 def describe() -> str:
@@ -93,6 +125,11 @@ def init_process() -> None:
     settings = ensure_settings()
     STATE.store = Store.from_settings(settings)
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, settings.decode_batch_size)
+    STATE.dispatcher = Dispatcher(settings)
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
+            "tensorflow": tf.__version__, "started": time.time()}
+    STATE.watchdog = Watchdog(STATE.store, STATE.dispatcher, settings, STATE.name, info)
+    STATE.watchdog.start()
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())
 
 

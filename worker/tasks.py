@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 
 from lstmq.shared.errors import BadMessage, JobBusy, JobNotFound, LstmqError
 from lstmq.shared.messages import ROUTES, JobKind, parse_message
@@ -34,6 +34,10 @@ class LstmqTask(Task):
     def models(self):
         return runtime.process().models
 
+    @property
+    def dispatcher(self):
+        return runtime.process().dispatcher
+
     @contextmanager
     def rejecting(self, kind: JobKind, message: dict) -> Iterator[None]:
         """A message that cannot run is rejected (dropped, never redelivered), and logged."""
@@ -46,12 +50,15 @@ class LstmqTask(Task):
 
 @app.task(name=ROUTES[JobKind.TRAIN].task, bind=True, base=LstmqTask, max_retries=None)
 def train(self, *args, **kwargs):
-    from lstmq.shared.execute import run_training
+    from lstmq.shared.execute import retry_transient, run_training
 
     with self.rejecting(JobKind.TRAIN, kwargs):
         message = parse_message(JobKind.TRAIN, args, kwargs)
+        settings = runtime.ensure_settings()
         try:
-            return run_training(self.store, message.job, runtime.STATE.name)
+            return retry_transient(
+                lambda: run_training(self.store, message.job, runtime.STATE.name, settings, self.dispatcher.train),
+                settings.task_retries, f"train job {message.job}")
         except JobBusy as error:
             log.info("%s; retrying in %ds", error, BUSY_RETRY_S)
             raise self.retry(countdown=BUSY_RETRY_S) from None
@@ -59,12 +66,32 @@ def train(self, *args, **kwargs):
 
 @app.task(name=ROUTES[JobKind.GENERATE].task, bind=True, base=LstmqTask)
 def generate(self, *args, **kwargs):
-    from lstmq.shared.execute import run_generate_chunk
+    from lstmq.shared.execute import TRANSIENT, describe, retry_transient, run_generate_chunk
 
     with self.rejecting(JobKind.GENERATE, kwargs):
         message = parse_message(JobKind.GENERATE, args, kwargs)
-        limits = runtime.ensure_settings().limits()
-        return run_generate_chunk(self.store, self.models, message.job, message.chunk, runtime.STATE.name, limits)
+        settings = runtime.ensure_settings()
+        what = f"job {message.job} chunk {message.chunk}"
+        try:
+            return retry_transient(
+                lambda: run_generate_chunk(self.store, self.models, message.job, message.chunk, runtime.STATE.name,
+                                           settings), settings.task_retries, what)
+        except TRANSIENT as error:
+            # out of retries: record the failure if Redis is back; else its lease lapses and
+            # whoever notices dispatches it again (at most redispatch_limit times)
+            reason = f"Redis unreachable after {settings.task_retries} retries: {describe(error)}"
+            try:
+                prompts = self.store.jobs.chunk_prompts(message.job, message.chunk)
+                self.store.jobs.fail_chunk(message.job, message.chunk, reason, prompts)
+            except TRANSIENT:
+                log.error("%s: %s; could not record it either", what, reason)
+            raise
+
+
+@celeryd_after_setup.connect
+def _remember_queues(sender, instance, **_):
+    """The queues this worker consumes (told in its heartbeat), known before the pool forks."""
+    runtime.STATE.queues = tuple(instance.app.amqp.queues.consume_from)
 
 
 @worker_process_init.connect

@@ -4,6 +4,8 @@
 - registry: model name -> versions 1, 2, ... (meta + artifact blob), aliases (`current`)
 - jobs: the typed job record, generate chunks (input, result written once), bad seed lines
 - training: per-epoch history, checkpoints, the training lock
+- workers: heartbeats of live workers and the queues they consume
+- health: Redis' eviction policy and out-of-memory errors
 
 Messages on the queues carry only ids; everything else is here.
 """
@@ -18,6 +20,7 @@ from lstmq.shared.store.blobs import Blobs, sha256
 from lstmq.shared.store.jobs import JobRecord, Jobs, JobStatus, Progress
 from lstmq.shared.store.registry import Registry, check_model_name, parse_model_spec
 from lstmq.shared.store.training import Training
+from lstmq.shared.store.workers import Workers
 
 __all__ = ["Store", "JobKind", "JobRecord", "JobStatus", "Progress", "check_model_name", "parse_model_spec",
            "sha256"]
@@ -32,18 +35,65 @@ class Store:
         self.registry = Registry(client, self.blobs)
         self.jobs = Jobs(client, ttl)
         self.training = Training(client, ttl)
+        self.workers = Workers(client)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
-        """The store at settings.broker_url, keeping job data for settings.result_ttl."""
-        return cls.from_url(settings.broker_url, settings.result_ttl)
+        """The store at settings.broker_url, keeping job data for settings.result_ttl. A rediss://
+        URL gets TLS with the broker_tls_* settings: the server's certificate is checked (and its
+        name, with broker_tls_cert_reqs: required) against broker_tls_ca_certs, else the system's CAs.
+        A TLS file that cannot be read is a ConfigError naming its setting."""
+        options: dict = {}
+        if settings.broker_url.lower().startswith("rediss://"):
+            import os
+
+            from lstmq.shared.errors import ConfigError
+
+            sources = getattr(settings, "sources", {}) or {}
+            for key in ("broker_tls_ca_certs", "broker_tls_certfile", "broker_tls_keyfile"):
+                path = settings.values.get(key)
+                if path is not None and not os.access(path, os.R_OK):
+                    where = sources.get(key, "settings")
+                    problem = "not found" if not os.path.exists(path) else "not readable"
+                    raise ConfigError(f"{where}: setting {key!r}: file {path} {problem}")
+            if settings.values.get("broker_tls_keyfile") and not settings.values.get("broker_tls_certfile"):
+                raise ConfigError(f"{sources.get('broker_tls_keyfile', 'settings')}: setting 'broker_tls_keyfile' "
+                                  "needs broker_tls_certfile (the client certificate)")
+            cert_reqs = settings.broker_tls_cert_reqs
+            options = {"ssl_ca_certs": settings.broker_tls_ca_certs, "ssl_certfile": settings.broker_tls_certfile,
+                       "ssl_keyfile": settings.broker_tls_keyfile, "ssl_cert_reqs": cert_reqs,
+                       "ssl_check_hostname": cert_reqs == "required"}
+        return cls.from_url(settings.broker_url, settings.result_ttl, **options)
 
     @classmethod
-    def from_url(cls, url: str, ttl: int) -> Store:
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30), ttl)
+    def from_url(cls, url: str, ttl: int, **options) -> Store:
+        """`options`: more keyword arguments for redis-py (ssl_* for a rediss:// URL)."""
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, **options), ttl)
 
     def ping(self, url: str = "") -> None:
+        """Raise BrokerUnavailable, with a message that holds no password, if Redis does not answer.
+        The exception's `reason` says why: "credentials" (Redis refused them: wrong password, none
+        given where one is required, an ACL user without the right), "certificate" (the server's TLS
+        certificate or its name failed the check) or "unreachable" (anything else, maybe passing);
+        `cause` is redis-py's exception."""
+        import ssl
+
+        from lstmq.shared.redact import redact, redact_url
+
         try:
             self.redis.ping()
         except redis.exceptions.RedisError as error:
-            raise BrokerUnavailable(f"cannot reach Redis at {url or 'the broker URL'}: {error}") from None
+            where = redact_url(url) if url else "the broker URL"
+            detail = redact(error, url)
+            if isinstance(error, (redis.exceptions.AuthenticationError, redis.exceptions.NoPermissionError)):
+                reason, message = "credentials", f"Redis at {where} refused the credentials: {detail}"
+            elif isinstance(error.__context__, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in detail:
+                reason = "certificate"
+                message = (f"cannot reach Redis at {where}: the server's TLS certificate failed the check: {detail} "
+                           "(set broker_tls_ca_certs / LSTMQ_BROKER_TLS_CA_CERTS to the CA file that signed it, "
+                           "and use the host name the certificate names)")
+            else:
+                reason, message = "unreachable", f"cannot reach Redis at {where}: {detail}"
+            failure = BrokerUnavailable(message)
+            failure.reason, failure.cause = reason, error
+            raise failure from None

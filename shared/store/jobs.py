@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from lstmq.shared.errors import JobNotFound
+from lstmq.shared.errors import InputError, JobNotFound
 from lstmq.shared.messages import JobKind
 from lstmq.shared.params import GenerationParams, ModelParams
 from lstmq.shared.store import keys
@@ -27,10 +27,12 @@ class JobStatus(str, Enum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def finished(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        """A final state: nothing more happens to the job."""
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -85,8 +87,12 @@ class JobRecord:
     prompts_failed: int = 0
     words_done: int = 0
     submitted: bool = False            # every chunk of the seed file has been stored and sent
+    chunks_sent: int = 0               # chunks stored and sent so far (while submitting)
+    submit_deadline: float | None = None   # a submission not renewed by then was interrupted
+    lease_lapses: int = 0              # times a worker stopped renewing its lease (and the work went out again)
+    slices: int = 0                    # training: task slices run
 
-    TIMESTAMPS: typing.ClassVar[tuple[str, ...]] = ("created", "updated", "started", "finished")
+    TIMESTAMPS: typing.ClassVar[tuple[str, ...]] = ("created", "updated", "started", "finished", "submit_deadline")
 
     def progress(self) -> Progress:
         if self.kind is JobKind.TRAIN:
@@ -161,63 +167,160 @@ def encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
     return encoded
 
 
-# Record a chunk's outcome once; finish the job when every chunk has an outcome.
-# KEYS: job, done set, failed hash, result key. ARGV: chunk, outcome, payload, prompts, words, ttl, now.
-FINISH_CHUNK = """
+# Lua: the job's final status, once every chunk has an outcome and the submission is complete.
+# Expects `job` (the record key) and `active` (the index of jobs not yet final); returns the status.
+_FINISH_IF_COMPLETE = """
+local function finish_if_complete(job, active, now)
+  local fields = redis.call('HMGET', job, 'status', 'submitted', 'chunks', 'chunks_done', 'chunks_failed', 'id')
+  local status = fields[1]
+  if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return status end
+  if fields[2] ~= '1' then return status end
+  local done = tonumber(fields[4] or '0')
+  local failed = tonumber(fields[5] or '0')
+  if done + failed < tonumber(fields[3] or '0') then return status end
+  status = 'succeeded'
+  if failed > 0 then status = 'failed' end
+  redis.call('HSET', job, 'status', status, 'finished', now, 'updated', now)
+  redis.call('ZREM', active, fields[6])
+  return status
+end
+"""
+
+# Record a chunk's outcome once (a result, or a failure with its reason), drop its lease, and
+# finish the job when that was the last chunk. Returns {1 if recorded now else 0, job status}.
+# KEYS: job, done set, failed hash, result key, leases, active.
+# ARGV: chunk, outcome ('done' or 'failed'), payload, prompts, words, ttl, now.
+_CHUNK_OUTCOME = _FINISH_IF_COMPLETE + """
+local first = 0
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
+  first = 1
+  local ttl = tonumber(ARGV[6])
+  if ARGV[2] == 'done' then
+    redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
+    redis.call('SADD', KEYS[2], ARGV[1])
+    redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+    redis.call('HINCRBY', KEYS[1], 'prompts_done', tonumber(ARGV[4]))
+    redis.call('HINCRBY', KEYS[1], 'words_done', tonumber(ARGV[5]))
+  else
+    redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+    redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
+    redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(ARGV[4]))
+  end
+  redis.call('EXPIRE', KEYS[2], ttl)
+  redis.call('EXPIRE', KEYS[3], ttl)
+  redis.call('HSET', KEYS[1], 'updated', ARGV[7])
+end
+redis.call('ZREM', KEYS[5], ARGV[1])
+return {first, finish_if_complete(KEYS[1], KEYS[6], ARGV[7])}
+"""
+SAVE_RESULT = _CHUNK_OUTCOME
+# A failure must be recordable when Redis is out of memory (noeviction): it writes a few bytes.
+FAIL_CHUNK = "#!lua flags=allow-oom\n" + _CHUNK_OUTCOME
+
+# KEYS: job, active. ARGV: now. Returns the status.
+FINISH_SUBMISSION = _FINISH_IF_COMPLETE + """
+return finish_if_complete(KEYS[1], KEYS[2], ARGV[1])
+"""
+
+# A worker takes a chunk (or a training slice, member 'train'): a lease that lapses unless renewed.
+# Returns 'ok', 'finished' (the chunk has an outcome already) or the job's final status.
+# KEYS: job, done set, failed hash, leases. ARGV: member, deadline (ms), worker, now, ttl.
+TAKE_LEASE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return status end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  return 0
+  return 'finished'
 end
-local ttl = tonumber(ARGV[6])
-if ARGV[2] == 'done' then
-  redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
-  redis.call('SADD', KEYS[2], ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-  redis.call('HINCRBY', KEYS[1], 'prompts_done', tonumber(ARGV[4]))
-  redis.call('HINCRBY', KEYS[1], 'words_done', tonumber(ARGV[5]))
-else
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+redis.call('HSETNX', KEYS[1], 'started', ARGV[4])
+redis.call('HSET', KEYS[1], 'worker', ARGV[3], 'updated', ARGV[4])
+if status == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
+return 'ok'
+"""
+
+# Renew a lease that is still held. KEYS: leases. ARGV: member, deadline (ms). Returns 1 or 0.
+RENEW_LEASE = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# A lease lapsed (its worker stopped renewing it): take it away, once, for whoever noticed first.
+# Returns 'live' (renewed meanwhile, or gone), 'redispatch' (send the work again), or 'failed'
+# (lapsed more than the limit: the chunk, or the training job, is recorded failed).
+# KEYS: job, leases, dispatches hash, done set, failed hash, active.
+# ARGV: member, now (ms), limit, now (s), ttl, reason.
+CLAIM_LAPSED = _FINISH_IF_COMPLETE + """
+local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not deadline or tonumber(deadline) > tonumber(ARGV[2]) then return 'live' end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return 'live' end
+local lapses = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+redis.call('HINCRBY', KEYS[1], 'lease_lapses', 1)
+redis.call('HSET', KEYS[1], 'updated', ARGV[4])
+if lapses <= tonumber(ARGV[3]) then return 'redispatch' end
+local reason = ARGV[6] .. ' (' .. lapses .. ' times)'
+if ARGV[1] == 'train' then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', reason, 'finished', ARGV[4])
+  redis.call('ZREM', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
+  return 'failed'
+end
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
+  local items = redis.call('HGET', KEYS[1], 'chunk_prompts:' .. ARGV[1])
+  redis.call('HSET', KEYS[5], ARGV[1], reason)
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[5]))
   redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
-  redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(ARGV[4]))
+  redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(items or '0'))
 end
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-redis.call('HSET', KEYS[1], 'updated', ARGV[7])
-return 1
+finish_if_complete(KEYS[1], KEYS[6], ARGV[4])
+return 'failed'
 """
 
-# Set the final status when submission is complete and every chunk is done or failed.
-# KEYS: job. ARGV: now. Returns the status.
-MAYBE_FINISH_JOB = """
-local fields = redis.call('HMGET', KEYS[1], 'status', 'submitted', 'chunks', 'chunks_done', 'chunks_failed')
-if fields[1] == 'succeeded' or fields[1] == 'failed' then return fields[1] end
-if fields[2] ~= '1' then return fields[1] end
-local total = tonumber(fields[3] or '0')
-local done = tonumber(fields[4] or '0')
-local failed = tonumber(fields[5] or '0')
-if done + failed < total then return fields[1] end
-local status = 'succeeded'
-if failed > 0 then status = 'failed' end
-redis.call('HSET', KEYS[1], 'status', status, 'finished', ARGV[1], 'updated', ARGV[1])
-return status
+# End a job that is not final yet: cancelled, or failed with a reason. Returns the final status.
+# KEYS: job, active. ARGV: status, now, error ('' = none).
+END_JOB = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return status end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished', ARGV[2], 'updated', ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+redis.call('ZREM', KEYS[2], redis.call('HGET', KEYS[1], 'id'))
+return ARGV[1]
 """
 
-# A worker picks the job up: queued -> running (never back from a final state).
-# KEYS: job. ARGV: worker, now.
-START_JOB = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSETNX', KEYS[1], 'started', ARGV[2])
-redis.call('HSET', KEYS[1], 'worker', ARGV[1], 'updated', ARGV[2])
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
-return 1
+# A submission whose producer stopped renewing it is failed. KEYS: job, active. ARGV: now.
+# Returns 'failed' when it did that, else ''.
+SUBMISSION_LAPSED = """
+local fields = redis.call('HMGET', KEYS[1], 'status', 'submitted', 'submit_deadline', 'lines', 'id')
+local status = fields[1]
+if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then return '' end
+if fields[2] == '1' or not fields[3] or tonumber(fields[3]) > tonumber(ARGV[1]) then return '' end
+local reason = 'submission interrupted after ' .. (fields[4] or '0') .. ' lines (the producer stopped)'
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', reason, 'finished', ARGV[1], 'updated', ARGV[1])
+redis.call('ZREM', KEYS[2], fields[5])
+return 'failed'
 """
+
+TRAIN = "train"   # the lease member of a training job's running slice
 
 
 class Jobs:
     def __init__(self, client: redis.Redis, ttl: int):
         self.redis, self.ttl = client, ttl
-        self._finish_chunk = client.register_script(FINISH_CHUNK)
-        self._maybe_finish_job = client.register_script(MAYBE_FINISH_JOB)
-        self._start_job = client.register_script(START_JOB)
+        self._save_result = client.register_script(SAVE_RESULT)
+        self._fail_chunk = client.register_script(FAIL_CHUNK)
+        self._finish_submission = client.register_script(FINISH_SUBMISSION)
+        self._take_lease = client.register_script(TAKE_LEASE)
+        self._renew_lease = client.register_script(RENEW_LEASE)
+        self._claim_lapsed = client.register_script(CLAIM_LAPSED)
+        self._end_job = client.register_script(END_JOB)
+        self._submission_lapsed = client.register_script(SUBMISSION_LAPSED)
 
     # -- the record ------------------------------------------------------------------------------
     def create(self, kind: JobKind, params: ModelParams | GenerationParams, **fields: Any) -> str:
@@ -229,42 +332,90 @@ class Jobs:
         pipe.hset(keys.job_key(job_id), mapping=mapping)
         pipe.expire(keys.job_key(job_id), self.ttl)
         pipe.zadd(keys.JOBS, {job_id: created})
+        pipe.zadd(keys.ACTIVE, {job_id: created})
         pipe.execute()
         return job_id
 
     def get(self, job_id: str) -> JobRecord:
         raw = self.redis.hgetall(keys.job_key(job_id))
-        if not raw:
+        if not raw or b"kind" not in raw:
             raise JobNotFound(f"no job {job_id!r} (never submitted, or expired after result_ttl)")
         return JobRecord.from_hash(raw)
 
     def update(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(keys.job_key(job_id), mapping={**encode_fields(fields), "updated": now()})
 
-    def start(self, job_id: str, worker: str) -> None:
-        self._start_job(keys=[keys.job_key(job_id)], args=[worker, now()])
+    def finish(self, job_id: str, status: JobStatus, **fields: Any) -> JobStatus:
+        """Set a final status (with fields) unless the job has one already; returns the final status."""
+        if fields:
+            self.update(job_id, **fields)
+        error = fields.get("error") or ""
+        return JobStatus(self._end_job(keys=[keys.job_key(job_id), keys.ACTIVE], args=[status.value, now(), error]).decode())
 
-    def finish(self, job_id: str, status: JobStatus, **fields: Any) -> None:
-        self.update(job_id, status=status, finished=now(), **fields)
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job that has not ended (workers skip its pending chunks); returns its final status."""
+        self.get(job_id)   # JobNotFound for an unknown id
+        return self.finish(job_id, JobStatus.CANCELLED)
+
+    def remove(self, job_id: str) -> int:
+        """Delete every key of a job (it must have ended); returns how many keys went."""
+        record = self.get(job_id)
+        if not record.status.finished:
+            raise InputError(f"job {job_id} is {record.status.value}; cancel it first (lstmq cancel {job_id})")
+        doomed = [keys.job_key(job_id), *self.redis.scan_iter(match=keys.job_pattern(job_id), count=1000)]
+        pipe = self.redis.pipeline()
+        pipe.delete(*doomed)
+        pipe.zrem(keys.JOBS, job_id)
+        pipe.zrem(keys.ACTIVE, job_id)
+        return int(pipe.execute()[0])
+
+    def forget(self, job_id: str) -> None:
+        """Drop a job that no longer exists from the index of active jobs."""
+        self.redis.zrem(keys.ACTIVE, job_id)
+
+    def chunk_prompts(self, job_id: str, chunk: int) -> int:
+        """How many prompts the producer put in the chunk (known even when its input is gone)."""
+        return int(self.redis.hget(keys.job_key(job_id), f"chunk_prompts:{chunk}") or 0)
 
     def recent(self, limit: int = 20) -> list[str]:
         """The newest job ids first (those past result_ttl are dropped from the index)."""
         self.redis.zremrangebyscore(keys.JOBS, "-inf", time.time() - self.ttl)
         return [job_id.decode() for job_id in self.redis.zrevrange(keys.JOBS, 0, limit - 1)]
 
-    # -- generate chunks ---------------------------------------------------------------------------
-    def put_chunk(self, job_id: str, chunk: int, items: list[dict[str, Any]]) -> None:
-        self.redis.set(keys.job_key(job_id, "chunk", chunk), json.dumps(items), ex=self.ttl)
+    def active(self, limit: int = 1000) -> list[str]:
+        """Jobs that have not ended, oldest first (expired ones are dropped from the index)."""
+        self.redis.zremrangebyscore(keys.ACTIVE, "-inf", time.time() - self.ttl)
+        return [job_id.decode() for job_id in self.redis.zrange(keys.ACTIVE, 0, limit - 1)]
 
-    def chunk(self, job_id: str, chunk: int) -> list[Any]:
-        raw = self.redis.get(keys.job_key(job_id, "chunk", chunk))
-        if raw is None:
-            raise LookupError(f"job {job_id} has no chunk {chunk} (expired, or never submitted)")
-        return json.loads(raw)
+    # -- submission --------------------------------------------------------------------------------
+    def put_chunk(self, job_id: str, chunk: int, items: list[dict[str, Any]], lines: int,
+                  submit_deadline: float) -> None:
+        """Store a chunk's prompts, and count it sent (with the seed lines read so far and the time
+        by which the producer will have shown a sign of life again)."""
+        pipe = self.redis.pipeline()
+        pipe.set(keys.job_key(job_id, "chunk", chunk), json.dumps(items), ex=self.ttl)
+        pipe.hset(keys.job_key(job_id), mapping={"chunks_sent": chunk + 1, "lines": lines,
+                                                 f"chunk_prompts:{chunk}": len(items),
+                                                 "submit_deadline": submit_deadline, "updated": now()})
+        pipe.execute()
+
+    def keep_submitting(self, job_id: str, lines: int, submit_deadline: float) -> None:
+        self.redis.hset(keys.job_key(job_id), mapping={"lines": lines, "submit_deadline": submit_deadline})
 
     def finish_submission(self, job_id: str, chunks: int, prompts: int, input_errors: int, lines: int) -> JobStatus:
         self.update(job_id, chunks=chunks, prompts=prompts, input_errors=input_errors, lines=lines, submitted=True)
-        return JobStatus(self._maybe_finish_job(keys=[keys.job_key(job_id)], args=[now()]).decode())
+        return JobStatus(self._finish_submission(keys=[keys.job_key(job_id), keys.ACTIVE], args=[now()]).decode())
+
+    def fail_lapsed_submission(self, job_id: str) -> bool:
+        """Fail the job if its producer stopped submitting (see SUBMISSION_LAPSED); True if it did now."""
+        return bool(self._submission_lapsed(keys=[keys.job_key(job_id), keys.ACTIVE], args=[now()]))
+
+    # -- chunks --------------------------------------------------------------------------------------
+    def chunk(self, job_id: str, chunk: int) -> list[Any]:
+        raw = self.redis.get(keys.job_key(job_id, "chunk", chunk))
+        if raw is None:
+            raise LookupError(f"job {job_id} has no chunk {chunk} (its input expired or was deleted)")
+        return json.loads(raw)
 
     def chunk_finished(self, job_id: str, chunk: int) -> bool:
         return bool(self.redis.sismember(keys.job_key(job_id, "done"), chunk)
@@ -272,17 +423,18 @@ class Jobs:
 
     def save_result(self, job_id: str, chunk: int, results: list[dict[str, Any]], words: int) -> bool:
         """Write a chunk's results once; False when it was already written (a redelivered task)."""
-        return self._chunk_outcome(job_id, chunk, "done", json.dumps(results), len(results), words)
+        return self._chunk_outcome(self._save_result, job_id, chunk, "done", json.dumps(results), len(results), words)
 
     def fail_chunk(self, job_id: str, chunk: int, error: str, prompts: int) -> bool:
-        return self._chunk_outcome(job_id, chunk, "failed", error, prompts, 0)
+        """Record the chunk failed with its reason (once; works when Redis is out of memory)."""
+        return self._chunk_outcome(self._fail_chunk, job_id, chunk, "failed", error, prompts, 0)
 
-    def _chunk_outcome(self, job_id: str, chunk: int, outcome: str, payload: str, prompts: int, words: int) -> bool:
+    def _chunk_outcome(self, script, job_id: str, chunk: int, outcome: str, payload: str, prompts: int,
+                       words: int) -> bool:
         chunk_keys = [keys.job_key(job_id), keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"),
-                      keys.job_key(job_id, "result", chunk)]
-        first = bool(self._finish_chunk(keys=chunk_keys, args=[chunk, outcome, payload, prompts, words, self.ttl, now()]))
-        self._maybe_finish_job(keys=[keys.job_key(job_id)], args=[now()])
-        return first
+                      keys.job_key(job_id, "result", chunk), keys.job_key(job_id, "leases"), keys.ACTIVE]
+        first, _status = script(keys=chunk_keys, args=[chunk, outcome, payload, prompts, words, self.ttl, now()])
+        return bool(first)
 
     def result(self, job_id: str, chunk: int) -> list[dict[str, Any]] | None:
         raw = self.redis.get(keys.job_key(job_id, "result", chunk))
@@ -290,6 +442,51 @@ class Jobs:
 
     def failed_chunks(self, job_id: str) -> dict[int, str]:
         return {int(k): v.decode() for k, v in self.redis.hgetall(keys.job_key(job_id, "failed")).items()}
+
+    # -- leases ----------------------------------------------------------------------------------------
+    def take_lease(self, job_id: str, member: int | str, worker: str, lease_seconds: float) -> str:
+        """Start work on a chunk (or 'train'): 'ok', 'finished', 'missing' or the job's final status."""
+        lease_keys = [keys.job_key(job_id), keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"),
+                      keys.job_key(job_id, "leases")]
+        deadline = int((time.time() + lease_seconds) * 1000)
+        return self._take_lease(keys=lease_keys, args=[member, deadline, worker, now(), self.ttl]).decode()
+
+    def renew_lease(self, job_id: str, member: int | str, lease_seconds: float) -> bool:
+        """Push the lease's deadline on; False when it was taken away (the work was dispatched again)."""
+        deadline = int((time.time() + lease_seconds) * 1000)
+        return bool(self._renew_lease(keys=[keys.job_key(job_id, "leases")], args=[member, deadline]))
+
+    def mark_lapsed(self, job_id: str, member: int | str) -> None:
+        """Give the work a lapsed lease again (its re-dispatch could not be sent)."""
+        self.redis.zadd(keys.job_key(job_id, "leases"), {member: 0})
+
+    def drop_lease(self, job_id: str, member: int | str) -> None:
+        self.redis.zrem(keys.job_key(job_id, "leases"), member)
+
+    def pending_chunks(self, job_id: str, chunks: int) -> list[int]:
+        """Chunks (of the first `chunks`) with no outcome yet."""
+        done = {int(member) for member in self.redis.smembers(keys.job_key(job_id, "done"))}
+        failed = {int(member) for member in self.redis.hkeys(keys.job_key(job_id, "failed"))}
+        return [chunk for chunk in range(chunks) if chunk not in done and chunk not in failed]
+
+    def queue_length(self, queue: str) -> int:
+        return int(self.redis.llen(keys.celery_queue(queue)))
+
+    def leases(self, job_id: str) -> dict[str, float]:
+        """Member -> deadline (Unix seconds) of the leases held now."""
+        raw = self.redis.zrange(keys.job_key(job_id, "leases"), 0, -1, withscores=True)
+        return {member.decode(): score / 1000 for member, score in raw}
+
+    def lapsed(self, job_id: str) -> list[str]:
+        raw = self.redis.zrangebyscore(keys.job_key(job_id, "leases"), "-inf", int(time.time() * 1000))
+        return [member.decode() for member in raw]
+
+    def claim_lapsed(self, job_id: str, member: str, limit: int, reason: str) -> str:
+        """'redispatch' (the caller sends the work again), 'failed' (over the limit) or 'live'."""
+        claim_keys = [keys.job_key(job_id), keys.job_key(job_id, "leases"), keys.job_key(job_id, "lapses"),
+                      keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"), keys.ACTIVE]
+        args = [member, int(time.time() * 1000), limit, now(), self.ttl, reason]
+        return self._claim_lapsed(keys=claim_keys, args=args).decode()
 
     # -- seed lines that could not be used ----------------------------------------------------------
     def add_input_errors(self, job_id: str, errors: list[dict[str, Any]]) -> None:

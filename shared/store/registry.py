@@ -8,9 +8,9 @@ from typing import Any
 
 import redis
 
-from lstmq.shared.errors import InputError, ModelNotFound
+from lstmq.shared.errors import ArtifactCorrupt, InputError, ModelNotFound
 from lstmq.shared.store import keys
-from lstmq.shared.store.blobs import Blobs
+from lstmq.shared.store.blobs import Blobs, sha256
 from lstmq.shared.store.clock import now
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -97,4 +97,11 @@ class Registry:
         return json.loads(raw)
 
     def artifact(self, name: str, version: int) -> bytes:
-        return self.blobs.get(self.meta(name, version)["artifact_sha256"])
+        """The version's artifact, checked against the sha256 the registry recorded for it."""
+        expected = self.meta(name, version)["artifact_sha256"]
+        data = self.blobs.get(expected)
+        actual = sha256(data)
+        if actual != expected:
+            raise ArtifactCorrupt(f"model {name}@{version}: its artifact in Redis has sha256 {actual}, "
+                                  f"but the registry recorded {expected}; it will not be used")
+        return data

@@ -13,6 +13,7 @@ from typing import Any
 import redis
 
 from lstmq.shared.errors import JobBusy
+from lstmq.shared.params import Checkpoint
 from lstmq.shared.store import keys
 from lstmq.shared.store.clock import now
 
@@ -59,18 +60,24 @@ class Training:
         return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def save_checkpoint(self, job_id: str, epoch: int, model_bytes: bytes, history: list[dict[str, Any]]) -> None:
+    def save_checkpoint(self, job_id: str, epoch: int, model_bytes: bytes, history: list[dict[str, Any]],
+                        best: bytes | None = None) -> None:
+        """The latest epoch's model; `best` (the best validation epoch's model) when it changed."""
         key = keys.job_key(job_id, "checkpoint")
+        mapping: dict[str, Any] = {"epoch": epoch, "model": model_bytes, "history": json.dumps(history)}
+        if best is not None:
+            mapping["best"] = best
         pipe = self.redis.pipeline()
-        pipe.hset(key, mapping={"epoch": epoch, "model": model_bytes, "history": json.dumps(history)})
+        pipe.hset(key, mapping=mapping)
         pipe.expire(key, self.ttl)
         pipe.execute()
 
-    def load_checkpoint(self, job_id: str) -> tuple[int, bytes, list[dict[str, Any]]] | None:
+    def load_checkpoint(self, job_id: str) -> Checkpoint | None:
         raw = self.redis.hgetall(keys.job_key(job_id, "checkpoint"))
         if not raw:
             return None
-        return int(raw[b"epoch"]), raw[b"model"], json.loads(raw[b"history"])
+        return Checkpoint(epoch=int(raw[b"epoch"]), model=raw[b"model"], history=json.loads(raw[b"history"]),
+                          best=raw.get(b"best"))
 
     def drop_checkpoint(self, job_id: str) -> None:
         self.redis.delete(keys.job_key(job_id, "checkpoint"))

@@ -1,0 +1,82 @@
+"""Helpers for the fault tests: a stack of real parts (redis-server, lstmq-worker processes, the
+CLI), fast failure settings, and bounded waits. Every wait here has a time limit."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq
+
+from lstmq.shared.store import Store
+
+# Small network, quick polls; failure handling at its defaults unless a test says otherwise.
+FAULT_SETTINGS = {**SMALL_MODEL, "poll_interval": 0.1}
+
+
+def write_config(path: Path, **overrides) -> Path:
+    path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in {**FAULT_SETTINGS, **overrides}.items()))
+    return path
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Stack:
+    """One redis-server URL, its store, and the CLI with a config file."""
+
+    def __init__(self, url: str, config: Path):
+        self.url, self.config = url, config
+        self.store = Store.from_url(url, ttl=3600)
+
+    def cli(self, *args, check=True, **kwargs) -> subprocess.CompletedProcess:
+        return lstmq(*args, "--broker", self.url, "--config", self.config, check=check, **kwargs)
+
+    def popen(self, *args, env: dict | None = None) -> subprocess.Popen:
+        """The CLI as a background process (its own process group), stdout and stderr piped."""
+        return subprocess.Popen([str(BIN / "lstmq"), *map(str, args), "--broker", self.url, "--config", str(self.config)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or clean_env(),
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def worker(self, log: Path, *extra: str) -> WorkerProcess:
+        worker = WorkerProcess(self.url, log, "--config", str(self.config), *extra)
+        worker.wait_ready()
+        return worker
+
+    def train(self, corpus: Path, name: str, epochs: int = 1) -> str:
+        result = self.cli("train", corpus, "--model", name, "--epochs", str(epochs), "--wait", "--json", timeout=300)
+        return json.loads(result.stdout)["model"]
+
+    def status(self, job: str) -> dict:
+        return json.loads(self.cli("status", job, "--json").stdout)
+
+    def job(self, job: str):
+        return self.store.jobs.get(job)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL a whole process group: what an OOM kill or a lost machine looks like."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
+
+
+def seeds_file(path: Path, count: int, template: str = "holmes said that the {i} men were") -> Path:
+    path.write_text("\n".join(template.format(i=i) for i in range(count)) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
