@@ -56,21 +56,32 @@ class Lease:
     runs. A renewal that finds the lease gone (lapsed and dispatched again elsewhere) is logged;
     the work goes on (results are written once)."""
 
-    def __init__(self, store: Store, job_id: str, member: int | str, lease_seconds: float):
+    def __init__(self, store: Store, job_id: str, member: int | str, lease_seconds: float, worker: str):
         self.store, self.job_id, self.member, self.lease_seconds = store, job_id, member, lease_seconds
+        self.worker = worker
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True, name=f"lease-{job_id}-{member}")
 
     def __enter__(self) -> Lease:
+        self._hold()
         self.thread.start()
         return self
 
     def __exit__(self, *_exc: Any) -> None:
         self.stopped.set()
+        try:
+            self.store.workers.release(self.worker)
+        except redis.exceptions.RedisError as error:   # it expires on its own
+            log.warning("could not clear what worker %s holds: %s", self.worker, error)
+
+    def _hold(self) -> None:
+        """Tell which work this worker holds (lstmq-worker gives it back on a bounded stop)."""
+        self.store.workers.hold(self.worker, self.job_id, self.member, self.lease_seconds)
 
     def _renew(self) -> None:
         while not self.stopped.wait(self.lease_seconds / 3):
             try:
+                self._hold()
                 if not self.store.jobs.renew_lease(self.job_id, self.member, self.lease_seconds):
                     log.warning("job %s %s: the lease lapsed and was taken away; finishing anyway",
                                 self.job_id, self.member)
@@ -113,7 +124,7 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
         if taken != "ok":
             log.info("train job %s is %s; nothing to do", job_id, taken)
             return {"job": job_id, "status": taken, "skipped": True}
-        with Lease(store, job_id, TRAIN, settings.lease_seconds):
+        with Lease(store, job_id, TRAIN, settings.lease_seconds, worker):
             name = record.model_name
             try:
                 try:
@@ -188,7 +199,7 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
         log.info("job %s is %s; skipping chunk %d", job_id, taken, chunk)
         return {"job": job_id, "chunk": chunk, "skipped": True}
     items: list[Any] | None = None
-    with Lease(store, job_id, chunk, settings.lease_seconds):
+    with Lease(store, job_id, chunk, settings.lease_seconds, worker):
         try:
             try:
                 items = store.jobs.chunk(job_id, chunk)

@@ -89,13 +89,42 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            family = descendants(self.process.pid)
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
-                self.process.wait(30)
+                self.process.wait(90)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                kill_tree(self.process.pid, family)
                 self.process.wait()
         self.log.close()
+
+    def kill(self) -> None:
+        """SIGKILL lstmq-worker and every process under it at once (an OOM kill of the lot, a lost
+        machine). Its workers run in process groups of their own, so killing its group is not enough."""
+        kill_tree(self.process.pid, descendants(self.process.pid))
+        self.process.wait(30)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (children first found through /proc/PID/task/PID/children)."""
+    found, pending = [], [pid]
+    while pending:
+        parent = pending.pop()
+        try:
+            children = [int(child) for child in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except OSError:
+            continue
+        found += children
+        pending += children
+    return found
+
+
+def kill_tree(pid: int, family: list[int]) -> None:
+    for victim in [pid, *family]:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 SHADOWING_MODULES = ("worker.py", "config.py", "producer.py", "shared/__init__.py", "lstmq/__init__.py")
@@ -111,6 +140,17 @@ def shadowing_dir(tmp_path_factory) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"raise ImportError('the working directory\\'s {name} was imported')\n")
     return directory
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.05, what: str = "the condition"):
+    """The predicate's first true value, polled every `interval` s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import WorkerProcess, lstmq, read_jsonl
+from conftest import WorkerProcess, lstmq, read_jsonl, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -18,16 +17,6 @@ pytestmark = pytest.mark.integration
 def pool_processes(worker: WorkerProcess) -> list[int]:
     children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     return [pool for parent in children(worker.process.pid) for pool in children(parent)]
-
-
-def wait_for(predicate, timeout=120, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture(scope="module")

@@ -190,20 +190,35 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
     import redis
     from celery import Celery
 
+    from lstmq.worker.transport import dead_letter_key
+
+    children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    celery_main = children(worker.process.pid)
+    client = redis.Redis.from_url(redis_server.url)
     app = Celery(broker=redis_server.url)
     app.conf.task_serializer = "json"
     unknown_job = app.send_task("lstmq.generate", kwargs={"job": "no-such-job", "chunk": 0}, queue="generate")
     app.send_task("lstmq.generate", kwargs={"job": 17, "chunk": "x"}, queue="generate")
     app.send_task("lstmq.generate", args=["positional", "garbage", 3], queue="generate")
     app.send_task("lstmq.train", kwargs={"job": "no-such-job"}, queue="train")
-    redis.Redis.from_url(redis_server.url).lpush("generate", b"this is not a celery message")
+    raw = b"this is not a celery message"
+    client.lpush("generate", raw)
     seeds = tmp_path / "after.txt"
     seeds.write_text("after the bad messages\n")
     out = tmp_path / "after.jsonl"
     cli("generate", seeds, "--model", "sherlock@1", "-o", out, timeout=120)
     assert len(read_jsonl(out)) == 1
+    # the undecodable entry went to the dead-letter list (it came off the queue before the chunk did)...
+    deadline = time.monotonic() + 30
+    while raw not in client.lrange(dead_letter_key("generate"), 0, -1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert raw in client.lrange(dead_letter_key("generate"), 0, -1)
+    # ...and no worker was taken down: no restart, the same Celery main process
     assert worker.process.poll() is None
+    assert children(worker.process.pid) == celery_main
     log = worker.text()
+    assert "undecodable entry on queue 'generate'" in log and repr(raw) in log
+    assert "restarting" not in log and "Unrecoverable error" not in log
     assert "rejected generate message {'job': 'no-such-job', 'chunk': 0}: no job 'no-such-job'" in log
     assert "rejected generate message {'job': 17, 'chunk': 'x'}: message has no job id (got 17)" in log
     assert "message has unexpected arguments ['positional', 'garbage', 3]" in log

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import WorkerProcess, lstmq, read_jsonl
-from test_crashes import chunks_done_soon, pool_processes, status, wait_for
+from conftest import wait_for
+from test_crashes import chunks_done_soon, pool_processes, status
 
 pytestmark = pytest.mark.integration
 

@@ -18,8 +18,10 @@ from lstmq.worker import runtime
 
 
 def worker_config(settings: Settings, label: str = "") -> dict[str, Any]:
+    from lstmq.worker.transport import broker_transport   # here: only workers and Celery's tools need it
     return {
         **celery_config(settings),
+        "broker_transport": broker_transport(settings.broker_url),   # undecodable queue entries -> dead-letter list
         "task_acks_late": True,                # a task is acknowledged only after it finished...
         "task_reject_on_worker_lost": True,    # ...and redelivered when its process died
         "worker_prefetch_multiplier": 1,       # long tasks: never hold messages another worker could run

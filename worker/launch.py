@@ -2,8 +2,20 @@
 
 Each worker is a separate Python process whose environment has CUDA_VISIBLE_DEVICES set before
 Python starts, so it sees exactly one GPU, and TF_FORCE_GPU_ALLOW_GROWTH=true so it takes GPU
-memory as it needs it. SIGINT/SIGTERM are passed on (Celery's warm shutdown); when one worker
-exits, the others are stopped and lstmq-worker exits with its status."""
+memory as it needs it. The broker URL reaches the workers through their environment
+(LSTMQ_BROKER_URL), never their command line, where `ps` would show its password.
+
+Stopping: SIGINT/SIGTERM are passed on (Celery's warm shutdown: the current chunk finishes). A
+worker still busy shutdown_timeout seconds later is killed, and the chunk or training slice it
+held is given back at once (dispatched again; its checkpoint keeps finished epochs); then
+lstmq-worker exits 0.
+
+A worker that dies unasked is restarted (after 1, 2, 4... s); one that dies more than
+MAX_RESTARTS times in WINDOW_S stops them all, and lstmq-worker exits with that worker's status
+(128 + N for signal N, as a shell reports it). A worker that exits 2 (bad settings) or 3 (Redis
+refused its credentials or certificate, or may evict keys) is not restarted: restarting cannot
+help, so lstmq-worker stops and exits with that status at once. How each worker ended is reported
+as it is: "exited with status N" or "was killed by signal SIGNAME (N)"."""
 from __future__ import annotations
 
 import os
@@ -13,6 +25,8 @@ import sys
 import time
 
 import click
+import kombu.exceptions
+import redis
 
 from lstmq.shared.messages import QUEUES
 
@@ -65,10 +79,10 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else "-1"
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env["LSTMQ_DEVICE"] = device
+        if broker:
+            env["LSTMQ_BROKER_URL"] = broker     # not on the command line: `ps` shows that to everyone
         command = [*module_command("lstmq.worker.run"), "--name", f"{prefix}-{device}@%h", "--device", device,
                    "--queues", queues, "--loglevel", loglevel]
-        if broker:
-            command += ["--broker", broker]
         if config:
             command += ["--config", config]
         commands.append((command, env))
@@ -93,21 +107,66 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix):
     chosen = None if cpu else (parse_gpus(gpus) if gpus else visible_gpus())
     from lstmq.shared.config import load_settings
     from lstmq.shared.errors import ConfigError
+    from lstmq.shared.redact import redact
     try:
-        load_settings(config, {"broker_url": broker})   # fail here, once, on a bad setting
+        settings = load_settings(config, {"broker_url": broker})   # fail here, once, on a bad setting
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(redact(str(error), broker)) from None
     workers = []
     for command, env in worker_commands(chosen, queues, broker, config, loglevel.upper(), prefix):
         click.echo(f"lstmq-worker: starting {command[command.index('--name') + 1]} "
                    f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, queues {queues})", err=True)
         workers.append(Supervised(command, env))
-    sys.exit(supervise(workers))
+    sys.exit(supervise(workers, settings.shutdown_timeout, lambda names: give_back(settings, names)))
+
+
+def give_back(settings, names: list[str]) -> None:
+    """Dispatch again at once the work that killed workers `names` held (see Lease)."""
+    from lstmq.shared.messages import Dispatcher
+    from lstmq.shared.recovery import recover
+    from lstmq.shared.store import Store
+
+    store = Store.from_settings(settings)
+    try:
+        for name in names:
+            held = store.workers.holding(name)
+            if held is None:
+                continue
+            job, member = held
+            store.jobs.mark_lapsed(job, member)
+            for recovery in recover(store, Dispatcher(settings), settings.redispatch_limit, [job]):
+                click.echo(f"lstmq-worker: {name} stopped before it finished; {recovery.describe()}", err=True)
+            store.workers.release(name)
+            store.workers.leave(name)
+    finally:
+        store.redis.close()
+
+
+def describe_exit(code: int) -> str:
+    """How a worker process ended, from Popen.returncode (negative: killed by that signal)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"was killed by signal {name} ({-code})"
+    if code == 0:
+        return "exited with status 0 without being asked to stop"
+    return f"exited with status {code}"
+
+
+def exit_status(code: int) -> int:
+    """lstmq-worker's own exit status for a worker that died: its status, 128 + N for signal N,
+    and 1 for a status 0 (it died although nobody asked it to stop)."""
+    if code < 0:
+        return 128 - code
+    return code or 1
 
 
 class Supervised:
-    """One worker process, restarted when it dies unexpectedly (Celery's main process can be
-    taken down by an undecodable message on the broker, or by the kernel's OOM killer)."""
+    """One worker process, restarted when it dies unexpectedly (the kernel's OOM killer, a crash
+    in native code, a Celery "Unrecoverable error"); an undecodable queue entry no longer takes it
+    down (worker/transport.py sets such entries aside)."""
 
     MAX_RESTARTS, WINDOW_S = 5, 300.0
 
@@ -115,18 +174,35 @@ class Supervised:
         self.command, self.env = command, env
         self.crashes: list[float] = []
         self.restart_at: float | None = None
-        self.process: subprocess.Popen | None = subprocess.Popen(command, env=env)
+        self.process: subprocess.Popen | None = self.start()
+
+    def start(self) -> subprocess.Popen:
+        # its own process group: a stop that runs out of time kills the worker with its pool
+        return subprocess.Popen(self.command, env=self.env, start_new_session=True)
 
     @property
     def name(self) -> str:
         return self.command[self.command.index("--name") + 1]
 
+    @property
+    def node(self) -> str:
+        """The Celery node name, as the worker itself spells it (%h: this host)."""
+        return self.name.replace("%h", os.uname().nodename)
 
-def supervise(workers: list[Supervised]) -> int:
+
+FINAL_EXITS = (2, 3)   # bad settings; Redis refused the credentials or certificate, or may evict keys
+
+
+def supervise(workers: list[Supervised], shutdown_timeout: float = 60.0,
+              give_back=lambda names: None) -> int:
+    """Run the workers until they stop; returns lstmq-worker's exit status."""
     stopping = False
+    stop_deadline = None
 
     def forward(signum, _frame):
-        nonlocal stopping
+        nonlocal stopping, stop_deadline
+        if not stopping:
+            stop_deadline = time.monotonic() + shutdown_timeout
         stopping = True
         for worker in workers:
             worker.restart_at = None
@@ -138,26 +214,50 @@ def supervise(workers: list[Supervised]) -> int:
     status = 0
     while any(worker.process is not None or worker.restart_at is not None for worker in workers):
         now = time.monotonic()
+        if stopping and stop_deadline is not None and now >= stop_deadline:
+            busy = [worker for worker in workers if worker.process is not None and worker.process.poll() is None]
+            for worker in busy:
+                click.echo(f"lstmq-worker: {worker.name} still busy {shutdown_timeout:g}s after the stop; "
+                           f"killing it and giving its work back", err=True)
+                try:
+                    os.killpg(worker.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                worker.process.wait()
+            if busy:
+                try:
+                    give_back([worker.node for worker in busy])
+                except (redis.exceptions.RedisError, kombu.exceptions.KombuError) as error:
+                    # Redis away: the lease lapses and another worker takes the work
+                    click.echo(f"lstmq-worker: could not give the work back ({error}); its lease will lapse "
+                               f"and another worker will take it", err=True)
+            stop_deadline = None
         for worker in workers:
             if worker.restart_at is not None and now >= worker.restart_at and not stopping:
                 click.echo(f"lstmq-worker: restarting {worker.name}", err=True)
                 worker.restart_at = None
-                worker.process = subprocess.Popen(worker.command, env=worker.env)
+                worker.process = worker.start()
             if worker.process is None or worker.process.poll() is None:
                 continue
             code = worker.process.returncode
             worker.process = None
             if stopping:
                 continue
+            if code in FINAL_EXITS:
+                click.echo(f"lstmq-worker: {worker.name} {describe_exit(code)}; restarting cannot help; stopping",
+                           err=True)
+                status = code
+                forward(signal.SIGTERM, None)
+                continue
             worker.crashes = [t for t in worker.crashes if now - t < Supervised.WINDOW_S] + [now]
             if len(worker.crashes) > Supervised.MAX_RESTARTS:
-                click.echo(f"lstmq-worker: {worker.name} exited with status {code} {len(worker.crashes)} times in "
-                           f"{Supervised.WINDOW_S:.0f}s; stopping", err=True)
-                status = code or 1
+                click.echo(f"lstmq-worker: {worker.name} {describe_exit(code)}; it died {len(worker.crashes)} times "
+                           f"in {Supervised.WINDOW_S:.0f}s; stopping", err=True)
+                status = exit_status(code)
                 forward(signal.SIGTERM, None)
                 continue
             delay = min(2 ** (len(worker.crashes) - 1), 30)
-            click.echo(f"lstmq-worker: {worker.name} exited with status {code}; restarting in {delay}s", err=True)
+            click.echo(f"lstmq-worker: {worker.name} {describe_exit(code)}; restarting in {delay}s", err=True)
             worker.restart_at = now + delay
         time.sleep(0.2)
     return status

@@ -139,10 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokerUnavailable as error:   # an evicting Redis would drop queued work without a word
         print(f"lstmq-worker: {redact(error, settings.broker_url)}", file=sys.stderr)
         return EXIT_BROKER_REFUSED
+    from celery.signals import worker_init
+
     from lstmq.worker import tasks   # registers the tasks on the app
+    started = []
+    worker_init.connect(lambda sender, **_: started.append(sender), weak=False)
     tasks.app.worker_main(["worker", "--queues", args.queues, "--concurrency", "1", "--pool", "prefork",
-                     "--hostname", args.name, "--loglevel", args.loglevel, "--without-mingle", "--without-gossip"])
-    return 0
+                           "--hostname", args.name, "--loglevel", args.loglevel, "--without-mingle",
+                           "--without-gossip"])
+    # worker_main() drops the worker's exit status (1 after an "Unrecoverable error"): pass it on
+    return (started[0].exitcode or 0) if started else 1
 
 
 if __name__ == "__main__":

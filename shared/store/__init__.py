@@ -17,7 +17,8 @@ from lstmq.shared.config import Settings
 from lstmq.shared.errors import BrokerUnavailable
 from lstmq.shared.messages import JobKind
 from lstmq.shared.store.blobs import Blobs, sha256
-from lstmq.shared.store.jobs import JobRecord, Jobs, JobStatus, Progress
+from lstmq.shared.store.jobs import Jobs
+from lstmq.shared.store.records import JobRecord, JobStatus, Progress
 from lstmq.shared.store.registry import Registry, check_model_name, parse_model_spec
 from lstmq.shared.store.training import Training
 from lstmq.shared.store.workers import Workers

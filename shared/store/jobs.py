@@ -1,16 +1,12 @@
-"""Jobs and their chunks: a typed job record (a Redis hash per job), generate chunks (input and
-result, each result written once however often a task runs), and the seed lines that could not
-be used. The Lua scripts that keep chunk outcomes and final states consistent live here, beside
-the data they guard."""
+"""Jobs and their chunks: the job record (records.py; a Redis hash per job), generate chunks
+(input and result, each result written once however often a task runs), leases on work in
+progress, cancel and removal, and the seed lines that could not be used. The Lua scripts that
+keep chunk outcomes and final states consistent live here, beside the data they guard."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-import typing
 import uuid
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 import redis
@@ -19,152 +15,8 @@ from lstmq.shared.errors import InputError, JobNotFound
 from lstmq.shared.messages import JobKind
 from lstmq.shared.params import GenerationParams, ModelParams
 from lstmq.shared.store import keys
-from lstmq.shared.store.clock import iso_utc, now
-
-
-class JobStatus(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        """A final state: nothing more happens to the job."""
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """How far a job is: `done` of `total` `unit`s (epochs may be fractional while one runs)."""
-    done: float
-    total: int | None
-    unit: str
-
-    @property
-    def fraction(self) -> float | None:
-        return None if not self.total else min(self.done / self.total, 1.0)
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """A job as the store holds it. Timestamps are Unix seconds; to_json() shows ISO 8601 UTC."""
-    id: str
-    kind: JobKind
-    status: JobStatus
-    params: ModelParams | GenerationParams
-    created: float
-    updated: float
-    started: float | None = None
-    finished: float | None = None
-    worker: str | None = None          # the last worker that ran part of it
-    error: str | None = None
-    model_name: str | None = None
-    version: int | None = None         # train: the version registered; generate: the version pinned
-    model: str | None = None           # NAME@VERSION
-    # training
-    corpus_sha256: str | None = None
-    corpus_file: str | None = None
-    epochs: int | None = None
-    epoch: int = 0                     # epochs finished
-    epoch_running: int | None = None
-    step: int | None = None
-    steps: int | None = None
-    epochs_run: int | None = None
-    loss: float | None = None
-    val_loss: float | None = None
-    val_perplexity: float | None = None
-    # generation
-    seeds_file: str | None = None
-    lines: int = 0                     # non-blank seed lines read
-    prompts: int = 0
-    input_errors: int = 0              # seed lines that could not be used
-    chunks: int = 0
-    chunks_done: int = 0
-    chunks_failed: int = 0
-    prompts_done: int = 0
-    prompts_failed: int = 0
-    words_done: int = 0
-    submitted: bool = False            # every chunk of the seed file has been stored and sent
-    chunks_sent: int = 0               # chunks stored and sent so far (while submitting)
-    submit_deadline: float | None = None   # a submission not renewed by then was interrupted
-    lease_lapses: int = 0              # times a worker stopped renewing its lease (and the work went out again)
-    slices: int = 0                    # training: task slices run
-
-    TIMESTAMPS: typing.ClassVar[tuple[str, ...]] = ("created", "updated", "started", "finished", "submit_deadline")
-
-    def progress(self) -> Progress:
-        if self.kind is JobKind.TRAIN:
-            done = float(self.epoch)
-            if self.epoch_running == self.epoch + 1 and self.steps:
-                done += min((self.step or 0) / self.steps, 0.999)   # the epoch in progress
-            return Progress(done, self.epochs or getattr(self.params, "epochs", None), "epoch")
-        return Progress(self.prompts_done + self.prompts_failed, self.prompts if self.submitted else None, "prompt")
-
-    @property
-    def seconds(self) -> float | None:
-        """Wall time from submission to the final state (or to now while it runs)."""
-        end = self.finished if self.finished is not None else time.time()
-        return max(end - self.created, 0.0)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: enums as strings, timestamps as ISO 8601 UTC, unset fields left out."""
-        data: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is None:
-                continue
-            if isinstance(value, Enum):
-                value = value.value
-            elif field.name == "params":
-                value = value.to_dict()
-            elif field.name in self.TIMESTAMPS:
-                value = iso_utc(value)
-            data[field.name] = value
-        return data
-
-    @classmethod
-    def from_hash(cls, raw: dict[bytes, bytes]) -> JobRecord:
-        values: dict[str, Any] = {}
-        text = {key.decode(): value.decode() for key, value in raw.items()}
-        kind = JobKind(text["kind"])
-        for name, value in text.items():
-            convert = _CONVERTERS.get(name)
-            if convert is None:
-                continue      # a field written by a newer lstmq: ignored, never fatal
-            values[name] = convert(value)
-        params_class = ModelParams if kind is JobKind.TRAIN else GenerationParams
-        values["params"] = params_class.from_mapping(json.loads(text["params"]))
-        return cls(**values)
-
-
-def _converter(annotation: Any):
-    """How a hash value (text) becomes the field's type: `int | None` -> int, and so on."""
-    base = next((kind for kind in typing.get_args(annotation) if kind is not type(None)), annotation)
-    if base is bool:
-        return lambda value: value == "1"
-    return base
-
-
-_CONVERTERS = {name: _converter(annotation) for name, annotation in typing.get_type_hints(JobRecord).items()
-               if name not in ("params", "TIMESTAMPS")}
-
-
-def encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
-    """Job fields as Redis hash values (None = leave the field unset)."""
-    encoded = {}
-    for key, value in fields.items():
-        if value is None:
-            continue
-        if key == "params":
-            value = json.dumps(value.to_dict())
-        elif isinstance(value, Enum):
-            value = value.value
-        elif isinstance(value, bool):
-            value = int(value)
-        encoded[key] = value
-    return encoded
+from lstmq.shared.store.clock import now
+from lstmq.shared.store.records import JobRecord, JobStatus, encode_fields
 
 
 # Lua: the job's final status, once every chunk has an outcome and the submission is complete.
@@ -252,7 +104,7 @@ return 0
 # A lease lapsed (its worker stopped renewing it): take it away, once, for whoever noticed first.
 # Returns 'live' (renewed meanwhile, or gone), 'redispatch' (send the work again), or 'failed'
 # (lapsed more than the limit: the chunk, or the training job, is recorded failed).
-# KEYS: job, leases, dispatches hash, done set, failed hash, active.
+# KEYS: job, leases, lapses hash, done set, failed hash, active, chunk sizes hash.
 # ARGV: member, now (ms), limit, now (s), ttl, reason.
 CLAIM_LAPSED = _FINISH_IF_COMPLETE + """
 local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -272,7 +124,7 @@ if ARGV[1] == 'train' then
   return 'failed'
 end
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
-  local items = redis.call('HGET', KEYS[1], 'chunk_prompts:' .. ARGV[1])
+  local items = redis.call('HGET', KEYS[7], ARGV[1])
   redis.call('HSET', KEYS[5], ARGV[1], reason)
   redis.call('EXPIRE', KEYS[5], tonumber(ARGV[5]))
   redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
@@ -375,7 +227,7 @@ class Jobs:
 
     def chunk_prompts(self, job_id: str, chunk: int) -> int:
         """How many prompts the producer put in the chunk (known even when its input is gone)."""
-        return int(self.redis.hget(keys.job_key(job_id), f"chunk_prompts:{chunk}") or 0)
+        return int(self.redis.hget(keys.job_key(job_id, "chunk-sizes"), chunk) or 0)
 
     def recent(self, limit: int = 20) -> list[str]:
         """The newest job ids first (those past result_ttl are dropped from the index)."""
@@ -392,10 +244,12 @@ class Jobs:
                   submit_deadline: float) -> None:
         """Store a chunk's prompts, and count it sent (with the seed lines read so far and the time
         by which the producer will have shown a sign of life again)."""
+        sizes = keys.job_key(job_id, "chunk-sizes")
         pipe = self.redis.pipeline()
         pipe.set(keys.job_key(job_id, "chunk", chunk), json.dumps(items), ex=self.ttl)
+        pipe.hset(sizes, chunk, len(items))
+        pipe.expire(sizes, self.ttl)
         pipe.hset(keys.job_key(job_id), mapping={"chunks_sent": chunk + 1, "lines": lines,
-                                                 f"chunk_prompts:{chunk}": len(items),
                                                  "submit_deadline": submit_deadline, "updated": now()})
         pipe.execute()
 
@@ -484,7 +338,8 @@ class Jobs:
     def claim_lapsed(self, job_id: str, member: str, limit: int, reason: str) -> str:
         """'redispatch' (the caller sends the work again), 'failed' (over the limit) or 'live'."""
         claim_keys = [keys.job_key(job_id), keys.job_key(job_id, "leases"), keys.job_key(job_id, "lapses"),
-                      keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"), keys.ACTIVE]
+                      keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"), keys.ACTIVE,
+                      keys.job_key(job_id, "chunk-sizes")]
         args = [member, int(time.time() * 1000), limit, now(), self.ttl, reason]
         return self._claim_lapsed(keys=claim_keys, args=args).decode()
 

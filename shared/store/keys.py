@@ -8,7 +8,9 @@
     lstmq:job:<id>                       the job record (a hash)
     lstmq:job:<id>:<part>[:<n>]          everything that belongs to one job (job_key)
     lstmq:workers                        sorted set of worker names by last heartbeat
-    lstmq:worker:<name>                  one worker's description (a hash, expires)
+    lstmq:worker:<name>                  one worker's description (JSON, expires)
+    lstmq:worker:<name>:current          the work it holds now ({"job", "member"}, expires)
+    lstmq:dead-letter:<queue>            undecodable entries taken off a queue (raw, newest first)
 """
 from __future__ import annotations
 
@@ -39,8 +41,12 @@ def job_pattern(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:*"
 
 
-def worker_key(name: str) -> str:
-    return f"{PREFIX}:worker:{name}"
+def worker_key(name: str, *parts: str) -> str:
+    return ":".join((f"{PREFIX}:worker:{name}", *parts))
+
+
+def dead_letter(queue: str) -> str:
+    return f"{PREFIX}:dead-letter:{queue}"
 
 
 def celery_queue(name: str) -> str:

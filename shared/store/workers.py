@@ -28,6 +28,22 @@ class Workers:
         pipe.delete(keys.worker_key(name))
         pipe.execute()
 
+    def hold(self, name: str, job_id: str, member: int | str, ttl: float) -> None:
+        """Worker `name` works on (job, member) now; forgotten `ttl` seconds after the last call."""
+        self.redis.set(keys.worker_key(name, "current"), json.dumps({"job": job_id, "member": str(member)}),
+                       px=int(ttl * 1000))
+
+    def release(self, name: str) -> None:
+        self.redis.delete(keys.worker_key(name, "current"))
+
+    def holding(self, name: str) -> tuple[str, str] | None:
+        """The (job, member) worker `name` works on, if any."""
+        raw = self.redis.get(keys.worker_key(name, "current"))
+        if raw is None:
+            return None
+        current = json.loads(raw)
+        return current["job"], current["member"]
+
     def live(self) -> list[dict[str, Any]]:
         """Workers whose heartbeat has not expired, with their description."""
         names = [name.decode() for name in self.redis.zrange(keys.WORKERS, 0, -1)]

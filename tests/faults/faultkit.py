@@ -3,13 +3,10 @@ CLI), fast failure settings, and bounded waits. Every wait here has a time limit
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-from conftest import BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq
+from conftest import BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, wait_for  # noqa: F401 (wait_for: for the tests)
 
 from lstmq.shared.store import Store
 
@@ -20,16 +17,6 @@ FAULT_SETTINGS = {**SMALL_MODEL, "poll_interval": 0.1}
 def write_config(path: Path, **overrides) -> Path:
     path.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in {**FAULT_SETTINGS, **overrides}.items()))
     return path
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Stack:
@@ -62,15 +49,6 @@ class Stack:
 
     def job(self, job: str):
         return self.store.jobs.get(job)
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL a whole process group: what an OOM kill or a lost machine looks like."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
 
 
 def seeds_file(path: Path, count: int, template: str = "holmes said that the {i} men were") -> Path:

@@ -5,10 +5,11 @@ Default failure settings (lease_seconds 30), not the visibility timeout (3600 s)
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
-from faultkit import Stack, kill_group, read_jsonl, seeds_file, wait_for, write_config
+from faultkit import Stack, read_jsonl, seeds_file, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -20,24 +21,25 @@ def test_a_killed_worker_group_is_replaced_within_the_bound(redis_server, corpus
     try:
         second = stack.worker(tmp_path / "second.log", "--name", "second")
         model = stack.train(corpus_slice, "failover")
-        seeds = seeds_file(tmp_path / "seeds.txt", 3000)
+        seeds = seeds_file(tmp_path / "seeds.txt", 6000)
         job = json.loads(stack.cli("generate", seeds, "--model", model, "--detach", "--json", "--words", "120",
-                                   "--chunk-size", "150").stdout)["job"]
-        leased = wait_for(lambda: stack.store.jobs.leases(job) and (stack.job(job).worker or "").startswith("first"),
-                          timeout=60, interval=0.01, what="the first worker in the middle of a chunk")
-        assert stack.job(job).chunks_done < 20, "the job finished before the fault could be injected"
+                                   "--chunk-size", "500").stdout)["job"]
+        first_node = f"first-cpu@{os.uname().nodename}"
+        leased = wait_for(lambda: stack.store.workers.holding(first_node), timeout=60, interval=0.01,
+                          what="the first worker at the start of a chunk")
+        assert not stack.store.jobs.chunk_finished(job, int(leased[1])) and stack.job(job).chunks_done < 12
         killed_at = time.monotonic()
-        kill_group(first.process)
+        first.kill()   # lstmq-worker, its Celery worker and pool process, all at once
         assert first.process.returncode is not None
         out = tmp_path / "out.jsonl"
         collected = stack.cli("collect", job, "-o", out, "--json", timeout=240)
         recovered_in = time.monotonic() - killed_at
         record = stack.job(job)
-        assert record.status.value == "succeeded" and record.prompts_done == 3000 and record.chunks_failed == 0
+        assert record.status.value == "succeeded" and record.prompts_done == 6000 and record.chunks_failed == 0
         assert recovered_in < 120, f"the job took {recovered_in:.0f}s after the kill"
         lines = read_jsonl(out)
-        assert [line["id"] for line in lines] == list(range(1, 3001))   # every prompt once, in order
-        assert json.loads(collected.stdout)["lines"] == 3000
+        assert [line["id"] for line in lines] == list(range(1, 6001))   # every prompt once, in order
+        assert json.loads(collected.stdout)["lines"] == 6000
         # the killed worker's chunk went out again through its lapsed lease (not the visibility timeout)
         assert record.lease_lapses >= 1, (leased, second.text()[-3000:])
         assert "dispatched again" in second.text() or "dispatched again" in collected.stderr

@@ -15,6 +15,7 @@ from lstmq.shared.config import load_settings
 from lstmq.shared.devstack import LocalRedis
 from lstmq.shared.messages import Dispatcher, JobKind, PromptItem
 from lstmq.shared.params import prompt_key
+from lstmq.shared.store import keys
 from lstmq.shared.store.jobs import JobStatus
 
 pytestmark = pytest.mark.integration
@@ -52,8 +53,8 @@ def submit_by_hand(stack: Stack, chunks: dict[int, list[str] | None]) -> str:
                 items.append(PromptItem(line, line, prompt, prompt_key(line), params).to_dict())
             stack.store.jobs.put_chunk(job, chunk, items, line, time.time() + 60)
             if prompts is None:
-                stack.store.redis.delete(f"lstmq:job:{job}:chunk:{chunk}")
-                stack.store.redis.hset(f"lstmq:job:{job}", f"chunk_prompts:{chunk}", 2)
+                stack.store.redis.delete(keys.job_key(job, "chunk", chunk))
+                stack.store.redis.hset(keys.job_key(job, "chunk-sizes"), chunk, 2)
             send(chunk)
     stack.store.jobs.finish_submission(job, chunks=len(chunks), prompts=line + 2, input_errors=0, lines=line)
     return job

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import BIN, clean_env, lstmq
+from conftest import BIN, clean_env, descendants, kill_tree, lstmq
 from lstmq.shared.config import load_settings
 from lstmq.shared.devstack import free_port
 from lstmq.shared.errors import BrokerUnavailable, ConfigError
@@ -265,11 +265,12 @@ class Started:
 
     def stop(self) -> None:
         if self.process.poll() is None:
+            family = descendants(self.process.pid)   # lstmq-worker's workers have process groups of their own
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                kill_tree(self.process.pid, family)
                 self.process.wait()
         self.log.close()
 
@@ -312,15 +313,20 @@ def test_a_worker_runs_over_tls(tls_server, certificates, small_config, tmp_path
         worker.stop()
 
 
+def exited(worker: Started, why: str, within: float = 20) -> None:
+    """The worker exits by itself within `within` seconds (else it is stopped and the test fails)."""
+    try:
+        worker.process.wait(within)
+    except subprocess.TimeoutExpired:
+        worker.stop()
+        raise AssertionError(f"the worker did not exit ({why}):\n{worker.text()}") from None
+    worker.stop()
+
+
 def test_a_worker_without_the_ca_exits_at_once_with_a_certificate_error(tls_server, tmp_path):
     url = f"rediss://127.0.0.1:{tls_server.port}/0"
     worker = run_worker(url, tls_env(), tmp_path / "worker.log")
-    try:
-        worker.process.wait(20)
-    except subprocess.TimeoutExpired:
-        worker.stop()
-        raise AssertionError(f"the worker did not exit:\n{worker.text()}") from None
-    worker.stop()
+    exited(worker, "no CA for the server's certificate")
     assert worker.process.returncode == EXIT_BROKER_REFUSED, worker.text()
     assert "certificate" in worker.text() and "Traceback" not in worker.text(), worker.text()
 
@@ -332,12 +338,7 @@ def test_a_worker_whose_credentials_are_refused_exits_at_once(password_server, t
     url = f"redis://{userinfo}127.0.0.1:{password_server.port}/0"
     started = time.monotonic()
     worker = run_worker(url, clean_env(), tmp_path / "worker.log")
-    try:
-        worker.process.wait(20)
-    except subprocess.TimeoutExpired:
-        worker.stop()
-        raise AssertionError(f"the worker did not exit ({why}):\n{worker.text()}") from None
-    worker.stop()
+    exited(worker, why)
     text = worker.text()
     assert worker.process.returncode == EXIT_BROKER_REFUSED, text
     assert f"lstmq-worker: Redis at redis://{userinfo.replace(WRONG, '***')}127.0.0.1:{password_server.port}/0 " \

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
-from conftest import clean_env, lstmq
+from conftest import BIN, clean_env, lstmq
 
 from lstmq.shared.devstack import LocalRedis
 
@@ -34,3 +35,12 @@ def test_a_starting_worker_refuses_an_evicting_redis(evicting_redis):
                              "--device", "cpu"], capture_output=True, text=True, env=clean_env(), timeout=60)
     assert worker.returncode == 3, worker.stderr
     assert "maxmemory-policy is 'allkeys-lru'" in worker.stderr
+
+
+def test_lstmq_worker_stops_at_once_when_restarting_cannot_help(evicting_redis):
+    started = time.monotonic()
+    launcher = subprocess.run([str(BIN / "lstmq-worker"), "--cpu", "--broker", evicting_redis.url],
+                              capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert launcher.returncode == 3, launcher.stderr
+    assert "restarting cannot help; stopping" in launcher.stderr and "restarting in" not in launcher.stderr
+    assert time.monotonic() - started < 60
