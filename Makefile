@@ -8,7 +8,7 @@ TF_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TF_EXTRA)
 
-.PHONY: setup demo test test-unit test-integration bench clean redis-server
+.PHONY: setup demo test test-unit test-integration test-faults bench clean redis-server
 
 setup: $(STAMP) redis-server
 
@@ -36,6 +36,9 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest -m integration
+
+test-faults: setup
+	$(BIN)/python -m pytest tests/faults
 
 bench: setup
 	$(BIN)/python benchmarks/decode_throughput.py

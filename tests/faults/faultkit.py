@@ -58,3 +58,8 @@ def seeds_file(path: Path, count: int, template: str = "holmes said that the {i}
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def report(fault: str, seconds: float) -> None:
+    """A figure for the record (shown with pytest -s): seconds from the fault to the final state."""
+    print(f"\nfault figure: {fault}: final state {seconds:.1f}s after the fault")

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, seeds_file, wait_for, write_config
+from faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -26,6 +26,7 @@ def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, corpus_slice, 
         os.kill(worker.process.pid, signal.SIGTERM)
         assert worker.process.wait(60) == 0
         assert time.monotonic() - stopped < 3 + 15
+        report("SIGTERM, chunk longer than shutdown_timeout 3 s (to lstmq-worker's exit 0)", time.monotonic() - stopped)
         log = worker.text()
         assert "still busy 3s after the stop; killing it and giving its work back" in log
         assert f"job {job}: chunk 0: " in log and "dispatched again" in log

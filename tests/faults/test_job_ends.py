@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, seeds_file, wait_for, write_config
+from faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 from lstmq.shared.config import load_settings
 from lstmq.shared.devstack import LocalRedis
@@ -61,9 +61,11 @@ def submit_by_hand(stack: Stack, chunks: dict[int, list[str] | None]) -> str:
 
 
 def test_a_chunk_whose_input_vanished_fails_with_its_reason(stack, tmp_path):
+    started = time.monotonic()
     job = submit_by_hand(stack, {0: ["the door was open"], 1: None, 2: ["holmes said"]})
     out = tmp_path / "out.jsonl"
     result = stack.cli("collect", job, "-o", out, "--timeout", "120", check=False)
+    report("chunk input vanished (from submission)", time.monotonic() - started)
     assert result.returncode == EXIT_FAILED, result.stderr
     assert "chunk 1: its input is gone" in result.stderr
     assert [line["prompt"] for line in read_jsonl(out)] == ["the door was open", "holmes said"]
@@ -81,10 +83,12 @@ def test_redis_out_of_memory_fails_the_chunk_and_the_cli_says_so(stack, tmp_path
                                "--chunk-size", "200").stdout)["job"]
     used = stack.store.redis.info("memory")["used_memory"]
     stack.store.redis.config_set("maxmemory", used + 256 * 1024)   # no room for 200 x 1000 words of results
+    started = time.monotonic()
     try:
         result = stack.cli("collect", job, "-o", tmp_path / "out.jsonl", "--timeout", "120", check=False)
     finally:
         stack.store.redis.config_set("maxmemory", 0)
+    report("Redis out of memory (from maxmemory set)", time.monotonic() - started)
     assert result.returncode == EXIT_FAILED, result.stdout + result.stderr
     assert "Redis is out of memory (maxmemory" in result.stderr
     errors = read_jsonl(tmp_path / "out.errors.jsonl")
@@ -105,6 +109,7 @@ def test_cancel_ends_the_job_and_collect_returns_what_was_produced(stack, tmp_pa
     out = tmp_path / "out.jsonl"
     result = stack.cli("collect", job, "-o", out, "--json", check=False)
     assert result.returncode == EXIT_CANCELLED and time.monotonic() - started < 20
+    report("lstmq cancel (from the cancel to collect's exit)", time.monotonic() - started)
     produced, errors = read_jsonl(out), read_jsonl(tmp_path / "out.errors.jsonl")
     assert produced and errors and len(produced) + len(errors) == 6000
     assert sorted([line["id"] for line in produced] + [error["id"] for error in errors]) == list(range(1, 6001))
@@ -123,11 +128,13 @@ def test_cancel_ends_the_job_and_collect_returns_what_was_produced(stack, tmp_pa
 def test_cancel_a_training_job(stack, corpus_slice):
     job = json.loads(stack.cli("train", corpus_slice, "--model", "cancelled", "--epochs", "50", "--json").stdout)["job"]
     wait_for(lambda: stack.job(job).status is JobStatus.RUNNING, timeout=60, what="training to start")
+    cancelled_at = time.monotonic()
     assert json.loads(stack.cli("cancel", job, "--json").stdout)["status"] == "cancelled"
     waited = stack.cli("wait", job, "--timeout", "60", check=False)
     assert waited.returncode == EXIT_CANCELLED and f"job {job}: cancelled" in waited.stdout
     wait_for(lambda: f"train job {job} was cancelled" in stack.worker_process.text(), timeout=60,
              what="the worker to stop training")
+    report("training cancelled (until the worker stopped)", time.monotonic() - cancelled_at)
     assert "cancelled" not in stack.store.registry.names()
     assert stack.store.training.load_checkpoint(job) is None
     assert stack.cli("rm", job).stdout.startswith(f"job {job}: removed")
@@ -147,6 +154,7 @@ def test_an_interrupted_submission_fails_the_job_within_the_timeout(stack, tmp_p
     record = wait_for(lambda: (lambda r: r if r["status"] == "failed" else None)(stack.status(job)), timeout=60,
                       what="the job to fail")
     assert time.monotonic() - killed < 5 + 15
+    report("producer SIGKILLed mid-submission (submission_timeout 5 s)", time.monotonic() - killed)
     assert record["error"].startswith("submission interrupted after ") and not record.get("submitted")
     lines_read = int(record["error"].split()[3])
     assert 1000 <= lines_read < 200_000

@@ -4,9 +4,10 @@ work left, no lease and an empty queue, has that work dispatched again."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
-from faultkit import Stack, read_jsonl, seeds_file, write_config
+from faultkit import Stack, read_jsonl, report, seeds_file, write_config
 
 from lstmq.shared.store import keys
 
@@ -27,9 +28,11 @@ def test_a_purged_queue_does_not_leave_the_job_running(redis_server, corpus_slic
     assert stack.store.redis.llen(queue) == 3
     stack.store.redis.delete(queue)          # celery -A lstmq.worker.app purge, in effect
     worker = stack.worker(tmp_path / "second.log")
+    started = time.monotonic()
     try:
         out = tmp_path / "out.jsonl"
         result = stack.cli("collect", job, "-o", out, "--timeout", "90", timeout=120)
+        report("queue purged (lease_seconds 5; from a worker being ready)", time.monotonic() - started)
         assert [line["id"] for line in read_jsonl(out)] == list(range(1, 301))
         record = stack.job(job)
         assert record.status.value == "succeeded" and record.lease_lapses == 3

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, seeds_file, wait_for, write_config
+from faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 from lstmq.shared.devstack import LocalRedis
 
@@ -44,7 +44,9 @@ def test_training_in_slices_survives_a_redis_restart(stack, durable_redis, corpu
     job = json.loads(stack.cli("train", corpus_slice, "--model", "durable", "--epochs", "12", "--json").stdout)["job"]
     wait_for(lambda: stack.job(job).epoch >= 2, timeout=120, what="two epochs")
     restart(durable_redis)
+    restarted = time.monotonic()
     waited = stack.cli("wait", job, "--json", "--timeout", "300", timeout=400)
+    report(f"Redis down {DOWN_SECONDS} s mid-training (from its restart)", time.monotonic() - restarted)
     record = json.loads(waited.stdout)
     assert record["status"] == "succeeded" and record["model"] == "durable@1" and record["epochs_run"] == 12
     assert record["slices"] >= 1            # at least one slice ended and queued the next
@@ -64,7 +66,9 @@ def test_a_generate_job_survives_a_redis_restart(stack, durable_redis, tmp_path)
     wait_for(lambda: stack.job(job).chunks_done >= 2, timeout=120, interval=0.02, what="two chunks")
     assert stack.job(job).chunks_done < 40, "the job finished before the fault could be injected"
     restart(durable_redis)
+    restarted = time.monotonic()
     _, stderr = waiting.communicate(timeout=300)
+    report(f"Redis down {DOWN_SECONDS} s mid-generate (from its restart)", time.monotonic() - restarted)
     assert waiting.returncode == 0, stderr
     assert "is unreachable" in stderr and "Redis is back" in stderr
     assert [line["id"] for line in read_jsonl(out)] == list(range(1, 4001))   # every prompt once, in order
