@@ -111,12 +111,18 @@ def main():
 @click.option("--epochs", type=int, help="Training epochs (setting epochs).")
 @click.option("--batch-size", type=int, help="Sequences per training step (setting batch_size).")
 @click.option("--learning-rate", type=float, help="Optimizer step size (setting learning_rate).")
+@click.option("--no-promote", "promote", flag_value="never",
+              help="Register the new version without making it current.")
+@click.option("--promote-if-better", "promote", flag_value="if-better",
+              help="Make it current only if its validation perplexity beats the current version's on the same "
+                   "held-out lines.")
 @click.option("--wait", is_flag=True, help="Wait, showing per-epoch loss and validation perplexity.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: job, status, model.")
 @timeout_option
 @common_options
-def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, timeout, config_file, broker):
-    """Upload CORPUS (UTF-8 text) and train a new version of a model on it."""
+def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, as_json, timeout, config_file, broker):
+    """Upload CORPUS (UTF-8 text) and train a new version of a model on it (by default the
+    new version becomes the model's current one)."""
     from lstmq.producer import render
     from lstmq.producer.submit import read_corpus, submit_train
     from lstmq.shared.store import check_model_name
@@ -126,7 +132,8 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
     check_model_name(model_name)
     data = read_corpus(corpus, settings)   # a bad corpus is reported before Redis is needed
     store = open_store(settings)
-    submission = submit_train(store, dispatcher_for(settings), settings, corpus, model_name, data)
+    submission = submit_train(store, dispatcher_for(settings), settings, corpus, model_name, data,
+                              promote=promote or "always")
     job_id = submission.job
     if not wait:
         if as_json:
@@ -144,13 +151,16 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, wait, as_json, 
         stopped_waiting(job_id, f"lstmq status {job_id}")
     succeeded = record.status.value == "succeeded"
     summary = {"job": job_id, "status": record.status.value, "model": record.model, "epochs_run": record.epochs_run,
-               "loss": record.loss, "val_perplexity": record.val_perplexity}
+               "loss": record.loss, "val_perplexity": record.val_perplexity, "promoted": record.promoted,
+               "promotion": record.promotion}
     if not succeeded:
         summary["error"] = record.error or "unknown error"
     if as_json:
         render.echo_json(summary)
     elif succeeded:
         click.echo(record.model)
+        if record.promotion:
+            click.echo(f"lstmq: {record.model} {record.promotion}", err=True)
     if record.status.value == "cancelled":
         click.echo(f"lstmq: training job {job_id} was cancelled", err=True)
         sys.exit(EXIT_CANCELLED)
@@ -356,7 +366,27 @@ def status(job, limit, as_json, config_file, broker):
     if as_json:
         render.echo_json([record.to_json() for record in records])
     else:
+        from lstmq.shared.messages import QUEUES
+        depths = ", ".join(f"{queue} {store.jobs.queue_length(queue)}" for queue in QUEUES)
+        click.echo(f"queued messages: {depths}; live workers: {len(store.workers.live())}")
         click.echo(render.job_table(records))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per live worker.")
+@common_options
+def workers(as_json, config_file, broker):
+    """Live workers: name, host, device, queues, loaded models, current work, chunks done,
+    last heartbeat; and the depth of each queue."""
+    from lstmq.producer import render
+    from lstmq.shared.messages import QUEUES
+
+    store = open_store(settings_for(config_file, broker_url=broker))
+    live = store.workers.live()
+    if as_json:
+        render.echo_json([render.worker_json(worker) for worker in live])
+    else:
+        click.echo(render.workers_table(live, {queue: store.jobs.queue_length(queue) for queue in QUEUES}))
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -379,6 +409,8 @@ def models():
       lstmq models [list]                 every model name
       lstmq models show NAME              NAME's versions (also: lstmq models NAME)
       lstmq models export NAME@V DIR      write model.keras, vocab.json, meta.json into DIR
+      lstmq models promote NAME@V         make it current (--alias A for another alias)
+      lstmq models rm NAME@V              delete a version no job pins
     """
 
 
@@ -417,6 +449,44 @@ def models_show(name, as_json, config_file, broker):
         render.echo_json({"name": name, "aliases": aliases, "versions": rows})
     else:
         click.echo(render.versions_table(rows))
+
+
+@models.command("promote")
+@click.argument("spec", metavar="NAME@VERSION")
+@click.option("--alias", default="current", show_default=True, help="The alias to point at the version.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@common_options
+def models_promote(spec, alias, as_json, config_file, broker):
+    """Point an alias (default: current) at a version; a rollback is a promote of an older one.
+    Jobs then take NAME@ALIAS (NAME alone means NAME@current)."""
+    from lstmq.producer import render
+
+    registry = open_store(settings_for(config_file, broker_url=broker)).registry
+    name, version = registry.resolve(spec)
+    before = registry.promote(name, version, alias)
+    if as_json:
+        render.echo_json({"model": f"{name}@{version}", "alias": alias, "previous": before})
+    else:
+        was = f" (was {name}@{before})" if before and before != version else ""
+        click.echo(f"{name}@{alias} -> {name}@{version}{was}")
+
+
+@models.command("rm")
+@click.argument("spec", metavar="NAME@VERSION")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@common_options
+def models_rm(spec, as_json, config_file, broker):
+    """Delete a version and its artifact (refused while a job that has not ended pins it, or an
+    alias points at it and other versions remain)."""
+    from lstmq.producer import render
+
+    store = open_store(settings_for(config_file, broker_url=broker))
+    name, version = store.registry.resolve(spec)
+    store.registry.remove(name, version, pinned_by=store.jobs.pinning(name, version))
+    if as_json:
+        render.echo_json({"model": f"{name}@{version}", "removed": True})
+    else:
+        click.echo(f"removed {name}@{version}")
 
 
 @models.command("export")

@@ -86,6 +86,27 @@ def failure_summary(record: JobRecord, failed_chunks: dict[int, str]) -> str:
     return f"{len(failed_chunks)} chunk(s) failed: {text}"
 
 
+# -- workers --------------------------------------------------------------------------------------
+def worker_json(worker: dict[str, Any]) -> dict[str, Any]:
+    return {**worker, "last_heartbeat": iso_utc(worker.get("last_heartbeat")), "started": iso_utc(worker.get("started"))}
+
+
+def workers_table(workers: list[dict[str, Any]], depths: dict[str, int]) -> str:
+    now = time.time()
+    lines = [f"queued messages: {', '.join(f'{queue} {depth}' for queue, depth in depths.items())}",
+             f"{'WORKER':<32}{'DEVICE':<16}{'QUEUES':<16}{'CHUNKS':>7}  {'BEAT':>6}  {'MODELS':<24}NOW"]
+    for worker in workers:
+        device = worker.get("device", "?") + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
+        current = worker.get("current")
+        doing = f"job {current['job']} {current['member']}" if current else "idle"
+        lines.append(f"{worker['name']:<32}{device:<16}{','.join(worker.get('queues', [])):<16}"
+                     f"{worker.get('chunks_done', 0):>7}  {now - worker.get('last_heartbeat', now):>5.0f}s  "
+                     f"{','.join(worker.get('models', [])) or '-':<24}{doing}")
+    if not workers:
+        lines.append("(no live worker: start one with lstmq-worker)")
+    return "\n".join(lines)
+
+
 # -- models ---------------------------------------------------------------------------------------
 def version_row(name: str, version: int, meta: dict[str, Any], aliases: dict[str, int]) -> dict[str, Any]:
     metrics = meta.get("metrics", {})
@@ -95,15 +116,24 @@ def version_row(name: str, version: int, meta: dict[str, Any], aliases: dict[str
             "epochs_run": metrics.get("epochs_run"), "val_perplexity": metrics.get("val_perplexity"),
             "loss": metrics.get("loss"), "vocab_size": meta.get("network", {}).get("vocab_size", 0),
             "corpus_sha256": meta.get("corpus_sha256", ""), "artifact_sha256": meta.get("artifact_sha256"),
-            "job": meta.get("job"), "aliases": sorted(alias for alias, target in aliases.items() if target == version)}
+            "job": meta.get("job"), "aliases": sorted(alias for alias, target in aliases.items() if target == version),
+            "params": meta.get("training", {})}
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """The parameters that tell versions apart, in a few characters."""
+    short = {"embedding_dim": "emb", "lstm_units": "lstm", "batch_size": "bs", "learning_rate": "lr", "epochs": "ep"}
+    return " ".join(f"{label}{params[key]:g}" if isinstance(params.get(key), float) else f"{label}{params.get(key)}"
+                    for key, label in short.items() if key in params)
 
 
 def versions_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'MODEL':<24}{'EPOCHS':>7}{'VAL PPL':>10}{'VOCAB':>8}  {'CORPUS':<14}{'CREATED':<27}ALIASES"]
+    lines = [f"{'MODEL':<24}{'EPOCHS':>7}{'VAL PPL':>10}{'VOCAB':>8}  {'CORPUS':<14}{'CREATED':<27}"
+             f"{'PARAMS':<34}ALIASES"]
     for row in rows:
         lines.append(f"{row['model']:<24}{row['epochs_run'] or 0:>7}{number(row['val_perplexity']):>10}"
                      f"{row['vocab_size']:>8}  {row['corpus_sha256'][:12]:<14}{row['created']:<27}"
-                     f"{','.join(row['aliases'])}")
+                     f"{params_text(row.get('params', {})):<34}{','.join(row['aliases'])}")
     return "\n".join(lines)
 
 

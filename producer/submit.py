@@ -61,15 +61,16 @@ def read_corpus(path: str | Path, settings: Settings) -> bytes:
 
 
 def submit_train(store: Store, dispatcher: Dispatcher, settings: Settings, corpus: str | Path,
-                 model_name: str, data: bytes | None = None) -> TrainSubmission:
+                 model_name: str, data: bytes | None = None, promote: str = "always") -> TrainSubmission:
     """Upload the corpus (content-addressed, kept for result_ttl) and queue a training job.
-    `data`: the corpus as read_corpus returned it, when the caller checked it already."""
+    `data`: the corpus as read_corpus returned it, when the caller checked it already.
+    `promote`: always (the new version becomes current), never, or if-better."""
     check_model_name(model_name)
     data = read_corpus(corpus, settings) if data is None else data
     digest = store.blobs.put(data, ttl=settings.result_ttl)
     params = settings.model_params()
     job_id = store.jobs.create(JobKind.TRAIN, params, model_name=model_name, corpus_sha256=digest,
-                               corpus_file=Path(corpus).name, epochs=params.epochs)
+                               corpus_file=Path(corpus).name, epochs=params.epochs, promote=promote)
     dispatcher.train(job_id)
     return TrainSubmission(job_id, model_name, Path(corpus).name, len(data), digest)
 

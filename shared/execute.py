@@ -171,11 +171,13 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
             if result.finished:
                 _, _, meta = read_artifact(result.artifact)
                 meta.pop("history", None)
-                version = store.registry.register(job_id, name, result.artifact, meta)
                 metrics = result.metrics
+                make_current, promotion = promotion_decision(store, record, meta)
+                version = store.registry.register(job_id, name, result.artifact, meta, make_current)
                 store.jobs.finish(job_id, JobStatus.SUCCEEDED, model=f"{name}@{version}", version=version,
                                   epochs_run=metrics["epochs_run"], loss=metrics["loss"],
-                                  val_loss=metrics["val_loss"], val_perplexity=metrics["val_perplexity"])
+                                  val_loss=metrics["val_loss"], val_perplexity=metrics["val_perplexity"],
+                                  promoted=make_current, promotion=promotion)
                 store.training.drop_checkpoint(job_id)
     if not result.finished:   # the lock is released: the next slice may start anywhere
         next_slice(job_id)
@@ -184,6 +186,41 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
         return {"job": job_id, "status": "running", "epochs": len(result.history)}
     log.info("registered model %s@%d (%d epochs, %.1fs)", name, version, metrics["epochs_run"], metrics["seconds"])
     return {"job": job_id, "status": "succeeded", "model": f"{name}@{version}"}
+
+
+HELD_OUT_KEYS = ("validation_split", "shuffle_seed", "context_window")   # with the corpus: the held-out lines
+
+
+def promotion_decision(store: Store, record: JobRecord, meta: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the new version becomes `current`, and why: always (the default), never
+    (--no-promote), or only when its validation perplexity beats the current version's on the
+    same held-out lines (--promote-if-better; other held-out lines are not a comparison)."""
+    mode = record.promote or "always"
+    name = record.model_name or ""
+    try:
+        _, current = store.registry.resolve(f"{name}@current")
+    except LstmqError:
+        return True, "promoted: the model's first version (a model always has a current version)"
+    if mode == "never":
+        return False, f"not promoted (--no-promote): {name}@{current} stays current"
+    if mode == "always":
+        return True, f"promoted over {name}@{current}"
+    old = store.registry.meta(name, current)
+    new_training, old_training = meta.get("training", {}), old.get("training", {})
+    same_lines = meta.get("corpus_sha256") == old.get("corpus_sha256") and all(
+        new_training.get(key) == old_training.get(key) for key in HELD_OUT_KEYS)
+    new_ppl = meta.get("metrics", {}).get("val_perplexity")
+    old_ppl = old.get("metrics", {}).get("val_perplexity")
+    if not same_lines:
+        return False, (f"not promoted: {name}@{current} was validated on other held-out lines (another corpus, "
+                       f"or other {', '.join(HELD_OUT_KEYS)}), so the perplexities do not compare")
+    if new_ppl is None or old_ppl is None:
+        return False, "not promoted: no validation perplexity to compare (validation_split 0)"
+    if new_ppl < old_ppl:
+        return True, (f"promoted: validation perplexity {new_ppl:.2f} beats {name}@{current}'s {old_ppl:.2f} "
+                      f"on the same held-out lines")
+    return False, (f"not promoted: validation perplexity {new_ppl:.2f} does not beat {name}@{current}'s "
+                   f"{old_ppl:.2f} on the same held-out lines")
 
 
 def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: str,

@@ -275,6 +275,10 @@ def test_cli_help_answers(tmp_path):
     assert result.returncode == 0 and "--gpus" in result.stdout
     result = subprocess.run([str(BIN / "lstmq-worker"), "--gpus", "a,b"], capture_output=True, text=True, env=clean_env())
     assert result.returncode == 2 and "expected GPU indices" in result.stderr
+    # a GPU this machine does not have is an error, never a CPU worker calling itself gpu7
+    result = subprocess.run([str(BIN / "lstmq-worker"), "--gpus", "7"], capture_output=True, text=True, env=clean_env(),
+                            timeout=60)
+    assert result.returncode == 2 and "no GPU 7 on this machine" in result.stderr, result.stderr
     assert time.monotonic() - started < 120   # a hang guard, not a speed assertion
 
 
@@ -321,3 +325,75 @@ def test_celery_tools_reach_the_fleet_through_the_module_level_app(worker, redis
     report = subprocess.run([*celery, "inspect", "conf", "--timeout", "10"], capture_output=True, text=True, env=env,
                             cwd=tmp_path, timeout=120)
     assert '"worker_send_task_events": true' in report.stdout and '"task_acks_late": true' in report.stdout, report.stdout
+
+
+def test_model_lifecycle_promote_rollback_and_remove(trained, cli, corpus_slice, redis_server, tmp_path):
+    """Versions become current only when asked; aliases move by promote; a pinned version stays."""
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.messages import JobKind
+    from lstmq.shared.store import Store
+
+    train = lambda *flags: json.loads(cli("train", corpus_slice, "--model", "life", "--epochs", "1", "--wait",
+                                          "--json", *flags).stdout)
+    first = train()
+    assert first["model"] == "life@1" and first["promoted"] is True
+    second = train("--no-promote")
+    assert second["model"] == "life@2" and second["promoted"] is False and "--no-promote" in second["promotion"]
+    show = json.loads(cli("models", "show", "life", "--json").stdout)
+    assert show["aliases"] == {"current": 1}
+    assert show["versions"][1]["params"]["embedding_dim"] == 32 and show["versions"][1]["corpus_sha256"]
+    assert "PARAMS" in cli("models", "show", "life").stdout
+    # --promote-if-better compares validation perplexity on the same held-out lines
+    third = train("--promote-if-better")
+    versions = {row["version"]: row for row in show["versions"]}
+    better = third["val_perplexity"] < versions[1]["val_perplexity"]
+    assert third["promoted"] is better and ("beats" if better else "does not beat") in third["promotion"]
+    current = 3 if better else 1
+    assert json.loads(cli("models", "show", "life", "--json").stdout)["aliases"]["current"] == current
+    # promote and roll back; any alias works as NAME@ALIAS
+    assert json.loads(cli("models", "promote", "life@2", "--json").stdout) == {"model": "life@2", "alias": "current",
+                                                                             "previous": current}
+    cli("models", "promote", "life@1", "--alias", "stable")
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("the door opened\n")
+    line = read_jsonl_one(cli, seeds, "life@stable", tmp_path)
+    assert line["model"] == "life@1"
+    assert read_jsonl_one(cli, seeds, "life", tmp_path)["model"] == "life@2"
+    # rm: refused while an alias points at it or an unfinished job pins it
+    refused = cli("models", "rm", "life@1", check=False)
+    assert refused.returncode == 2 and "is stable" in refused.stderr
+    cli("models", "promote", "life@2", "--alias", "stable")
+    store = Store.from_url(redis_server.url, ttl=3600)
+    pinning = store.jobs.create(JobKind.GENERATE, load_settings(environ={}).generation_params().replace(seed=1),
+                                model_name="life", version=1, model="life@1")
+    refused = cli("models", "rm", "life@1", check=False)
+    assert refused.returncode == 2 and pinning in refused.stderr
+    cli("cancel", pinning)
+    assert cli("models", "rm", "life@1", "--json").stdout.strip() == '{"model": "life@1", "removed": true}'
+    assert [row["version"] for row in json.loads(cli("models", "show", "life", "--json").stdout)["versions"]] == [2, 3]
+    gone = cli("generate", seeds, "--model", "life@1", "-o", tmp_path / "gone.jsonl", check=False)
+    assert gone.returncode == 1 and "has no version 1" in gone.stderr
+
+
+def read_jsonl_one(cli, seeds, model, tmp_path):
+    out = tmp_path / f"{model.replace('@', '-')}.jsonl"
+    cli("generate", seeds, "--model", model, "-o", out)
+    return read_jsonl(out)[0]
+
+
+def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, worker):
+    """Heartbeats every lease_seconds/3 (10 s): the view is at most that old."""
+    from conftest import wait_for
+
+    def seen():
+        live = json.loads(cli("workers", "--json").stdout)
+        return live if live and live[0].get("chunks_done", 0) >= 1 and "sherlock@1" in live[0]["models"] else None
+
+    live = wait_for(seen, timeout=40, interval=1, what="a heartbeat after a chunk")
+    assert len(live) == 1
+    entry = live[0]
+    assert entry["name"].startswith("lstmq-cpu@") and entry["device"] == "cpu" and entry["gpu_name"] is None
+    assert sorted(entry["queues"]) == ["generate", "train"] and entry["last_heartbeat"].endswith("Z")
+    table = cli("workers").stdout
+    assert "queued messages: train 0, generate 0" in table and entry["name"] in table and "sherlock@1" in table
+    assert "live workers: 1" in cli("status").stdout

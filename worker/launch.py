@@ -104,7 +104,13 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix):
     if gpus and cpu:
         raise click.UsageError("--gpus and --cpu exclude each other")
     queues = parse_queues(queues)
-    chosen = None if cpu else (parse_gpus(gpus) if gpus else visible_gpus())
+    present = visible_gpus()
+    chosen = None if cpu else (parse_gpus(gpus) if gpus else present)
+    missing = [gpu for gpu in chosen or [] if gpu not in present]
+    if missing:
+        found = f"nvidia-smi lists GPU {', '.join(present)}" if present else "nvidia-smi finds no GPU"
+        raise click.UsageError(f"no GPU {', '.join(missing)} on this machine ({found}); use --gpus with "
+                               f"those indices, or --cpu")
     from lstmq.shared.config import load_settings
     from lstmq.shared.errors import ConfigError
     from lstmq.shared.redact import redact

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -73,6 +74,17 @@ class Runtime:
     models: ModelCache | None = None
     dispatcher: Dispatcher | None = None
     watchdog: Watchdog | None = None
+    chunks_done: int = 0      # chunks this process finished (with a result)
+
+
+def gpu_name(tf, gpus) -> str | None:
+    """The first visible GPU's name (each worker sees one), None on a CPU worker."""
+    if not gpus:
+        return None
+    try:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name")
+    except (ValueError, RuntimeError):
+        return None
 
 
 class Watchdog(threading.Thread):
@@ -80,7 +92,8 @@ class Watchdog(threading.Thread):
     alive (and which queues it consumes), and take over lapsed leases of any active job (another
     worker was killed, or its machine lost) by dispatching that work again."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, name: str, info: dict[str, Any]):
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, name: str,
+                 info: Callable[[], dict[str, Any]]):
         super().__init__(daemon=True, name="lstmq-watchdog")
         self.store, self.dispatcher, self.settings, self.worker, self.info = store, dispatcher, settings, name, info
         self.stopped = threading.Event()
@@ -89,7 +102,7 @@ class Watchdog(threading.Thread):
         interval = self.settings.lease_seconds / 3
         while True:
             try:
-                self.store.workers.heartbeat(self.worker, self.info, ttl=self.settings.lease_seconds)
+                self.store.workers.heartbeat(self.worker, self.info(), ttl=self.settings.lease_seconds)
             except redis.exceptions.RedisError as error:
                 log.warning("could not send this worker's heartbeat: %s", error)
             recover_quietly(self.store, self.dispatcher, self.settings.redispatch_limit,
@@ -126,8 +139,13 @@ def init_process() -> None:
     STATE.store = Store.from_settings(settings)
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, settings.decode_batch_size)
     STATE.dispatcher = Dispatcher(settings)
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
-            "tensorflow": tf.__version__, "started": time.time()}
+    fixed = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
+             "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time()}
+
+    def info() -> dict[str, Any]:   # what `lstmq workers` shows, renewed with every heartbeat
+        models = STATE.models.models if STATE.models else {}
+        return {**fixed, "models": [loaded.label for loaded in models.values()], "chunks_done": STATE.chunks_done}
+
     STATE.watchdog = Watchdog(STATE.store, STATE.dispatcher, settings, STATE.name, info)
     STATE.watchdog.start()
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())

@@ -73,9 +73,12 @@ def generate(self, *args, **kwargs):
         settings = runtime.ensure_settings()
         what = f"job {message.job} chunk {message.chunk}"
         try:
-            return retry_transient(
+            outcome = retry_transient(
                 lambda: run_generate_chunk(self.store, self.models, message.job, message.chunk, runtime.STATE.name,
                                            settings), settings.task_retries, what)
+            if not outcome.get("skipped"):
+                runtime.STATE.chunks_done += 1
+            return outcome
         except TRANSIENT as error:
             # out of retries: record the failure if Redis is back; else its lease lapses and
             # whoever notices dispatches it again (at most redispatch_limit times)

@@ -229,6 +229,19 @@ class Jobs:
         """How many prompts the producer put in the chunk (known even when its input is gone)."""
         return int(self.redis.hget(keys.job_key(job_id, "chunk-sizes"), chunk) or 0)
 
+    def pinning(self, name: str, version: int) -> list[str]:
+        """Jobs that have not ended and use model NAME@VERSION (generate jobs pin their version)."""
+        pinned = []
+        for job_id in self.active():
+            try:
+                record = self.get(job_id)
+            except JobNotFound:
+                continue
+            if record.kind is JobKind.GENERATE and record.model_name == name and record.version == version \
+                    and not record.status.finished:
+                pinned.append(job_id)
+        return pinned
+
     def recent(self, limit: int = 20) -> list[str]:
         """The newest job ids first (those past result_ttl are dropped from the index)."""
         self.redis.zremrangebyscore(keys.JOBS, "-inf", time.time() - self.ttl)

@@ -65,6 +65,9 @@ class JobRecord:
     step: int | None = None
     steps: int | None = None
     epochs_run: int | None = None
+    promote: str | None = None         # training: always, never (--no-promote), if-better (--promote-if-better)
+    promoted: bool | None = None       # training: whether the new version became `current`
+    promotion: str | None = None       # training: why (or why not)
     loss: float | None = None
     val_loss: float | None = None
     val_perplexity: float | None = None

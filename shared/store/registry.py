@@ -17,18 +17,31 @@ MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RESERVED_MODEL_NAMES = {"export", "list", "show"}   # `lstmq models` subcommands
 CURRENT = "current"
 
-# Registers the job's model once: a redelivered training task gets the same version back.
-# KEYS: job, counter, versions, models, aliases. ARGV: name, meta, now.
+# Registers the job's model once: a redelivered training task gets the same version back. The
+# counter never goes back, so a removed version's number is never reused.
+# KEYS: job, counter, versions, models, aliases. ARGV: name, meta, now, '1' to make it current.
 REGISTER = """
 local existing = redis.call('HGET', KEYS[1], 'version')
 if existing then return tonumber(existing) end
 local version = redis.call('INCR', KEYS[2])
 redis.call('HSET', KEYS[3], version, ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('HSET', KEYS[5], 'current', version)
+if ARGV[4] == '1' or redis.call('HEXISTS', KEYS[5], 'current') == 0 then
+  redis.call('HSET', KEYS[5], 'current', version)
+end
 redis.call('HSET', KEYS[1], 'version', version, 'model', ARGV[1] .. '@' .. version, 'updated', ARGV[3])
 return version
 """
+
+# Point an alias at an existing version. KEYS: versions, aliases. ARGV: version, alias.
+# Returns the version it pointed at before (0: none), or -1 when the version does not exist.
+PROMOTE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return -1 end
+local before = redis.call('HGET', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+return tonumber(before or '0')
+"""
+ALIAS_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_model_name(name: str) -> str:
@@ -51,15 +64,53 @@ class Registry:
     def __init__(self, client: redis.Redis, blobs: Blobs):
         self.redis, self.blobs = client, blobs
         self._register = client.register_script(REGISTER)
+        self._promote = client.register_script(PROMOTE)
 
-    def register(self, job_id: str, name: str, artifact: bytes, meta: dict[str, Any]) -> int:
+    def register(self, job_id: str, name: str, artifact: bytes, meta: dict[str, Any], make_current: bool = True) -> int:
+        """Register the job's model as the next version; `make_current` moves the `current` alias
+        to it (a model's first version is always current)."""
         digest = self.blobs.put(artifact)
         record = {**meta, "name": name, "artifact_sha256": digest, "artifact_bytes": len(artifact),
                   "job": job_id, "registered": now()}
         return int(self._register(
             keys=[keys.job_key(job_id), keys.model_key(name, "counter"), keys.model_key(name, "versions"),
                   keys.MODELS, keys.model_key(name, "aliases")],
-            args=[name, json.dumps(record), now()]))
+            args=[name, json.dumps(record), now(), "1" if make_current else "0"]))
+
+    def promote(self, name: str, version: int, alias: str = CURRENT) -> int | None:
+        """Point `alias` at NAME@VERSION (a rollback is a promote); returns where it pointed before."""
+        if not ALIAS_NAME.match(alias):
+            raise InputError(f"alias {alias!r} is not valid: use 1-64 letters, digits, '_', '.' or '-', "
+                             f"starting with a letter")
+        before = int(self._promote(keys=[keys.model_key(name, "versions"), keys.model_key(name, "aliases")],
+                                   args=[version, alias]))
+        if before < 0:
+            raise ModelNotFound(f"model {name!r} has no version {version}")
+        return before or None
+
+    def remove(self, name: str, version: int, pinned_by: list[str]) -> None:
+        """Delete a version and its artifact; refused while a job that has not ended (`pinned_by`)
+        uses it, or an alias points at it and other versions remain. Numbers are never reused."""
+        self.meta(name, version)   # ModelNotFound for an unknown version
+        if pinned_by:
+            raise InputError(f"model {name}@{version} is pinned by job(s) that have not ended: {', '.join(pinned_by)} "
+                             f"(wait for them, or lstmq cancel them)")
+        aliases = sorted(alias for alias, target in self.aliases(name).items() if target == version)
+        last = len(self.redis.hkeys(keys.model_key(name, "versions"))) == 1
+        if aliases and not last:
+            raise InputError(f"model {name}@{version} is {' and '.join(aliases)}: point the alias at another version "
+                             f"first (lstmq models promote {name}@VERSION --alias {aliases[0]})")
+        digest = self.meta(name, version)["artifact_sha256"]
+        pipe = self.redis.pipeline()
+        pipe.hdel(keys.model_key(name, "versions"), version)
+        pipe.hlen(keys.model_key(name, "versions"))
+        _, left = pipe.execute()
+        if not any(meta.get("artifact_sha256") == digest for other in self.names()
+                   for meta in self.versions(other).values()):
+            self.redis.delete(keys.blob(digest))
+        if left == 0:   # the model's last version: its name and aliases go too (its counter stays)
+            self.redis.srem(keys.MODELS, name)
+            self.redis.delete(keys.model_key(name, "aliases"))
 
     def names(self) -> list[str]:
         return sorted(name.decode() for name in self.redis.smembers(keys.MODELS))

@@ -45,15 +45,19 @@ class Workers:
         return current["job"], current["member"]
 
     def live(self) -> list[dict[str, Any]]:
-        """Workers whose heartbeat has not expired, with their description."""
-        names = [name.decode() for name in self.redis.zrange(keys.WORKERS, 0, -1)]
-        if not names:
+        """Workers whose heartbeat has not expired: their description, `last_heartbeat` (Unix
+        seconds) and `current` (the job and chunk or 'train' they hold, if any)."""
+        beats = {name.decode(): score for name, score in self.redis.zrange(keys.WORKERS, 0, -1, withscores=True)}
+        if not beats:
             return []
+        names = sorted(beats)
         described = self.redis.mget([keys.worker_key(name) for name in names])
+        current = self.redis.mget([keys.worker_key(name, "current") for name in names])
         gone = [name for name, raw in zip(names, described) if raw is None]
         if gone:
             self.redis.zrem(keys.WORKERS, *gone)
-        return [json.loads(raw) for raw in described if raw is not None]
+        return [{**json.loads(raw), "last_heartbeat": beats[name], "current": json.loads(held) if held else None}
+                for name, raw, held in zip(names, described, current) if raw is not None]
 
     def consuming(self, queue: str) -> list[dict[str, Any]]:
         return [worker for worker in self.live() if queue in worker.get("queues", ())]
