@@ -42,6 +42,7 @@ SCHEMA: dict[str, Field] = {
     "result_ttl": Field(int, 60),
     "chunk_size": Field(int, 1, 100_000),
     "poll_interval": Field(float, 0.05, 60),
+    "progress_interval": Field(float, 1, 3600),
     "lease_seconds": Field(int, 5, 3600),
     "redispatch_limit": Field(int, 0, 100),
     "task_retries": Field(int, 0, 100),
@@ -72,6 +73,7 @@ SCHEMA: dict[str, Field] = {
     "max_corpus_bytes": Field(int, 1),
     "model_cache_size": Field(int, 1, 64),
     "decode_batch_size": Field(int, 1, 1_000_000),
+    "metrics_port": Field(int, 1, 65535, nullable=True),
 }
 
 @dataclasses.dataclass(frozen=True)
