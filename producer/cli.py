@@ -43,13 +43,28 @@ def common_options(command):
     @click.option("--broker", help="Redis URL, e.g. redis://host:6379/0 (setting broker_url, LSTMQ_BROKER_URL).")
     @functools.wraps(command)
     def wrapper(*args, config_file=None, broker=None, **kwargs):
+        try:
+            return command(*args, config_file=config_file, broker=broker, **kwargs)
+        except click.ClickException as error:
+            if kwargs.get("as_json"):   # --json: the failure is a JSON object too
+                from lstmq.producer import render
+                render.echo_json({"error": error.format_message(), "exit_status": error.exit_code})
+                sys.exit(error.exit_code)
+            raise
+    return wrapper
+
+
+def lstmq_errors(command):
+    """lstmq's errors as click exceptions with the documented exit statuses (inside common_options)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
         import redis
 
         from lstmq.producer.collect import WaitTimeout
         from lstmq.shared.redact import redact
         from lstmq.shared.store.health import is_out_of_memory
         try:
-            return command(*args, config_file=config_file, broker=broker, **kwargs)
+            return command(*args, **kwargs)
         except (ConfigError, InputError) as error:
             raise BadInput(redact(str(error))) from None
         except WaitTimeout as error:
@@ -120,6 +135,7 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: job, status, model.")
 @timeout_option
 @common_options
+@lstmq_errors
 def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, as_json, timeout, config_file, broker):
     """Upload CORPUS (UTF-8 text) and train a new version of a model on it (by default the
     new version becomes the model's current one)."""
@@ -137,7 +153,7 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, 
     job_id = submission.job
     if not wait:
         if as_json:
-            render.echo_json({"job": job_id, "status": "queued", "model": None})
+            render.echo_json(train_json(store.jobs.get(job_id)))
         else:
             click.echo(job_id)
         return
@@ -149,30 +165,37 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, 
         record = wait_for_job(store, job_id, settings, show_progress(), dispatcher_for(settings), timeout)
     except KeyboardInterrupt:
         stopped_waiting(job_id, f"lstmq status {job_id}")
-    succeeded = record.status.value == "succeeded"
-    summary = {"job": job_id, "status": record.status.value, "model": record.model, "epochs_run": record.epochs_run,
-               "loss": record.loss, "val_perplexity": record.val_perplexity, "promoted": record.promoted,
-               "promotion": record.promotion}
-    if not succeeded:
-        summary["error"] = record.error or "unknown error"
+    summary = train_json(record)
     if as_json:
         render.echo_json(summary)
-    elif succeeded:
+    elif record.status.value == "succeeded":
         click.echo(record.model)
         if record.promotion:
             click.echo(f"lstmq: {record.model} {record.promotion}", err=True)
     if record.status.value == "cancelled":
         click.echo(f"lstmq: training job {job_id} was cancelled", err=True)
         sys.exit(EXIT_CANCELLED)
-    if not succeeded:
-        raise Failure(f"training job {job_id} failed: {summary['error']}")
+    if record.status.value == "failed":
+        click.echo(f"lstmq: training job {job_id} failed: {summary['error']}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+def train_json(record) -> dict:
+    """The keys every train summary has, waiting or not (None until known)."""
+    failed = record.status.value == "failed"
+    return {"job": record.id, "status": record.status.value, "model": record.model, "epochs_run": record.epochs_run,
+            "loss": record.loss, "val_perplexity": record.val_perplexity, "promoted": record.promoted,
+            "promotion": record.promotion, "error": (record.error or "unknown error") if failed else None}
 
 
 # -- generate ------------------------------------------------------------------------------------
 @main.command()
-@click.argument("seeds", type=click.Path(dir_okay=False))
-@click.option("--model", "model_spec", required=True, help="NAME (its current version) or NAME@VERSION.")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Output JSONL (required unless --detach).")
+@click.argument("seeds", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--model", "model_spec", required=True, help="NAME (its current version), NAME@VERSION or NAME@ALIAS.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Output JSONL, - for standard output (required unless --detach or --dry-run).")
+@click.option("--format", "fmt", type=click.Choice(["txt", "jsonl"]),
+              help="Seed format when the suffix does not say (standard input: txt).")
 @click.option("--words", type=int, help="Words to generate per prompt.")
 @click.option("--temperature", type=float, help="0 = greedy; > 0 samples.")
 @click.option("--top-k", type=int, help="Sample among the K most likely words (0 = off).")
@@ -181,49 +204,47 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, 
 @click.option("--seed", type=int, help="Random seed (default: a fresh one, recorded in the output).")
 @click.option("--chunk-size", type=int, help="Prompts per task.")
 @click.option("--detach", is_flag=True, help="Submit, print the job id and return; collect later.")
+@click.option("--dry-run", is_flag=True, help="Check every line against the model version; submit nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @timeout_option
 @common_options
-def generate(seeds, model_spec, output, words, temperature, top_k, top_p, samples, seed, chunk_size, detach,
-             as_json, timeout, config_file, broker):
-    """Continue every prompt of SEEDS (.txt: a prompt per line; .jsonl: {"id", "prompt", ...})."""
+@lstmq_errors
+def generate(seeds, model_spec, output, fmt, words, temperature, top_k, top_p, samples, seed, chunk_size, detach,
+             dry_run, as_json, timeout, config_file, broker):
+    """Continue every prompt of SEEDS (.txt: a prompt per line; .jsonl: {"id", "prompt", ...};
+    - reads standard input)."""
     from lstmq.producer import render
-    from lstmq.producer.collect import write_errors
     from lstmq.producer.seeds import check_path
     from lstmq.producer.submit import NoPrompts, submit_generate
 
     settings = settings_for(config_file, broker_url=broker, words=words, temperature=temperature, top_k=top_k,
                             top_p=top_p, n=samples, seed=seed, chunk_size=chunk_size)
-    if output is None and not detach:
+    if output is None and not (detach or dry_run):
         raise click.UsageError("missing -o/--output OUT.jsonl (or use --detach and `lstmq collect` later)")
-    check_path(seeds)
+    if output == "-" and detach:
+        raise click.UsageError("-o - writes the results as they are collected: it does not go with --detach")
+    check_path(seeds, fmt)
     store = open_store(settings)
+    if dry_run:
+        return preview(store, settings, seeds, model_spec, fmt, output, as_json)
 
     def created(job_id: str) -> None:   # before the first chunk goes out: the id is never lost
         click.echo(f"lstmq: job {job_id}: submitting {seeds} to {model_spec}", err=True)
 
     try:
-        submission = submit_generate(store, dispatcher_for(settings), settings, seeds, model_spec, created)
+        submission = submit_generate(store, dispatcher_for(settings), settings, seeds, model_spec, created, fmt)
     except NoPrompts as error:
-        for bad_line in error.submission.bad_lines[:SHOWN_BAD_LINES]:
-            click.echo(f"lstmq: {bad_line}", err=True)
-        if output and error.submission.bad_lines:
-            write_errors(output, [bad_line.record() for bad_line in error.submission.bad_lines])
+        report_bad_lines(error.submission.bad_lines, output)
         raise
     bad_lines = submission.bad_lines
-    for error in bad_lines[:SHOWN_BAD_LINES]:
-        click.echo(f"lstmq: {error}", err=True)
-    if len(bad_lines) > SHOWN_BAD_LINES:
-        click.echo(f"lstmq: ... and {len(bad_lines) - SHOWN_BAD_LINES} more bad lines", err=True)
+    report_bad_lines(bad_lines, output if detach else None)
+    click.echo(f"lstmq: job {submission.job}: {submission.report.describe()}", err=True)
     if detach:
         if as_json:
-            render.echo_json({"job": submission.job, "model": submission.model, "prompts": submission.prompts,
-                              "bad_lines": len(bad_lines), "chunks": submission.chunks, "seed": submission.seed})
+            render.echo_json({**submission_json(submission, store), "output": output,
+                              "errors_file": str(errors_path_for(output)) if bad_lines and output else None})
         else:
             click.echo(submission.job)
-        if bad_lines and output:
-            written = write_errors(output, [error.record() for error in bad_lines])
-            click.echo(f"lstmq: {len(bad_lines)} bad line(s) written to {written}", err=True)
         if bad_lines:
             sys.exit(EXIT_PARTIAL)
         return
@@ -232,9 +253,53 @@ def generate(seeds, model_spec, output, words, temperature, top_k, top_p, sample
     collect_job(store, settings, submission.job, output, as_json, timeout)
 
 
+def errors_path_for(output):
+    from lstmq.producer.collect import errors_path
+    return None if output in (None, "-") else errors_path(output)
+
+
+def report_bad_lines(bad_lines, output) -> None:
+    """Bad seed lines on stderr (the first SHOWN_BAD_LINES), and in OUT.errors.jsonl when `output`."""
+    from lstmq.producer.collect import write_errors
+
+    for bad_line in bad_lines[:SHOWN_BAD_LINES]:
+        click.echo(f"lstmq: {bad_line}", err=True)
+    if len(bad_lines) > SHOWN_BAD_LINES:
+        click.echo(f"lstmq: ... and {len(bad_lines) - SHOWN_BAD_LINES} more bad lines", err=True)
+    if bad_lines and errors_path_for(output) is not None:
+        written = write_errors(output, [bad_line.record() for bad_line in bad_lines])
+        click.echo(f"lstmq: {len(bad_lines)} bad line(s) written to {written}", err=True)
+
+
+def submission_json(submission, store=None) -> dict:
+    """The keys every generate summary has (--detach, --dry-run and waiting alike)."""
+    status = store.jobs.get(submission.job).status.value if store is not None and submission.job else None
+    return {"job": submission.job, "status": status, "model": submission.model, "prompts": submission.prompts,
+            "bad_lines": len(submission.bad_lines), "chunks": submission.chunks, "seed": submission.seed,
+            "check": submission.report.to_json() if submission.report else None}
+
+
+def preview(store, settings, seeds, model_spec, fmt, output, as_json) -> None:
+    """--dry-run: what the job would do, and nothing sent."""
+    from lstmq.producer import render
+    from lstmq.producer.submit import dry_run
+
+    submission = dry_run(store, settings, seeds, model_spec, fmt)
+    report_bad_lines(submission.bad_lines, output)
+    if as_json:
+        render.echo_json({**submission_json(submission), "status": "dry-run", "output": output,
+                          "errors_file": str(errors_path_for(output)) if submission.bad_lines and output else None})
+    else:
+        click.echo(f"dry run with {submission.model}: {submission.report.describe()}")
+    if submission.prompts == 0:
+        sys.exit(EXIT_USAGE)
+    if submission.bad_lines:
+        sys.exit(EXIT_PARTIAL)
+
+
 def collect_job(store, settings, job_id, output, as_json, timeout=None):
     from lstmq.producer import render
-    from lstmq.producer.collect import errors_path, wait, write_results
+    from lstmq.producer.collect import wait, write_results
     from lstmq.shared.store import JobKind, JobStatus
 
     record = store.jobs.get(job_id)
@@ -245,21 +310,25 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None):
     except KeyboardInterrupt:
         stopped_waiting(job_id, f"lstmq collect {job_id} -o {output}")
     written, errors = write_results(store, job_id, output)
+    errors_file = errors_path_for(output) if errors else None
     summary = {"job": job_id, "status": record.status.value, "model": record.model, "output": str(output),
-               "lines": written, "prompts": record.prompts, "errors": len(errors), "words": record.words_done}
-    if errors:
-        summary["errors_file"] = str(errors_path(output))
+               "lines": written, "prompts": record.prompts, "bad_lines": record.input_errors, "errors": len(errors),
+               "errors_file": str(errors_file) if errors_file else None, "words": record.words_done,
+               "seconds": round(record.seconds, 3),
+               "error": render.failure_summary(record, store.jobs.failed_chunks(job_id))
+               if record.status is JobStatus.FAILED else None}
     if as_json:
-        render.echo_json(summary)
+        render.echo_json(summary, sys.stderr if output == "-" else None)
     else:
-        click.echo(f"wrote {written} lines to {output} ({record.words_done:,} words in {record.seconds:.1f}s)"
-                   + (f"; {len(errors)} error(s) in {summary['errors_file']}" if errors else ""), err=True)
+        where = f"; {len(errors)} error(s) in {errors_file}" if errors_file else (
+            f"; {len(errors)} error(s) (above)" if errors else "")
+        click.echo(f"wrote {written} lines to {'standard output' if output == '-' else output} "
+                   f"({record.words_done:,} words in {record.seconds:.1f}s){where}", err=True)
     if record.status is JobStatus.CANCELLED:
         click.echo(f"lstmq: job {job_id} was cancelled", err=True)
         sys.exit(EXIT_CANCELLED)
     if record.status is JobStatus.FAILED:
-        click.echo(f"lstmq: job {job_id} failed: {render.failure_summary(record, store.jobs.failed_chunks(job_id))}",
-                   err=True)
+        click.echo(f"lstmq: job {job_id} failed: {summary['error']}", err=True)
         sys.exit(EXIT_FAILED)
     if errors:
         sys.exit(EXIT_PARTIAL)
@@ -267,10 +336,12 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None):
 
 @main.command()
 @click.argument("job")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output JSONL.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
+              help="Output JSONL, - for standard output.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @timeout_option
 @common_options
+@lstmq_errors
 def collect(job, output, as_json, timeout, config_file, broker):
     """Wait for generate job JOB and write its results to OUTPUT (can be run again any time)."""
     settings = settings_for(config_file, broker_url=broker)
@@ -282,6 +353,7 @@ def collect(job, output, as_json, timeout, config_file, broker):
 @click.option("--json", "as_json", is_flag=True, help="Print the job's final record as JSON.")
 @timeout_option
 @common_options
+@lstmq_errors
 def wait_command(job, as_json, timeout, config_file, broker):
     """Wait until JOB ends; exit 0 succeeded, 1 failed, 5 cancelled, 4 on --timeout."""
     from lstmq.producer import render
@@ -305,6 +377,7 @@ def wait_command(job, as_json, timeout, config_file, broker):
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True, help="Print {job, status} as JSON.")
 @common_options
+@lstmq_errors
 def cancel(job, as_json, config_file, broker):
     """Cancel JOB: workers skip its pending chunks (a running chunk or epoch finishes); what was
     produced stays collectable. A job that has ended keeps its status."""
@@ -322,6 +395,7 @@ def cancel(job, as_json, config_file, broker):
 @click.argument("jobs", nargs=-1, required=True, metavar="JOB...")
 @click.option("--json", "as_json", is_flag=True, help="Print [{job, keys}] as JSON.")
 @common_options
+@lstmq_errors
 def rm(jobs, as_json, config_file, broker):
     """Delete ended jobs and everything they kept in Redis (inputs, results, history)."""
     from lstmq.producer import render
@@ -341,6 +415,7 @@ def rm(jobs, as_json, config_file, broker):
 @click.option("--limit", default=20, show_default=True, help="Jobs listed without JOB.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (timestamps in ISO 8601, UTC).")
 @common_options
+@lstmq_errors
 def status(job, limit, as_json, config_file, broker):
     """Show one job, or the most recent jobs."""
     from lstmq.producer import render
@@ -375,6 +450,7 @@ def status(job, limit, as_json, config_file, broker):
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per live worker.")
 @common_options
+@lstmq_errors
 def workers(as_json, config_file, broker):
     """Live workers: name, host, device, queues, loaded models, current work, chunks done,
     last heartbeat; and the depth of each queue."""
@@ -417,6 +493,7 @@ def models():
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @common_options
+@lstmq_errors
 def models_list(as_json, config_file, broker):
     """Every model name, its number of versions and its current version."""
     from lstmq.producer import render
@@ -437,6 +514,7 @@ def models_list(as_json, config_file, broker):
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @common_options
+@lstmq_errors
 def models_show(name, as_json, config_file, broker):
     """NAME's versions: epochs, validation perplexity, vocabulary, corpus, aliases."""
     from lstmq.producer import render
@@ -456,6 +534,7 @@ def models_show(name, as_json, config_file, broker):
 @click.option("--alias", default="current", show_default=True, help="The alias to point at the version.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @common_options
+@lstmq_errors
 def models_promote(spec, alias, as_json, config_file, broker):
     """Point an alias (default: current) at a version; a rollback is a promote of an older one.
     Jobs then take NAME@ALIAS (NAME alone means NAME@current)."""
@@ -475,6 +554,7 @@ def models_promote(spec, alias, as_json, config_file, broker):
 @click.argument("spec", metavar="NAME@VERSION")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @common_options
+@lstmq_errors
 def models_rm(spec, as_json, config_file, broker):
     """Delete a version and its artifact (refused while a job that has not ended pins it, or an
     alias points at it and other versions remain)."""
@@ -494,6 +574,7 @@ def models_rm(spec, as_json, config_file, broker):
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @common_options
+@lstmq_errors
 def models_export(spec, directory, as_json, config_file, broker):
     """Write a version's model.keras, vocab.json and meta.json into DIRECTORY."""
     from lstmq.producer import render

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,6 +24,7 @@ from lstmq.shared.recovery import recover
 from lstmq.shared.redact import redact, redact_url
 from lstmq.shared.store import JobKind, JobRecord, JobStatus, Store
 
+STDOUT = "-"                   # -o -: the results go to standard output
 NO_WORKER_NOTICE_S = 10.0      # a waiting CLI says within this long that no worker consumes the queue
 UNREACHABLE_POLL_MAX_S = 5.0   # polling slows down to this while Redis is unreachable
 OUTPUT_PARAMS = tuple(key for key in GenerationParams.keys() if key != "seed")   # the seed has its own field
@@ -85,8 +87,8 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
     """Poll the job until it reaches a final state, drawing its progress and saying what stands
     in its way (see Watch). Raises WaitTimeout after `timeout` seconds."""
     record = store.jobs.get(job_id)
-    progress = (TrainProgress(record, show, log) if record.kind is JobKind.TRAIN
-                else GenerateProgress(record, show, time.monotonic))
+    progress = (TrainProgress(record, show, log, settings.progress_interval) if record.kind is JobKind.TRAIN
+                else GenerateProgress(record, show, time.monotonic, log, settings.progress_interval))
     watch = Watch(store, dispatcher, settings, record)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = settings.poll_interval
@@ -112,14 +114,14 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
 
 
 def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list[dict[str, Any]]]:
-    """Write OUT.jsonl (and OUT.errors.jsonl when any line or prompt failed). Returns
-    (lines written, error records)."""
+    """Write OUT.jsonl (and OUT.errors.jsonl when any line or prompt failed); OUT "-" writes the
+    lines to standard output and the error records to stderr. Returns (lines written, errors)."""
     record = store.jobs.get(job_id)
     failed_chunks = store.jobs.failed_chunks(job_id)
     errors = list(store.jobs.input_errors(job_id))
-    out = Path(out)
+    to_stdout = str(out) == STDOUT
     written = 0
-    with _atomic(out) as stream:
+    with (nullcontext(sys.stdout) if to_stdout else _atomic(Path(out))) as stream:
         for chunk in range(record.chunks if record.submitted else record.chunks_sent):
             results = store.jobs.result(job_id, chunk)
             reason = None if results is not None else missing_reason(record, failed_chunks.get(chunk))
@@ -146,7 +148,12 @@ def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list
                     }, ensure_ascii=False) + "\n")
                     written += 1
     errors.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
-    write_errors(out, errors)
+    if to_stdout:   # no OUT to put OUT.errors.jsonl beside: the errors go to stderr, one JSON object a line
+        sys.stdout.flush()
+        for error in errors:
+            print(f"lstmq: error {json.dumps(error, ensure_ascii=False)}", file=sys.stderr)
+    else:
+        write_errors(out, errors)
     return written, errors
 
 

@@ -154,12 +154,21 @@ def _bar_options(show: bool) -> dict[str, Any]:
     return {"disable": not show, "file": sys.stderr, "dynamic_ncols": columns > 0, "ncols": None if columns else 100}
 
 
-class GenerateProgress:
-    """Prompts done (or failed) of the job's prompts, with the words/s since waiting began."""
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
-    def __init__(self, record: JobRecord, show: bool, clock):
-        self.clock = clock
+
+class GenerateProgress:
+    """Prompts done (or failed) of the job's prompts, words/s and ETA since waiting began: a bar
+    on a terminal; otherwise a plain line every `interval` seconds (a log file reads it)."""
+
+    def __init__(self, record: JobRecord, show: bool, clock, log: TextIO = sys.stderr, interval: float = 10.0):
+        self.clock, self.show, self.log, self.interval = clock, show, log, interval
         self.first_words, self.first_time = record.words_done, clock()
+        self.first_done = record.progress().done
+        self.last_line = clock()
         self.bar = tqdm(total=record.prompts, unit="prompt", desc=f"job {record.id}", smoothing=0.1,
                         **_bar_options(show))
 
@@ -168,10 +177,25 @@ class GenerateProgress:
         if progress.total is not None:
             self.bar.total = progress.total
         self.bar.update(progress.done - self.bar.n)
-        elapsed = self.clock() - self.first_time
+        now = self.clock()
+        elapsed = now - self.first_time
+        rate = (record.words_done - self.first_words) / elapsed if elapsed > 0 else 0.0
         if elapsed > 0:
-            rate = (record.words_done - self.first_words) / elapsed
             self.bar.set_postfix_str(f"{rate:,.0f} words/s", refresh=False)
+        if not self.show and (now - self.last_line >= self.interval or record.status.finished):
+            self.last_line = now
+            print(self.line(record, rate, elapsed), file=self.log, flush=True)
+
+    def line(self, record: JobRecord, rate: float, elapsed: float) -> str:
+        progress = record.progress()
+        done = f"{progress.done:,.0f}/{progress.total:,} prompts ({progress.fraction:.0%})" if progress.total else \
+            f"{progress.done:,.0f} prompts (submission still open)"
+        prompts_per_second = (progress.done - self.first_done) / elapsed if elapsed > 0 else 0.0
+        eta = ""
+        if progress.total and prompts_per_second > 0 and not record.status.finished:
+            eta = f", ETA {duration((progress.total - progress.done) / prompts_per_second)}"
+        failed = f", {record.chunks_failed} chunk(s) failed" if record.chunks_failed else ""
+        return f"job {record.id}: {record.status.value}, {done}, {rate:,.0f} words/s{eta}{failed}"
 
     def close(self) -> None:
         self.bar.refresh()
@@ -179,10 +203,13 @@ class GenerateProgress:
 
 
 class TrainProgress:
-    """Epochs (fractional while one runs) on a terminal bar; one line per epoch to `log` otherwise."""
+    """Epochs (fractional while one runs) with loss and validation perplexity: on a terminal, a
+    bar, and each finished epoch keeps its own line above it (as Keras prints); otherwise one line
+    per epoch and a plain line every `interval` seconds within an epoch."""
 
-    def __init__(self, record: JobRecord, show: bool, log: TextIO):
-        self.show, self.log, self.reported = show, log, 0
+    def __init__(self, record: JobRecord, show: bool, log: TextIO, interval: float = 10.0, clock=time.monotonic):
+        self.show, self.log, self.reported, self.interval, self.clock = show, log, record.epoch, interval, clock
+        self.last_line = clock()
         self.bar = tqdm(total=record.progress().total, unit="epoch", desc=f"train {record.model_name}",
                         bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]",
                         **_bar_options(show))
@@ -190,14 +217,23 @@ class TrainProgress:
     def update(self, record: JobRecord) -> None:
         progress = record.progress()
         self.bar.update(progress.done - self.bar.n)
+        if record.step and record.steps and record.epoch_running == record.epoch + 1:
+            self.bar.set_postfix_str(f"batch {record.step}/{record.steps}", refresh=False)
         if record.epoch > self.reported and record.loss is not None:
             self.reported = record.epoch
-            postfix = f"loss {record.loss:.4f}"
+            line = f"epoch {record.epoch}/{progress.total}: loss {record.loss:.4f}"
             if record.val_perplexity is not None:
-                postfix += f", val ppl {record.val_perplexity:.2f}"
-            self.bar.set_postfix_str(postfix)
-            if not self.show:
-                print(f"epoch {record.epoch}/{progress.total}: {postfix}", file=self.log, flush=True)
+                line += f", val ppl {record.val_perplexity:.2f}"
+            if self.show:
+                self.bar.write(line, file=sys.stderr)   # stays on screen; the bar goes on below it
+            else:
+                print(line, file=self.log, flush=True)
+                self.last_line = self.clock()
+        elif not self.show and self.clock() - self.last_line >= self.interval and not record.status.finished:
+            self.last_line = self.clock()
+            batch = f", batch {record.step}/{record.steps}" if record.step and record.steps else ""
+            print(f"train {record.model_name}: {record.status.value}, epoch {record.epoch + 1}/{progress.total}{batch}",
+                  file=self.log, flush=True)
 
     def close(self) -> None:
         self.bar.close()

@@ -9,6 +9,8 @@ NaN, Infinity and -Infinity are rejected: every number must be finite.
 from __future__ import annotations
 
 import json
+import sys
+from contextlib import nullcontext
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,22 +52,47 @@ class SeedError:
         return f"{self.path}:{self.line}: {self.error}"
 
 
-def check_path(path: str | Path) -> Path:
+STDIN = "-"            # read the seeds from standard input
+FORMATS = ("txt", "jsonl")
+
+
+def seed_format(path: str | Path, fmt: str | None = None) -> str:
+    """txt or jsonl: `fmt` when given, else the file's suffix (standard input: txt)."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise InputError(f"seed format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return fmt
+    return "txt" if str(path) == STDIN else Path(path).suffix.lower().lstrip(".")
+
+
+def check_path(path: str | Path, fmt: str | None = None) -> str | Path:
+    """The seed file (or STDIN), checked: it exists, and its format is known."""
+    if str(path) == STDIN:
+        seed_format(path, fmt)
+        return STDIN
     path = Path(path)
-    if path.suffix.lower() not in SUFFIXES:
+    if fmt is None and path.suffix.lower() not in SUFFIXES:
         raise InputError(f"{path}: seed files must end in .txt (one prompt per line) or .jsonl "
-                         f"(one JSON object per line), got {path.suffix or 'no suffix'!r}")
+                         f"(one JSON object per line), got {path.suffix or 'no suffix'!r} (or say --format)")
+    seed_format(path, fmt)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     return path
 
 
-def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits) -> Iterator[Seed | SeedError]:
-    """Yield a Seed or a SeedError for every non-blank line, in file order."""
-    path = check_path(path)
-    is_jsonl = path.suffix.lower() == ".jsonl"
+def display_name(path: str | Path) -> str:
+    return "<stdin>" if str(path) == STDIN else str(path)
+
+
+def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits,
+               fmt: str | None = None) -> Iterator[Seed | SeedError]:
+    """Yield a Seed or a SeedError for every non-blank line, in file order. `path` STDIN ("-")
+    reads standard input (txt unless `fmt` says jsonl)."""
+    path = check_path(path, fmt)
+    is_jsonl = seed_format(path, fmt) == "jsonl"
     seen_ids: dict[Any, tuple[int, bool]] = {}   # id -> (line, whether the id was implied by the line number)
-    with path.open("rb") as stream:
+    source = nullcontext(sys.stdin.buffer) if path == STDIN else Path(path).open("rb")
+    with source as stream:
         for number, raw in enumerate(stream, start=1):
             raw = raw.rstrip(b"\n").rstrip(b"\r")
             if number == 1 and raw.startswith(BYTE_ORDER_MARK):
@@ -94,7 +121,7 @@ def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits) -> 
                 _check_prompt(prompt, limits)
                 params = check_generation_params({**defaults.to_dict(), **overrides}, limits)
             except InputError as error:
-                yield SeedError(str(path), number, identifier, str(error))
+                yield SeedError(display_name(path), number, identifier, str(error))
                 continue
             seen_ids[identifier] = (number, implied)
             yield Seed(number, identifier, prompt, params)

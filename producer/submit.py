@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from lstmq.producer.seeds import SeedError, check_path, read_seeds
+from lstmq.producer.seeds import Seed, SeedError, check_path, display_name, read_seeds
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError
 from lstmq.shared.messages import Dispatcher, JobKind
 from lstmq.shared.store import JobStatus, Store, check_model_name
-from lstmq.shared.text import words
+from lstmq.shared.model import read_artifact
+from lstmq.shared.params import GenerationParams
+from lstmq.shared.text import Vocabulary, words
 
 MIN_CORPUS_LINES = 2
 RENEW_SUBMISSION_S = 2.0   # how often a long submission renews its deadline between chunks
@@ -28,15 +32,57 @@ class TrainSubmission:
     corpus_sha256: str
 
 
+TOP_UNKNOWN = 10
+
+
+class SeedReport:
+    """What a seed file holds, checked against the pinned model's vocabulary: valid and invalid
+    lines, prompts with words the model does not know, the unknown-word rate and the most
+    frequent unknown words, and how many words the job would generate."""
+
+    def __init__(self, vocabulary: Vocabulary):
+        self.vocabulary = vocabulary
+        self.valid = self.invalid = self.prompts_with_unknown = self.words = self.unknown = 0
+        self.words_to_generate = 0
+        self.unknown_counts: Counter[str] = Counter()
+
+    def add(self, entry: Seed | SeedError) -> None:
+        if isinstance(entry, SeedError):
+            self.invalid += 1
+            return
+        self.valid += 1
+        ids, unknown = self.vocabulary.encode(entry.prompt)
+        self.words += len(ids)
+        self.unknown += len(unknown)
+        self.prompts_with_unknown += bool(unknown)
+        self.unknown_counts.update(unknown)
+        self.words_to_generate += entry.params.words * entry.params.n
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lines_valid": self.valid, "lines_invalid": self.invalid,
+                "prompts_with_unknown_words": self.prompts_with_unknown,
+                "unknown_word_rate": round(self.unknown / self.words, 4) if self.words else 0.0,
+                "top_unknown_words": [[word, count] for word, count in self.unknown_counts.most_common(TOP_UNKNOWN)],
+                "words_to_generate": self.words_to_generate}
+
+    def describe(self) -> str:
+        data = self.to_json()
+        top = ", ".join(f"{word} ({count})" for word, count in data["top_unknown_words"][:5])
+        return (f"{self.valid} valid line(s), {self.invalid} invalid; {self.prompts_with_unknown} prompt(s) with "
+                f"unknown words ({data['unknown_word_rate']:.1%} of prompt words{': ' + top if top else ''}); "
+                f"{self.words_to_generate:,} words to generate")
+
+
 @dataclass(frozen=True)
 class GenerateSubmission:
-    job: str
+    job: str | None                 # None for a dry run (nothing was submitted)
     model: str                      # NAME@VERSION, pinned for the whole job
     seed: int                       # the job's default seed (recorded in every output line)
     lines: int = 0                  # non-blank seed lines read
     prompts: int = 0
     chunks: int = 0
     bad_lines: list[SeedError] = field(default_factory=list)
+    report: SeedReport | None = None
 
 
 def read_corpus(path: str | Path, settings: Settings) -> bytes:
@@ -75,8 +121,38 @@ def submit_train(store: Store, dispatcher: Dispatcher, settings: Settings, corpu
     return TrainSubmission(job_id, model_name, Path(corpus).name, len(data), digest)
 
 
+def model_vocabulary(store: Store, name: str, version: int) -> Vocabulary:
+    """The pinned version's vocabulary, read from its artifact (no TensorFlow)."""
+    _, tokens, _ = read_artifact(store.registry.artifact(name, version))
+    return Vocabulary(tokens)
+
+
+def job_defaults(settings: Settings) -> GenerationParams:
+    defaults = settings.generation_params()
+    if defaults.seed is None:
+        defaults = defaults.replace(seed=random.SystemRandom().randrange(2**31))
+    return defaults
+
+
+def dry_run(store: Store, settings: Settings, seeds: str | Path, model_spec: str,
+            fmt: str | None = None) -> GenerateSubmission:
+    """Check every line against the pinned model version; store and send nothing."""
+    check_path(seeds, fmt)
+    name, version = store.registry.resolve(model_spec)
+    defaults = job_defaults(settings)
+    report = SeedReport(model_vocabulary(store, name, version))
+    bad_lines, lines = [], 0
+    for entry in read_seeds(seeds, defaults, settings.limits(), fmt):
+        lines += 1
+        report.add(entry)
+        if isinstance(entry, SeedError):
+            bad_lines.append(entry)
+    return GenerateSubmission(job=None, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
+                              prompts=report.valid, bad_lines=bad_lines, report=report)
+
+
 def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, seeds: str | Path, model_spec: str,
-                    on_created: Callable[[str], None] | None = None) -> GenerateSubmission:
+                    on_created: Callable[[str], None] | None = None, fmt: str | None = None) -> GenerateSubmission:
     """Pin the model version, stream the seed file into chunks and send a task as each chunk
     fills (workers start early). Bad lines are kept in the job (and returned), good lines go on.
     `on_created(job_id)` runs once the job exists, before the first chunk is sent.
@@ -85,13 +161,12 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
     producer dies, whoever looks at the job after that deadline fails it ("submission
     interrupted after N lines") and the chunks already sent are cancelled (workers skip them).
     A file with no usable line ends the job failed and raises InputError."""
-    check_path(seeds)
+    check_path(seeds, fmt)
     name, version = store.registry.resolve(model_spec)
-    defaults = settings.generation_params()
-    if defaults.seed is None:
-        defaults = defaults.replace(seed=random.SystemRandom().randrange(2**31))
+    defaults = job_defaults(settings)
+    report = SeedReport(model_vocabulary(store, name, version))
     job_id = store.jobs.create(JobKind.GENERATE, defaults, model_name=name, version=version, model=f"{name}@{version}",
-                               seeds_file=Path(seeds).name,
+                               seeds_file=display_name(seeds),
                                submit_deadline=time.time() + settings.submission_timeout)
     if on_created:
         on_created(job_id)
@@ -106,8 +181,9 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
             send(chunks)
             chunks, chunk, renewed = chunks + 1, [], time.monotonic()
 
-        for entry in read_seeds(seeds, defaults, settings.limits()):
+        for entry in read_seeds(seeds, defaults, settings.limits(), fmt):
             lines += 1
+            report.add(entry)
             if isinstance(entry, SeedError):
                 bad_lines.append(entry)
             else:
@@ -122,10 +198,10 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
             flush()
     store.jobs.add_input_errors(job_id, [error.record() for error in bad_lines])
     submission = GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
-                                    prompts=prompts, chunks=chunks, bad_lines=bad_lines)
+                                    prompts=prompts, chunks=chunks, bad_lines=bad_lines, report=report)
     if prompts == 0:
-        reason = (f"{seeds}: no usable line ({len(bad_lines)} bad line(s))" if bad_lines
-                  else f"{seeds}: no prompt in the file (it is empty or holds only blank lines)")
+        reason = (f"{display_name(seeds)}: no usable line ({len(bad_lines)} bad line(s))" if bad_lines
+                  else f"{display_name(seeds)}: no prompt in the file (it is empty or holds only blank lines)")
         store.jobs.finish(job_id, JobStatus.FAILED, error=reason)
     store.jobs.finish_submission(job_id, chunks=chunks, prompts=prompts, input_errors=len(bad_lines), lines=lines)
     if prompts == 0:

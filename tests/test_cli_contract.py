@@ -1,0 +1,133 @@
+"""The scripting contract: with --json every command prints one JSON object (or the documented
+list) that its schema in docs/json accepts, failures included; seeds from standard input and
+results to standard output; --dry-run checks a file against the model and sends nothing."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
+
+pytestmark = pytest.mark.integration
+SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "json"
+
+
+def check(name: str, text: str):
+    data = json.loads(text)   # exactly one JSON document
+    jsonschema.validate(data, json.loads((SCHEMAS / f"{name}.schema.json").read_text()))
+    return data
+
+
+@pytest.fixture(scope="module")
+def cli(redis_server, small_config, corpus_slice, tmp_path_factory):
+    worker = WorkerProcess(redis_server.url, tmp_path_factory.mktemp("contract") / "worker.log",
+                           "--config", str(small_config))
+    worker.wait_ready()
+
+    def run(*args, check=True, **kwargs):
+        return lstmq(*args, "--broker", redis_server.url, "--config", small_config, check=check, **kwargs)
+    run.broker, run.config = redis_server.url, small_config
+    try:
+        run.trained = check_train(run, corpus_slice)
+        yield run
+    finally:
+        worker.stop()
+
+
+def check_train(run, corpus):
+    detached = check("train", run("train", corpus, "--model", "contract", "--epochs", "1", "--json").stdout)
+    assert detached["status"] == "queued" and detached["model"] is None
+    run("wait", detached["job"])
+    waited = check("train", run("train", corpus, "--model", "contract", "--epochs", "1", "--wait", "--json").stdout)
+    assert set(waited) == set(detached) and waited["status"] == "succeeded" and waited["model"] == "contract@2"
+    return waited
+
+
+def test_every_command_prints_json_its_schema_accepts(cli, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("the door opened\n...\nholmes said\n")
+    detached = check("generate", cli("generate", seeds, "--model", "contract", "--detach", "--json", "-o",
+                                     tmp_path / "d.jsonl", check=False).stdout)
+    assert detached["status"] in ("queued", "running", "succeeded") and detached["bad_lines"] == 1
+    assert detached["check"]["lines_valid"] == 2 and detached["errors_file"].endswith("d.errors.jsonl")
+    job = detached["job"]
+    collected = check("collect", cli("collect", job, "-o", tmp_path / "out.jsonl", "--json", check=False).stdout)
+    assert collected["lines"] == 2 and collected["bad_lines"] == 1 and collected["status"] == "succeeded"
+    waiting = check("generate", cli("generate", seeds, "--model", "contract", "-o", tmp_path / "w.jsonl", "--json",
+                                    check=False).stdout)
+    assert set(waiting) == set(collected)
+    record = check("status", cli("status", job, "--json").stdout)
+    assert record["created"].endswith("Z") and record["finished"].endswith("Z")
+    assert isinstance(check("status", cli("status", "--json").stdout), list)
+    check("wait", cli("wait", job, "--json").stdout)
+    check("workers", cli("workers", "--json").stdout)
+    check("models-list", cli("models", "--json").stdout)
+    check("models-show", cli("models", "show", "contract", "--json").stdout)
+    check("models-promote", cli("models", "promote", "contract@1", "--json").stdout)
+    check("models-export", cli("models", "export", "contract@1", tmp_path / "export", "--json").stdout)
+    check("cancel", cli("cancel", job, "--json").stdout)
+    check("rm", cli("rm", job, "--json").stdout)
+    check("models-rm", cli("models", "rm", "contract@2", "--json").stdout)
+
+
+def test_failures_are_json_too(cli, tmp_path):
+    for args, status in [(("status", "no-such-job"), 1), (("models", "show", "nobody"), 1),
+                         (("generate", tmp_path / "missing.txt", "--model", "contract", "-o", tmp_path / "o.jsonl"), 2),
+                         (("wait", "no-such-job", "--timeout", "1"), 1)]:
+        result = cli(*args, "--json", check=False)
+        assert result.returncode == status, (args, result.stdout, result.stderr)
+        error = check("error", result.stdout)
+        assert error["exit_status"] == status and error["error"]
+    timeout = cli("wait", cli.trained["job"], "--timeout", "0", "--json", check=False)   # ended: no timeout
+    assert timeout.returncode == 0
+
+
+def test_seeds_from_stdin_and_results_to_stdout(cli, tmp_path):
+    jsonl = "\n".join(json.dumps({"id": f"p{i}", "prompt": f"holmes said {i}"}) for i in range(5)) + "\n{bad\n"
+    result = subprocess.run([str(BIN / "lstmq"), "generate", "-", "--format", "jsonl", "--model", "contract", "-o", "-",
+                             "--broker", cli.broker, "--config", str(cli.config), "--json"],
+                            input=jsonl, capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert result.returncode == 3, result.stderr                       # one bad line
+    lines = [json.loads(line) for line in result.stdout.splitlines()]  # stdout holds the JSONL only
+    assert [line["id"] for line in lines] == [f"p{i}" for i in range(5)]
+    assert "<stdin>:6: not valid JSON" in result.stderr and '"line": 6' in result.stderr
+    summary = json.loads(result.stderr.strip().splitlines()[-1])       # --json summary on stderr
+    assert summary["lines"] == 5 and summary["output"] == "-"
+
+
+def test_a_dry_run_checks_the_file_and_sends_nothing(cli, tmp_path):
+    before = json.loads(cli("status", "--json", "--limit", "1000").stdout)
+    seeds = tmp_path / "night.jsonl"
+    seeds.write_text("\n".join([json.dumps({"prompt": "holmes said the door"}),
+                                json.dumps({"prompt": "zzyzx qwerty holmes", "words": 3, "n": 2}),
+                                json.dumps({"prompt": 5}), json.dumps({"prompt": "zzyzx again"})]) + "\n")
+    result = cli("generate", seeds, "--model", "contract", "--dry-run", "--json", "-o", tmp_path / "night-out.jsonl",
+                 check=False)
+    assert result.returncode == 3                                      # one invalid line
+    report = check("generate", result.stdout)
+    assert report["job"] is None and report["status"] == "dry-run"
+    assert report["check"]["lines_valid"] == 3 and report["check"]["lines_invalid"] == 1
+    assert report["check"]["prompts_with_unknown_words"] == 2
+    assert report["check"]["top_unknown_words"][0] == ["zzyzx", 2]
+    assert report["check"]["words_to_generate"] == 7 + 3 * 2 + 7
+    assert 0 < report["check"]["unknown_word_rate"] < 1
+    assert len(read_jsonl(tmp_path / "night-out.errors.jsonl")) == 1 and not (tmp_path / "night-out.jsonl").exists()
+    assert json.loads(cli("status", "--json", "--limit", "1000").stdout) == before   # no job
+    text = cli("generate", seeds, "--model", "contract", "--dry-run", check=False).stdout
+    assert "3 valid line(s), 1 invalid" in text and "zzyzx (2)" in text
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(cli, tmp_path):
+    seeds = tmp_path / "many.txt"
+    seeds.write_text("".join(f"holmes said that the {i} men were\n" for i in range(3000)))
+    env = {**clean_env(), "LSTMQ_PROGRESS_INTERVAL": "1"}
+    result = cli("generate", seeds, "--model", "contract", "-o", tmp_path / "many.jsonl", "--words", "300",
+                 "--chunk-size", "100", env=env)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("job ") and " prompts" in line]
+    assert len(lines) >= 2, result.stderr                      # at least one while running, and the last one
+    assert "/3,000 prompts (" in lines[-1] and "words/s" in lines[-1] and lines[-1].split(": ")[1].startswith("succeeded")
+    assert any("ETA" in line for line in lines[:-1]) or len(lines) == 2, lines
