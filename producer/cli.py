@@ -205,12 +205,13 @@ def train_json(record) -> dict:
 @click.option("--chunk-size", type=int, help="Prompts per task.")
 @click.option("--detach", is_flag=True, help="Submit, print the job id and return; collect later.")
 @click.option("--dry-run", is_flag=True, help="Check every line against the model version; submit nothing.")
+@click.option("--stats", is_flag=True, help="Print the distribution of the lines' logprob (mean log-probability per word).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @timeout_option
 @common_options
 @lstmq_errors
 def generate(seeds, model_spec, output, fmt, words, temperature, top_k, top_p, samples, seed, chunk_size, detach,
-             dry_run, as_json, timeout, config_file, broker):
+             dry_run, stats, as_json, timeout, config_file, broker):
     """Continue every prompt of SEEDS (.txt: a prompt per line; .jsonl: {"id", "prompt", ...};
     - reads standard input)."""
     from lstmq.producer import render
@@ -250,7 +251,7 @@ def generate(seeds, model_spec, output, fmt, words, temperature, top_k, top_p, s
         return
     if not as_json:
         click.echo(f"job {submission.job}: {submission.prompts} prompts with {submission.model}", err=True)
-    collect_job(store, settings, submission.job, output, as_json, timeout)
+    collect_job(store, settings, submission.job, output, as_json, timeout, stats)
 
 
 def errors_path_for(output):
@@ -297,7 +298,7 @@ def preview(store, settings, seeds, model_spec, fmt, output, as_json) -> None:
         sys.exit(EXIT_PARTIAL)
 
 
-def collect_job(store, settings, job_id, output, as_json, timeout=None):
+def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=False):
     from lstmq.producer import render
     from lstmq.producer.collect import wait, write_results
     from lstmq.shared.store import JobKind, JobStatus
@@ -309,12 +310,13 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None):
         record = wait(store, job_id, settings, show_progress() and not as_json, dispatcher_for(settings), timeout)
     except KeyboardInterrupt:
         stopped_waiting(job_id, f"lstmq collect {job_id} -o {output}")
-    written, errors = write_results(store, job_id, output)
+    result = write_results(store, job_id, output)
+    written, errors = result.lines, result.errors
     errors_file = errors_path_for(output) if errors else None
     summary = {"job": job_id, "status": record.status.value, "model": record.model, "output": str(output),
                "lines": written, "prompts": record.prompts, "bad_lines": record.input_errors, "errors": len(errors),
                "errors_file": str(errors_file) if errors_file else None, "words": record.words_done,
-               "seconds": round(record.seconds, 3),
+               "seconds": round(record.seconds, 3), "logprob": result.logprob_stats(),
                "error": render.failure_summary(record, store.jobs.failed_chunks(job_id))
                if record.status is JobStatus.FAILED else None}
     if as_json:
@@ -324,6 +326,8 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None):
             f"; {len(errors)} error(s) (above)" if errors else "")
         click.echo(f"wrote {written} lines to {'standard output' if output == '-' else output} "
                    f"({record.words_done:,} words in {record.seconds:.1f}s){where}", err=True)
+        if stats and summary["logprob"]:
+            click.echo(render.logprob_text(summary["logprob"]), err=True)
     if record.status is JobStatus.CANCELLED:
         click.echo(f"lstmq: job {job_id} was cancelled", err=True)
         sys.exit(EXIT_CANCELLED)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import kombu.exceptions
 import redis
@@ -113,14 +113,32 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
         progress.close()
 
 
-def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list[dict[str, Any]]]:
+class Written(NamedTuple):
+    lines: int
+    errors: list[dict[str, Any]]
+    logprobs: list[float]          # each written line's mean log-probability per word
+
+    def logprob_stats(self) -> dict[str, float] | None:
+        """The distribution of the lines' logprob: mean, min, 10th, 50th and 90th percentile, max."""
+        if not self.logprobs:
+            return None
+        ordered = sorted(self.logprobs)
+        at = lambda fraction: ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+        return {"lines": len(ordered), "mean": round(sum(ordered) / len(ordered), 4), "min": round(ordered[0], 4),
+                "p10": round(at(0.1), 4), "median": round(at(0.5), 4), "p90": round(at(0.9), 4),
+                "max": round(ordered[-1], 4)}
+
+
+def write_results(store: Store, job_id: str, out: str | Path) -> Written:
     """Write OUT.jsonl (and OUT.errors.jsonl when any line or prompt failed); OUT "-" writes the
-    lines to standard output and the error records to stderr. Returns (lines written, errors)."""
+    lines to standard output and the error records to stderr. Each line carries `logprob`, its
+    mean log-probability per generated word under the model (<= 0)."""
     record = store.jobs.get(job_id)
     failed_chunks = store.jobs.failed_chunks(job_id)
     errors = list(store.jobs.input_errors(job_id))
     to_stdout = str(out) == STDOUT
     written = 0
+    logprobs: list[float] = []
     with (nullcontext(sys.stdout) if to_stdout else _atomic(Path(out))) as stream:
         for chunk in range(record.chunks if record.submitted else record.chunks_sent):
             results = store.jobs.result(job_id, chunk)
@@ -139,14 +157,18 @@ def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list
                     errors.append({"id": item["id"], "line": item["line"], "error": result["error"]})
                     continue
                 params = item["params"]
-                for sample, continuation in enumerate(result["samples"]):
+                scores = result.get("logprobs") or [None] * len(result["samples"])
+                for sample, (continuation, logprob) in enumerate(zip(result["samples"], scores)):
                     stream.write(json.dumps({
                         "id": item["id"], "prompt": item["prompt"], "continuation": continuation, "model": record.model,
                         "seed": params["seed"], "sample": sample,
                         "params": {key: params[key] for key in OUTPUT_PARAMS},
                         "unknown_words": result["unknown"],
+                        "logprob": None if logprob is None else round(logprob, 4),
                     }, ensure_ascii=False) + "\n")
                     written += 1
+                    if logprob is not None:
+                        logprobs.append(logprob)
     errors.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
     if to_stdout:   # no OUT to put OUT.errors.jsonl beside: the errors go to stderr, one JSON object a line
         sys.stdout.flush()
@@ -154,7 +176,7 @@ def write_results(store: Store, job_id: str, out: str | Path) -> tuple[int, list
             print(f"lstmq: error {json.dumps(error, ensure_ascii=False)}", file=sys.stderr)
     else:
         write_errors(out, errors)
-    return written, errors
+    return Written(written, errors, logprobs)
 
 
 def missing_reason(record: JobRecord, failure: str | None) -> str:

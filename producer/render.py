@@ -72,7 +72,15 @@ def job_details(record: JobRecord, history: list[dict[str, Any]], failed_chunks:
         perplexity = f", val ppl {entry['val_perplexity']:.2f}" if "val_perplexity" in entry else ""
         lines.append(f"{'epoch ' + str(entry['epoch']):>16}: loss {entry['loss']:.4f}{perplexity} "
                      f"({entry['seconds']:.1f}s)")
+    if history and history[-1].get("samples"):   # what the latest epoch writes, beside its loss
+        for sample in history[-1]["samples"]:
+            lines.append(f"{'t=' + str(sample['temperature']):>16}: {sample['prompt']} -> {sample['text']}")
     return "\n".join(lines)
+
+
+def logprob_text(stats: dict[str, float]) -> str:
+    return (f"logprob per word over {stats['lines']} lines: mean {stats['mean']:.3f}, min {stats['min']:.3f}, "
+            f"p10 {stats['p10']:.3f}, median {stats['median']:.3f}, p90 {stats['p90']:.3f}, max {stats['max']:.3f}")
 
 
 def failure_summary(record: JobRecord, failed_chunks: dict[int, str]) -> str:

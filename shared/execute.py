@@ -108,10 +108,13 @@ class StoreCheckpoints:
 
 
 def run_training(store: Store, job_id: str, worker: str, settings: Settings,
-                 next_slice: Callable[[str], None]) -> dict[str, Any]:
+                 next_slice: Callable[[str], None],
+                 epoch_done: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run one slice of a training job (at most train_slice_seconds, then a checkpoint and
     `next_slice(job_id)`); the last slice registers the model as a new version. Idempotent on
-    redelivery; raises JobBusy while another live worker holds the job."""
+    redelivery; raises JobBusy while another live worker holds the job. `epoch_done`, if given,
+    is called with each epoch event this slice finishes ({"event": "epoch", "seconds", ...}: the
+    worker's metrics); an error in it is logged, never fails the job."""
     from lstmq.shared.model import read_artifact
     from lstmq.shared.train import train
 
@@ -140,6 +143,11 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
                                  event["epoch"], event["epochs"], event["loss"],
                                  f"{event['val_perplexity']:.2f}" if "val_perplexity" in event else "n/a",
                                  event["seconds"])
+                        if epoch_done is not None:
+                            try:
+                                epoch_done(event)
+                            except Exception as error:   # metrics only: training goes on
+                                log.warning("train job %s: epoch hook failed: %s", job_id, describe(error))
                     else:
                         try:
                             store.jobs.update(job_id, step=event["step"], steps=event["steps"],
@@ -245,8 +253,9 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
             loaded = models.get(record.model_name, record.version)
             results, requests, positions = prepare_chunk(items, loaded.decoder.vocabulary, settings)
             words = 0
-            for position, request, samples in zip(positions, requests, loaded.decoder.continuations(requests)):
-                results[position]["samples"] = samples
+            for position, request, scored in zip(positions, requests, loaded.decoder.continuations_scored(requests)):
+                results[position]["samples"] = [text for text, _ in scored]
+                results[position]["logprobs"] = [round(logprob, 5) for _, logprob in scored]
                 words += request.words * request.n
             try:
                 first = store.jobs.save_result(job_id, chunk, results, words)

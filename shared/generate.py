@@ -87,6 +87,7 @@ class Decoder:
         sampling = temperature > 0
         any_sampling = tf.reduce_any(sampling)
         tokens = tf.TensorArray(tf.int32, size=steps)
+        logprobs = tf.TensorArray(tf.float32, size=steps)
         for step in tf.range(steps):
             logits = self.scores(h)
             probabilities = self.softmax(logits)
@@ -96,9 +97,11 @@ class Decoder:
                 lambda: tf.where(sampling, self._sample(logits, temperature, top_k, top_p, uniforms[:, step]), greedy),
                 lambda: greedy)
             tokens = tokens.write(step, token)
+            # the chosen word's log-probability under the model itself (no temperature, no top-k/p)
+            logprobs = logprobs.write(step, tf.gather(tf.nn.log_softmax(logits), token[:, None], batch_dims=1)[:, 0])
             # The embedding lookup without the layer call: the same gather, without attaching a mask.
             _, (h, c) = self.lstm.cell(tf.gather(self.embedding.embeddings, token), [h, c])
-        return tf.transpose(tokens.stack())
+        return tf.transpose(tokens.stack()), tf.transpose(logprobs.stack())
 
     def _sample(self, logits, temperature, top_k, top_p, uniform):
         """Inverse-CDF draw among the most likely words, ranked. Only the first K ranks are
@@ -127,7 +130,12 @@ class Decoder:
     # -- batching --------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request]) -> list[list[list[int]]]:
         """Token ids generated for each request: result[request][sample] is a list of `words` ids."""
-        results: list[list[list[int]]] = [[[] for _ in range(request.n)] for request in requests]
+        return [[ids for ids, _ in samples] for samples in self.generate_scored(requests)]
+
+    def generate_scored(self, requests: Sequence[Request]) -> list[list[tuple[list[int], float]]]:
+        """Per request and sample: the token ids and their mean log-probability per word under
+        the model (<= 0; natural log)."""
+        results: list[list[tuple[list[int], float]]] = [[([], 0.0) for _ in range(request.n)] for request in requests]
         # Group prompts of similar budget and length; all samples of a prompt share one prefill.
         order = sorted(range(len(requests)), key=lambda i: (requests[i].words, len(requests[i].ids)))
         group: list[int] = []
@@ -161,17 +169,24 @@ class Decoder:
                 top_p.append(params.top_p)
                 uniforms.append(row_uniforms(params.seed, request.key, sample, steps)
                                 if params.sampling else np.zeros(steps))
-        tokens = self._decode(
+        tokens, logprobs = self._decode(
             pad_right([requests[i].ids for i in group]),
             np.asarray(row_prompt, np.int32), np.asarray(uniforms, np.float32).reshape(len(row_prompt), steps),
             np.asarray(temperature, np.float32), np.asarray(top_k, np.int32), np.asarray(top_p, np.float32),
-            np.int32(steps)).numpy()
+            np.int32(steps))
+        tokens, logprobs = tokens.numpy(), logprobs.numpy()
         for row, (index, sample) in enumerate(zip(row_request, row_sample)):
-            results[index][sample] = tokens[row, : requests[index].words].tolist()
+            words = requests[index].words
+            results[index][sample] = (tokens[row, :words].tolist(), float(logprobs[row, :words].mean()))
 
     def continuations(self, requests: Sequence[Request]) -> list[list[str]]:
         """Generated text for each request and sample."""
-        return [[" ".join(self.vocabulary.decode(ids)) for ids in samples] for samples in self.generate(requests)]
+        return [[text for text, _ in samples] for samples in self.continuations_scored(requests)]
+
+    def continuations_scored(self, requests: Sequence[Request]) -> list[list[tuple[str, float]]]:
+        """Generated text and its mean log-probability per word, for each request and sample."""
+        return [[(" ".join(self.vocabulary.decode(ids)), logprob) for ids, logprob in samples]
+                for samples in self.generate_scored(requests)]
 
 
 def reference_greedy(inference_model, ids: Sequence[int], words: int, window: int | None = None,

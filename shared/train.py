@@ -16,7 +16,7 @@ import numpy as np
 from lstmq.shared import model as model_module
 from lstmq.shared.errors import CorpusError
 from lstmq.shared.params import Checkpoint, ModelParams
-from lstmq.shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, training_sequences
+from lstmq.shared.text import FILTERS, PAD_ID, SPECIAL_TOKENS, UNK_ID, Vocabulary, training_sequences
 
 BUCKET_POOL_BATCHES = 50   # batches pooled and sorted by length, to cut padding without losing shuffling
 MIN_SEQUENCES = 2
@@ -135,12 +135,15 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
           progress: Callable[[dict[str, Any]], None] | None = None,
           checkpoints: Checkpoints | None = None,
           slice_seconds: float | None = None,
-          cancelled: Callable[[], bool] | None = None) -> TrainResult:
+          cancelled: Callable[[], bool] | None = None,
+          samples_each_epoch: bool = True) -> TrainResult:
     """Train the network on `text` with the network and training parameters `params`.
 
     With `checkpoints`, each epoch is saved and a later call resumes after the last saved epoch.
     `slice_seconds`: stop after the epoch that passes this much time (resume with another call).
     `cancelled()`: asked every second or so; True stops training after the current batch.
+    `samples_each_epoch`: each epoch's record carries continuations of a held-out line's first
+    words at SAMPLE_TEMPERATURES, to read beside the loss.
     Early stopping (early_stopping_patience) counts across resumed calls and restores the best
     validation epoch's weights when it stops the training."""
     import keras
@@ -164,6 +167,7 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
     steps = math.ceil(len(training_batches) / params.batch_size)
     epochs = params.epochs
     patience = params.early_stopping_patience if validation_batches is not None else 0
+    sample_prompt = first_words(validation_batches or training_batches) if samples_each_epoch else None
 
     class Report(keras.callbacks.Callback):
         last_batch_report = 0.0
@@ -193,6 +197,9 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
             if "val_loss" in logs:
                 record["val_loss"] = float(logs["val_loss"])
                 record["val_perplexity"] = float(math.exp(min(logs["val_loss"], 700.0)))
+            if sample_prompt:
+                model_module.copy_to_inference(self.model, inference_model)
+                record["samples"] = epoch_samples(inference_model, vocabulary, sample_prompt, epoch + 1)
             history.append(record)
             best_epoch = best_validation_epoch(history)
             improved = patience > 0 and best_epoch == record["epoch"]
@@ -261,3 +268,32 @@ def early_stopped(history: list[dict[str, Any]], patience: int) -> bool:
     """Whether `patience` epochs have passed without a better validation loss."""
     best = best_validation_epoch(history)
     return patience > 0 and best is not None and bool(history) and history[-1]["epoch"] - best >= patience
+
+
+SAMPLE_TEMPERATURES = (0.2, 0.5, 1.0)
+SAMPLE_PROMPT_WORDS, SAMPLE_WORDS = 3, 8
+
+
+def first_words(batches: SequenceBatches) -> list[int] | None:
+    """The first words of the first sequence with enough of them (a held-out line if any)."""
+    for start, length in zip(batches.starts, batches.lengths):
+        if length > SAMPLE_PROMPT_WORDS:
+            return batches.tokens[start:start + SAMPLE_PROMPT_WORDS].tolist()
+    return None
+
+
+def epoch_samples(inference_model, vocabulary: Vocabulary, prompt: list[int], epoch: int) -> list[dict[str, Any]]:
+    """The prompt continued at each of SAMPLE_TEMPERATURES with the seed's plain loop (the model on
+    the whole context, one word at a time): a few dozen forward passes, seeded by the epoch."""
+    samples = []
+    for temperature in SAMPLE_TEMPERATURES:
+        rng = np.random.default_rng([epoch, int(temperature * 1000)])
+        context = list(prompt)
+        for _ in range(SAMPLE_WORDS):
+            probabilities = np.asarray(inference_model(np.asarray([context], np.int32), training=False), np.float64)[0]
+            probabilities[: len(SPECIAL_TOKENS)] = 0.0
+            scaled = np.exp(np.log(np.maximum(probabilities, 1e-300)) / temperature)
+            context.append(int(rng.choice(len(scaled), p=scaled / scaled.sum())))
+        samples.append({"temperature": temperature, "prompt": " ".join(vocabulary.decode(prompt)),
+                        "text": " ".join(vocabulary.decode(context[len(prompt):]))})
+    return samples

@@ -131,3 +131,18 @@ def test_progress_lines_when_stderr_is_not_a_terminal(cli, tmp_path):
     assert len(lines) >= 2, result.stderr                      # at least one while running, and the last one
     assert "/3,000 prompts (" in lines[-1] and "words/s" in lines[-1] and lines[-1].split(": ")[1].startswith("succeeded")
     assert any("ETA" in line for line in lines[:-1]) or len(lines) == 2, lines
+
+
+def test_lines_carry_their_logprob_and_stats_summarize_it(cli, tmp_path):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("holmes said\nthe door opened\nmy dear watson\n")
+    out = tmp_path / "out.jsonl"
+    result = cli("generate", seeds, "--model", "contract", "-o", out, "--stats", "--temperature", "1", "--n", "2")
+    lines = read_jsonl(out)
+    assert len(lines) == 6 and all(isinstance(line["logprob"], float) and line["logprob"] <= 0 for line in lines)
+    assert "logprob per word over 6 lines: mean -" in result.stderr
+    summary = json.loads(cli("collect", json.loads(cli("status", "--json", "--limit", "1").stdout)[0]["id"],
+                             "-o", tmp_path / "again.jsonl", "--json").stdout)
+    stats = summary["logprob"]
+    assert stats["lines"] == 6 and stats["min"] <= stats["median"] <= stats["max"] <= 0
+    assert stats["mean"] == pytest.approx(sum(line["logprob"] for line in lines) / 6, abs=1e-3)

@@ -190,3 +190,20 @@ def test_rows_with_different_top_k_do_not_affect_each_other(random_model):
     # rows that all have a top_k are ranked only that far; the draws are the same
     limited = [request for request in requests if request.params.top_k > 0]
     assert decoder.generate(limited) == [together[i] for i, r in enumerate(requests) if r.params.top_k > 0]
+
+
+def test_each_continuation_carries_its_mean_log_probability_under_the_model(random_model):
+    """The mean of log softmax(model(context)) at each chosen word, from the seed's full-context
+    forward pass: the same for greedy and sampled rows, whatever the temperature."""
+    inference, vocabulary = random_model
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
+    prompts = random_prompts(4, seed=41)
+    requests = [Request(ids=p, key=i, words=5, temperature=(0.0 if i % 2 else 1.3), seed=2) for i, p in enumerate(prompts)]
+    for request, samples in zip(requests, decoder.generate_scored(requests)):
+        (ids, mean_logprob), = samples
+        context, total = list(request.ids), 0.0
+        for token in ids:
+            probabilities = np.asarray(inference(np.asarray([context], np.int32), training=False))[0]
+            total += float(np.log(probabilities[token]))
+            context.append(token)
+        assert mean_logprob <= 0 and mean_logprob == pytest.approx(total / len(ids), abs=1e-4)

@@ -58,6 +58,11 @@ def test_train_waits_with_epochs_and_registers_a_version(trained, cli, corpus_sl
     assert [entry["epoch"] for entry in status["history"]] == [1, 2]
     assert all(entry["seconds"] > 0 and entry["val_perplexity"] > 1 for entry in status["history"])
     assert "epoch 2: loss" in cli("status", summary["job"]).stdout
+    # each epoch records continuations at three temperatures, shown by status
+    samples = status["history"][-1]["samples"]
+    assert [sample["temperature"] for sample in samples] == [0.2, 0.5, 1.0]
+    assert all(len(sample["text"].split()) == 8 and len(sample["prompt"].split()) == 3 for sample in samples)
+    assert "t=0.5: " in cli("status", summary["job"]).stdout
     assert "sherlock" in cli("status").stdout
 
 
