@@ -78,7 +78,9 @@ def test_generate_txt_with_bad_lines(trained, cli, tmp_path):
     assert [line["id"] for line in lines] == [1, 3, 6, 7]
     assert [line["prompt"] for line in lines] == ["I will close the door if", "holmes looked at", "zzyzx qwerty", "my dear watson"]
     for line in lines:
-        assert set(line) == {"id", "prompt", "continuation", "model", "seed", "sample", "params", "unknown_words"}
+        assert set(line) == {"id", "prompt", "continuation", "model", "seed", "sample", "params", "unknown_words",
+                             "logprob"}
+        assert line["logprob"] <= 0
         assert line["model"] == "sherlock@1" and line["seed"] == 3 and line["sample"] == 0
         assert line["params"] == {"words": 7, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "n": 1}
         assert len(line["continuation"].split()) == 7

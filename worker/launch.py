@@ -3,7 +3,9 @@
 Each worker is a separate Python process whose environment has CUDA_VISIBLE_DEVICES set before
 Python starts, so it sees exactly one GPU, and TF_FORCE_GPU_ALLOW_GROWTH=true so it takes GPU
 memory as it needs it. The broker URL reaches the workers through their environment
-(LSTMQ_BROKER_URL), never their command line, where `ps` would show its password.
+(LSTMQ_BROKER_URL), never their command line, where `ps` would show its password. With a
+metrics port (--metrics-port or the metrics_port setting), worker i serves Prometheus metrics on
+PORT + i (LSTMQ_METRICS_PORT in its environment; see worker.metrics).
 
 Stopping: SIGINT/SIGTERM are passed on (Celery's warm shutdown: the current chunk finishes). A
 worker still busy shutdown_timeout seconds later is killed, and the chunk or training slice it
@@ -69,12 +71,18 @@ def module_command(module: str) -> list[str]:
 
 
 def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, config: str | None,
-                    loglevel: str, prefix: str) -> list[tuple[list[str], dict[str, str]]]:
+                    loglevel: str, prefix: str,
+                    metrics_port: int | None = None) -> list[tuple[list[str], dict[str, str]]]:
+    """Each worker's command line and environment. With `metrics_port`, worker i (in the order of
+    `gpus`) serves its Prometheus metrics on metrics_port + i (LSTMQ_METRICS_PORT)."""
     base = dict(os.environ)
     base.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    base.pop("LSTMQ_METRICS_PORT", None)   # set per worker below: never the same port twice
     commands = []
-    for gpu in gpus if gpus else [None]:
+    for index, gpu in enumerate(gpus if gpus else [None]):
         env = dict(base)
+        if metrics_port is not None:
+            env["LSTMQ_METRICS_PORT"] = str(metrics_port + index)
         device = f"gpu{gpu}" if gpu is not None else "cpu"
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else "-1"
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
@@ -98,7 +106,10 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
 @click.option("--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--name", "prefix", default="lstmq", show_default=True, help="Node name prefix (NAME-gpu0@host).")
-def main(gpus, cpu, queues, broker, config, loglevel, prefix):
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics_port / "
+                   "LSTMQ_METRICS_PORT); the worker of the i-th GPU listed uses PORT + i.")
+def main(gpus, cpu, queues, broker, config, loglevel, prefix, metrics_port):
     """Start lstmq workers: one Celery worker per GPU, each loading models once and consuming
     the `train` and `generate` queues."""
     if gpus and cpu:
@@ -115,15 +126,26 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix):
     from lstmq.shared.errors import ConfigError
     from lstmq.shared.redact import redact
     try:
-        settings = load_settings(config, {"broker_url": broker})   # fail here, once, on a bad setting
+        # fail here, once, on a bad setting
+        settings = load_settings(config, {"broker_url": broker, "metrics_port": metrics_port})
     except ConfigError as error:
         raise click.ClickException(redact(str(error), broker)) from None
+    port = settings.metrics_port
+    count = len(chosen) if chosen else 1
+    if port is not None and port + count - 1 > 65535:
+        raise click.UsageError(f"metrics port {port} + {count - 1} (one port per worker) is above 65535")
     workers = []
-    for command, env in worker_commands(chosen, queues, broker, config, loglevel.upper(), prefix):
+    for command, env in worker_commands(chosen, queues, broker, config, loglevel.upper(), prefix, port):
+        served = f", metrics {metrics_url(int(env['LSTMQ_METRICS_PORT']))}" if port is not None else ""
         click.echo(f"lstmq-worker: starting {command[command.index('--name') + 1]} "
-                   f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, queues {queues})", err=True)
+                   f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, queues {queues}{served})", err=True)
         workers.append(Supervised(command, env))
     sys.exit(supervise(workers, settings.shutdown_timeout, lambda names: give_back(settings, names)))
+
+
+def metrics_url(port: int) -> str:
+    """Where a worker serves its metrics (it listens on every interface of this host)."""
+    return f"http://{os.uname().nodename}:{port}/metrics"
 
 
 def give_back(settings, names: list[str]) -> None:

@@ -1,6 +1,7 @@
 """Per-process state of a worker: settings, the store, the device, and a cache of loaded models.
 configure() runs in the Celery main process (no TensorFlow); init_process() runs in the pool
-process that executes tasks, and is the only place TensorFlow gets imported."""
+process that executes tasks, and is the only place TensorFlow gets imported; it also serves the
+worker's Prometheus metrics (worker.metrics) when metrics_port is set."""
 from __future__ import annotations
 
 import logging
@@ -19,6 +20,7 @@ from lstmq.shared.config import Settings
 from lstmq.shared.messages import Dispatcher
 from lstmq.shared.recovery import recover_quietly
 from lstmq.shared.store import Store
+from lstmq.worker import metrics
 
 log = logging.getLogger("lstmq.worker")
 
@@ -148,6 +150,9 @@ def init_process() -> None:
 
     STATE.watchdog = Watchdog(STATE.store, STATE.dispatcher, settings, STATE.name, info)
     STATE.watchdog.start()
+    metrics.setup(STATE.device, lambda: len(STATE.models.models) if STATE.models else 0)
+    if settings.metrics_port:   # this process counts, so this process serves (metrics_port + i on GPU i)
+        metrics.serve(settings.metrics_port)
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())
 
 

@@ -5,6 +5,7 @@ fails in Celery's eyes too (an expected error: logged without a traceback)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,7 +15,7 @@ from celery.signals import celeryd_after_setup, worker_process_init
 
 from lstmq.shared.errors import BadMessage, JobBusy, JobNotFound, LstmqError
 from lstmq.shared.messages import ROUTES, JobKind, parse_message
-from lstmq.worker import runtime
+from lstmq.worker import metrics, runtime
 from lstmq.worker.app import app
 
 log = logging.getLogger("lstmq.worker")
@@ -57,7 +58,8 @@ def train(self, *args, **kwargs):
         settings = runtime.ensure_settings()
         try:
             return retry_transient(
-                lambda: run_training(self.store, message.job, runtime.STATE.name, settings, self.dispatcher.train),
+                lambda: run_training(self.store, message.job, runtime.STATE.name, settings, self.dispatcher.train,
+                                     epoch_done=metrics.epoch_finished),
                 settings.task_retries, f"train job {message.job}")
         except JobBusy as error:
             log.info("%s; retrying in %ds", error, BUSY_RETRY_S)
@@ -66,6 +68,22 @@ def train(self, *args, **kwargs):
 
 @app.task(name=ROUTES[JobKind.GENERATE].task, bind=True, base=LstmqTask)
 def generate(self, *args, **kwargs):
+    """One chunk; its outcome (done, skipped, failed, rejected), time, prompts and words are
+    counted in worker.metrics."""
+    started = time.monotonic()
+    try:
+        outcome = _generate(self, args, kwargs)
+    except Reject:
+        metrics.chunk_finished("rejected", time.monotonic() - started)
+        raise
+    except Exception:
+        metrics.chunk_finished("failed", time.monotonic() - started)
+        raise
+    metrics.chunk_finished("skipped" if outcome.get("skipped") else "done", time.monotonic() - started, outcome)
+    return outcome
+
+
+def _generate(self, args, kwargs):
     from lstmq.shared.execute import TRANSIENT, describe, retry_transient, run_generate_chunk
 
     with self.rejecting(JobKind.GENERATE, kwargs):
