@@ -8,9 +8,9 @@ TF_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TF_EXTRA)
 
-.PHONY: setup demo test test-unit test-integration test-faults bench clean redis-server
+.PHONY: setup demo test test-unit test-integration test-faults bench clean redis-server compose-tool
 
-setup: $(STAMP) redis-server
+setup: $(STAMP) redis-server compose-tool
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ redis-server:
 	    echo "installing redis-server from Debian's packages"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)"; exit 1; fi; }
+
+# docker-compose (Debian's package) validates docker-compose.yml in tests/test_compose.py, no Docker
+# engine needed; without it (or Docker Compose v2) that test skips, so a missing tool is no failure.
+compose-tool:
+	@command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing docker-compose from Debian's packages"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; } || \
+	      echo "could not install docker-compose: tests/test_compose.py will skip validating docker-compose.yml"; \
+	  else echo "docker-compose is missing (sudo apt-get install docker-compose): tests/test_compose.py will skip validating docker-compose.yml"; fi; }
 
 demo: setup
 	$(BIN)/python -m lstmq.producer.demo
