@@ -525,8 +525,10 @@ def models_show(name, as_json, config_file, broker):
 
     registry = open_store(settings_for(config_file, broker_url=broker)).registry
     registry.resolve(name)   # a clear error for an unknown name
-    versions, aliases = registry.versions(name), registry.aliases(name)
-    rows = [render.version_row(name, version, meta, aliases) for version, meta in versions.items()]
+    versions, aliases, failures = registry.versions(name), registry.aliases(name), registry.load_failures(name)
+    rows = [{**render.version_row(name, version, meta, aliases),
+             "load_errors": [render.load_failure_json(failure) for failure in failures.get(version, [])]}
+            for version, meta in versions.items()]
     if as_json:
         render.echo_json({"name": name, "aliases": aliases, "versions": rows})
     else:

@@ -128,6 +128,10 @@ def version_row(name: str, version: int, meta: dict[str, Any], aliases: dict[str
             "params": meta.get("training", {})}
 
 
+def load_failure_json(failure: dict[str, Any]) -> dict[str, Any]:
+    return {**failure, "at": iso_utc(failure["at"])}
+
+
 def params_text(params: dict[str, Any]) -> str:
     """The parameters that tell versions apart, in a few characters."""
     short = {"embedding_dim": "emb", "lstm_units": "lstm", "batch_size": "bs", "learning_rate": "lr", "epochs": "ep"}
@@ -142,6 +146,8 @@ def versions_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['model']:<24}{row['epochs_run'] or 0:>7}{number(row['val_perplexity']):>10}"
                      f"{row['vocab_size']:>8}  {row['corpus_sha256'][:12]:<14}{row['created']:<27}"
                      f"{params_text(row.get('params', {})):<34}{','.join(row['aliases'])}")
+        for failure in row.get("load_errors", []):
+            lines.append(f"{'':<24}  could not load on {failure['worker']}: {failure['reason']}")
     return "\n".join(lines)
 
 

@@ -404,3 +404,34 @@ def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, 
     table = cli("workers").stdout
     assert "queued messages: train 0, generate 0" in table and entry["name"] in table and "sherlock@1" in table
     assert "live workers: 1" in cli("status").stdout
+
+
+def test_a_moved_alias_is_warmed_up_and_a_failed_load_is_recorded(trained, cli, worker, corpus_slice, redis_server,
+                                                                  tmp_path):
+    """Workers load a newly promoted version before a job needs it (within a heartbeat, 10 s);
+    a version that fails to load is recorded and the loaded ones go on serving."""
+    from conftest import wait_for
+
+    from lstmq.shared.store import Store, keys
+
+    train = lambda *flags: json.loads(cli("train", corpus_slice, "--model", "warm", "--epochs", "1", "--wait",
+                                          "--json", *flags).stdout)["model"]
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("the door opened\n")
+    assert train() == "warm@1"
+    cli("generate", seeds, "--model", "warm", "-o", tmp_path / "one.jsonl")            # the worker serves warm@1
+    assert train("--no-promote") == "warm@2"
+    cli("models", "promote", "warm@2")
+    wait_for(lambda: "warmed up model warm@2" in worker.text(), timeout=40, interval=0.5, what="warm@2 to be warmed")
+    assert train("--no-promote") == "warm@3"
+    store = Store.from_url(redis_server.url, ttl=3600)
+    store.redis.set(keys.blob(store.registry.meta("warm", 3)["artifact_sha256"]), b"not a model")
+    cli("models", "promote", "warm@3", "--alias", "canary")
+    wait_for(lambda: "could not load model warm@3" in worker.text(), timeout=40, interval=0.5, what="a failed load")
+    shown = json.loads(cli("models", "show", "warm", "--json").stdout)
+    failure = {row["version"]: row["load_errors"] for row in shown["versions"]}[3][0]
+    assert failure["worker"].startswith("lstmq-cpu@") and "ArtifactCorrupt" in failure["reason"]
+    assert "could not load on lstmq-cpu@" in cli("models", "show", "warm").stdout
+    out = tmp_path / "after.jsonl"
+    cli("generate", seeds, "--model", "warm", "-o", out)                              # warm@2 goes on serving
+    assert read_jsonl(out)[0]["model"] == "warm@2"

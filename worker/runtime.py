@@ -44,8 +44,23 @@ class ModelCache:
     def __init__(self, store: Store, size: int, max_rows: int):
         self.store, self.size, self.max_rows = store, size, max_rows
         self.models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
+        self.lock = threading.RLock()   # the task and the watchdog (warming a promoted version) share it
 
     def get(self, name: str, version: int) -> LoadedModel:
+        with self.lock:
+            return self._get(name, version)
+
+    def warm(self, name: str, version: int) -> LoadedModel:
+        """Load a version and trace its decoder once, so the first chunk that needs it does not wait."""
+        from lstmq.shared.generate import Request
+
+        with self.lock:
+            loaded = self._get(name, version)
+            params = ensure_settings().generation_params().replace(words=1, n=1, seed=0, temperature=0.0)
+            loaded.decoder.generate([Request(ids=[2], params=params, key=0)])
+            return loaded
+
+    def _get(self, name: str, version: int) -> LoadedModel:
         key = (name, version)
         if key in self.models:
             self.models.move_to_end(key)
@@ -99,6 +114,7 @@ class Watchdog(threading.Thread):
         super().__init__(daemon=True, name="lstmq-watchdog")
         self.store, self.dispatcher, self.settings, self.worker, self.info = store, dispatcher, settings, name, info
         self.stopped = threading.Event()
+        self.failed: set[tuple[str, int]] = set()   # versions that would not load here
 
     def run(self) -> None:
         interval = self.settings.lease_seconds / 3
@@ -109,8 +125,37 @@ class Watchdog(threading.Thread):
                 log.warning("could not send this worker's heartbeat: %s", error)
             recover_quietly(self.store, self.dispatcher, self.settings.redispatch_limit,
                             lease_seconds=self.settings.lease_seconds)
+            self.follow_aliases()
             if self.stopped.wait(interval):
                 return
+
+    def follow_aliases(self) -> None:
+        """When an alias of a model this process serves moves, load and warm the version it now
+        names before a job needs it. A version that fails to load is recorded in the registry
+        (lstmq models show) and not tried again by this process; the loaded ones go on serving."""
+        models = STATE.models
+        if models is None:
+            return
+        for name in sorted({name for name, _ in list(models.models)}):
+            try:
+                targets = set(self.store.registry.aliases(name).values())
+            except redis.exceptions.RedisError as error:
+                log.warning("could not read the aliases of model %s: %s", name, error)
+                continue
+            for version in sorted(targets):
+                if (name, version) in models.models or (name, version) in self.failed:
+                    continue
+                try:
+                    models.warm(name, version)
+                    log.info("warmed up model %s@%d (an alias now names it)", name, version)
+                except Exception as error:   # any load failure: the old versions keep serving
+                    self.failed.add((name, version))
+                    reason = f"{type(error).__name__}: {error}"
+                    log.error("could not load model %s@%d: %s; the loaded versions go on serving", name, version, reason)
+                    try:
+                        self.store.registry.record_load_failure(name, version, self.worker, reason)
+                    except redis.exceptions.RedisError as record_error:
+                        log.warning("could not record the load failure: %s", record_error)
 
 
 STATE = Runtime()

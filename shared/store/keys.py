@@ -2,7 +2,7 @@
 
     lstmq:blob:<sha256>                  content-addressed bytes (corpora, model artifacts)
     lstmq:models                         set of model names
-    lstmq:model:<name>:versions|counter|aliases
+    lstmq:model:<name>:versions|counter|aliases|load-errors
     lstmq:jobs                           sorted set of job ids by creation time
     lstmq:active                         sorted set of jobs not yet final (watched for lapsed leases)
     lstmq:job:<id>                       the job record (a hash)

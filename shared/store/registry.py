@@ -147,6 +147,19 @@ class Registry:
             raise ModelNotFound(f"model {name}@{version} is not in the registry")
         return json.loads(raw)
 
+    def record_load_failure(self, name: str, version: int, worker: str, reason: str) -> None:
+        """A worker could not load NAME@VERSION (kept with the version, shown by models show)."""
+        self.redis.hset(keys.model_key(name, "load-errors"), f"{version}:{worker}", f"{now()}\t{reason}")
+
+    def load_failures(self, name: str) -> dict[int, list[dict[str, Any]]]:
+        """Version -> [{worker, reason, at}] of the loads that failed."""
+        failures: dict[int, list[dict[str, Any]]] = {}
+        for field, value in self.redis.hgetall(keys.model_key(name, "load-errors")).items():
+            version, _, worker = field.decode().partition(":")
+            at, _, reason = value.decode().partition("\t")
+            failures.setdefault(int(version), []).append({"worker": worker, "reason": reason, "at": float(at)})
+        return failures
+
     def artifact(self, name: str, version: int) -> bytes:
         """The version's artifact, checked against the sha256 the registry recorded for it."""
         expected = self.meta(name, version)["artifact_sha256"]
