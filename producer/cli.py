@@ -448,7 +448,8 @@ def status(job, limit, as_json, config_file, broker):
         from lstmq.shared.messages import QUEUES
         depths = ", ".join(f"{queue} {store.jobs.queue_length(queue)}" for queue in QUEUES)
         click.echo(f"queued messages: {depths}; live workers: {len(store.workers.live())}")
-        click.echo(render.job_table(records))
+        stalled = {record.id: len(store.jobs.lapsed(record.id)) for record in records if not record.status.finished}
+        click.echo(render.job_table(records, stalled))
 
 
 @main.command()

@@ -44,11 +44,30 @@ def progress_text(record: JobRecord) -> str:
            f"{record.words_done} words"
 
 
-def job_table(records: list[JobRecord]) -> str:
-    lines = [f"{'JOB':<17}{'KIND':<9}{'STATUS':<10}{'MODEL':<22}PROGRESS"]
+def pace_text(record: JobRecord, stalled: int = 0) -> str:
+    """Words/s since the job started, the ETA while it runs, failed and stalled chunks."""
+    parts = []
+    if record.kind is JobKind.GENERATE and record.started is not None:
+        end = record.finished if record.finished is not None else time.time()
+        elapsed = max(end - record.started, 1e-9)
+        parts.append(f"{record.words_done / elapsed:,.0f} words/s")
+        progress = record.progress()
+        if not record.status.finished and progress.total and progress.done:
+            parts.append(f"ETA {duration((progress.total - progress.done) * elapsed / progress.done)}")
+    if record.chunks_failed:
+        parts.append(f"{record.chunks_failed} failed")
+    if stalled:
+        parts.append(f"{stalled} stalled")
+    return ", ".join(parts)
+
+
+def job_table(records: list[JobRecord], stalled: dict[str, int] | None = None) -> str:
+    """One line per job: progress, words/s, ETA, failed chunks and stalled ones (lapsed leases)."""
+    lines = [f"{'JOB':<17}{'KIND':<9}{'STATUS':<10}{'MODEL':<22}{'PROGRESS':<36}PACE"]
     for record in records:
         lines.append(f"{record.id:<17}{record.kind.value:<9}{record.status.value:<10}"
-                     f"{record.model or record.model_name or '':<22}{progress_text(record)}")
+                     f"{record.model or record.model_name or '':<22}{progress_text(record):<36}"
+                     f"{pace_text(record, (stalled or {}).get(record.id, 0))}")
     return "\n".join(lines)
 
 

@@ -403,7 +403,8 @@ def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, 
     assert sorted(entry["queues"]) == ["generate", "train"] and entry["last_heartbeat"].endswith("Z")
     table = cli("workers").stdout
     assert "queued messages: train 0, generate 0" in table and entry["name"] in table and "sherlock@1" in table
-    assert "live workers: 1" in cli("status").stdout
+    listing = cli("status").stdout
+    assert "live workers: 1" in listing and "PACE" in listing and "words/s" in listing
 
 
 def test_a_moved_alias_is_warmed_up_and_a_failed_load_is_recorded(trained, cli, worker, corpus_slice, redis_server,
