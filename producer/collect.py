@@ -58,10 +58,9 @@ class Watch:
             for recovery in recover(self.store, self.dispatcher, self.settings.redispatch_limit, [record.id],
                                     self.settings.lease_seconds):
                 note(f"lstmq: {recovery.describe()}")
-        if time.monotonic() - self.started < NO_WORKER_NOTICE_S and self.workers_seen is None:
-            if not self.store.workers.consuming(self.queue):
-                return   # a worker may be starting: give it a moment before saying anything
         consuming = bool(self.store.workers.consuming(self.queue))
+        if not consuming and self.workers_seen is None and time.monotonic() - self.started < NO_WORKER_NOTICE_S:
+            return   # a worker may be starting: give it a moment before saying anything
         if consuming != self.workers_seen:
             if not consuming:
                 note(f"lstmq: no live lstmq-worker consumes the '{self.queue}' queue on {redact_url(self.settings.broker_url)}; "

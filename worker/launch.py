@@ -154,7 +154,7 @@ def give_back(settings, names: list[str]) -> None:
     from lstmq.shared.recovery import recover
     from lstmq.shared.store import Store
 
-    store = Store.from_settings(settings)
+    store, dispatcher = Store.from_settings(settings), Dispatcher(settings)
     try:
         for name in names:
             held = store.workers.holding(name)
@@ -162,7 +162,7 @@ def give_back(settings, names: list[str]) -> None:
                 continue
             job, member = held
             store.jobs.mark_lapsed(job, member)
-            for recovery in recover(store, Dispatcher(settings), settings.redispatch_limit, [job]):
+            for recovery in recover(store, dispatcher, settings.redispatch_limit, [job]):
                 click.echo(f"lstmq-worker: {name} stopped before it finished; {recovery.describe()}", err=True)
             store.workers.release(name)
             store.workers.leave(name)
