@@ -446,8 +446,7 @@ def status(job, limit, as_json, config_file, broker):
         render.echo_json([record.to_json() for record in records])
     else:
         from lstmq.shared.messages import QUEUES
-        depths = ", ".join(f"{queue} {store.jobs.queue_length(queue)}" for queue in QUEUES)
-        click.echo(f"queued messages: {depths}; live workers: {len(store.workers.live())}")
+        click.echo(f"{render.queues_line(store.queues(QUEUES))}; live workers: {len(store.workers.live())}")
         stalled = {record.id: len(store.jobs.lapsed(record.id)) for record in records if not record.status.finished}
         click.echo(render.job_table(records, stalled))
 
@@ -467,7 +466,33 @@ def workers(as_json, config_file, broker):
     if as_json:
         render.echo_json([render.worker_json(worker) for worker in live])
     else:
-        click.echo(render.workers_table(live, {queue: store.jobs.queue_length(queue) for queue in QUEUES}))
+        click.echo(render.workers_table(live, store.queues(QUEUES)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per queue.")
+@click.option("--newest", default=5, show_default=True, type=click.IntRange(0, 1000),
+              help="How many of the newest dead-lettered entries to show per queue.")
+@click.option("--purge-dead-letters", is_flag=True, help="Then delete the dead-letter lists.")
+@common_options
+@lstmq_errors
+def queues(as_json, newest, purge_dead_letters, config_file, broker):
+    """The Celery queues: messages waiting, live workers consuming each, and the dead-letter
+    lists (entries on a queue that could not be decoded, which workers set aside)."""
+    from lstmq.producer import render
+    from lstmq.shared.messages import QUEUES
+
+    store = open_store(settings_for(config_file, broker_url=broker))
+    report = store.queues(QUEUES, newest)
+    if purge_dead_letters:
+        for queue in report:
+            queue["purged"] = store.jobs.purge_dead_letters(queue["queue"])
+    if as_json:
+        render.echo_json(report)
+        return
+    click.echo(render.queues_table(report))
+    if purge_dead_letters:
+        click.echo(f"purged {sum(queue['purged'] for queue in report)} dead-lettered entries")
 
 
 # -- models --------------------------------------------------------------------------------------

@@ -118,19 +118,47 @@ def worker_json(worker: dict[str, Any]) -> dict[str, Any]:
     return {**worker, "last_heartbeat": iso_utc(worker.get("last_heartbeat")), "started": iso_utc(worker.get("started"))}
 
 
-def workers_table(workers: list[dict[str, Any]], depths: dict[str, int]) -> str:
+def queues_line(queues: list[dict[str, Any]]) -> str:
+    """queued messages: generate 3, train 0; dead-lettered: generate 1 (lstmq queues shows them)"""
+    depths = ", ".join(f"{queue['queue']} {queue['messages']}" for queue in queues)
+    line = f"queued messages: {depths}"
+    dead = [f"{queue['queue']} {queue['dead_letters']}" for queue in queues if queue["dead_letters"]]
+    if dead:
+        line += f"; dead-lettered: {', '.join(dead)} (lstmq queues shows them)"
+    return line
+
+
+def device_text(worker: dict[str, Any]) -> str:
+    """GPU 1 NVIDIA H100 80GB HBM3, or cpu."""
+    if worker.get("gpu_index") is not None:
+        return f"GPU {worker['gpu_index']}" + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
+    return worker.get("device", "?") + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
+
+
+def workers_table(workers: list[dict[str, Any]], queues: list[dict[str, Any]]) -> str:
     now = time.time()
-    lines = [f"queued messages: {', '.join(f'{queue} {depth}' for queue, depth in depths.items())}",
-             f"{'WORKER':<32}{'DEVICE':<16}{'QUEUES':<16}{'CHUNKS':>7}  {'BEAT':>6}  {'MODELS':<24}NOW"]
+    width = max([len(device_text(worker)) + 2 for worker in workers] + [16])
+    lines = [queues_line(queues),
+             f"{'WORKER':<32}{'DEVICE':<{width}}{'QUEUES':<16}{'CHUNKS':>7}  {'BEAT':>6}  {'MODELS':<24}NOW"]
     for worker in workers:
-        device = worker.get("device", "?") + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
         current = worker.get("current")
         doing = f"job {current['job']} {current['member']}" if current else "idle"
-        lines.append(f"{worker['name']:<32}{device:<16}{','.join(worker.get('queues', [])):<16}"
+        lines.append(f"{worker['name']:<32}{device_text(worker):<{width}}{','.join(worker.get('queues', [])):<16}"
                      f"{worker.get('chunks_done', 0):>7}  {now - worker.get('last_heartbeat', now):>5.0f}s  "
                      f"{','.join(worker.get('models', [])) or '-':<24}{doing}")
     if not workers:
         lines.append("(no live worker: start one with lstmq-worker)")
+    return "\n".join(lines)
+
+
+def queues_table(queues: list[dict[str, Any]]) -> str:
+    lines = [f"{'QUEUE':<12}{'MESSAGES':>9}{'CONSUMERS':>10}{'DEAD-LETTERED':>15}"]
+    for queue in queues:
+        lines.append(f"{queue['queue']:<12}{queue['messages']:>9}{queue['consumers']:>10}{queue['dead_letters']:>15}")
+    for queue in queues:
+        if queue["dead_letters"]:
+            lines.append(f"\nnewest dead-lettered entries of {queue['queue']} (Redis list {queue['dead_letter_key']}):")
+            lines.extend(f"  {entry}" for entry in queue["newest_dead_letters"])
     return "\n".join(lines)
 
 
@@ -243,6 +271,7 @@ class TrainProgress:
     def __init__(self, record: JobRecord, show: bool, log: TextIO, interval: float = 10.0, clock=time.monotonic):
         self.show, self.log, self.reported, self.interval, self.clock = show, log, record.epoch, interval, clock
         self.last_line = clock()
+        self.last_ppl = ""   # the last finished epoch's validation perplexity, shown beside the running loss
         self.bar = tqdm(total=record.progress().total, unit="epoch", desc=f"train {record.model_name}",
                         bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} epochs [{elapsed}<{remaining}{postfix}]",
                         **_bar_options(show))
@@ -250,13 +279,15 @@ class TrainProgress:
     def update(self, record: JobRecord) -> None:
         progress = record.progress()
         self.bar.update(progress.done - self.bar.n)
-        if record.step and record.steps and record.epoch_running == record.epoch + 1:
-            self.bar.set_postfix_str(f"batch {record.step}/{record.steps}", refresh=False)
+        running = record.step and record.steps and record.epoch_running == record.epoch + 1
         if record.epoch > self.reported and record.loss is not None:
             self.reported = record.epoch
             line = f"epoch {record.epoch}/{progress.total}: loss {record.loss:.4f}"
             if record.val_perplexity is not None:
                 line += f", val ppl {record.val_perplexity:.2f}"
+                self.last_ppl = f", val ppl {record.val_perplexity:.2f}"
+            if not running:   # between epochs, and at the end: the finished epoch's figures
+                self.bar.set_postfix_str(line.split(": ", 1)[1], refresh=False)
             if self.show:
                 self.bar.write(line, file=sys.stderr)   # stays on screen; the bar goes on below it
             else:
@@ -264,9 +295,13 @@ class TrainProgress:
                 self.last_line = self.clock()
         elif not self.show and self.clock() - self.last_line >= self.interval and not record.status.finished:
             self.last_line = self.clock()
+            loss = f", loss {record.batch_loss:.4f}" if running and record.batch_loss is not None else ""
             batch = f", batch {record.step}/{record.steps}" if record.step and record.steps else ""
-            print(f"train {record.model_name}: {record.status.value}, epoch {record.epoch + 1}/{progress.total}{batch}",
+            print(f"train {record.model_name}: {record.status.value}, epoch {record.epoch + 1}/{progress.total}{batch}{loss}",
                   file=self.log, flush=True)
+        if running:
+            loss = f", loss {record.batch_loss:.4f}" if record.batch_loss is not None else ""
+            self.bar.set_postfix_str(f"batch {record.step}/{record.steps}{loss}{self.last_ppl}", refresh=False)
 
     def close(self) -> None:
         self.bar.close()

@@ -150,8 +150,10 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
                                 log.warning("train job %s: epoch hook failed: %s", job_id, describe(error))
                     else:
                         try:
+                            running = {"batch_loss": round(event["loss"], 5)} if event.get("loss") is not None \
+                                and event["loss"] == event["loss"] else {}   # not NaN
                             store.jobs.update(job_id, step=event["step"], steps=event["steps"],
-                                              epoch_running=event["epoch"])
+                                              epoch_running=event["epoch"], **running)
                         except TRANSIENT as error:   # progress only: the next report tries again
                             log.warning("train job %s: could not record progress: %s", job_id, error)
 

@@ -65,6 +65,7 @@ def test_every_command_prints_json_its_schema_accepts(cli, tmp_path):
     assert isinstance(check("status", cli("status", "--json").stdout), list)
     check("wait", cli("wait", job, "--json").stdout)
     check("workers", cli("workers", "--json").stdout)
+    assert [queue["queue"] for queue in check("queues", cli("queues", "--json").stdout)] == ["train", "generate"]
     check("models-list", cli("models", "--json").stdout)
     check("models-show", cli("models", "show", "contract", "--json").stdout)
     check("models-promote", cli("models", "promote", "contract@1", "--json").stdout)

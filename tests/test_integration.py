@@ -220,6 +220,15 @@ def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_pa
     while raw not in client.lrange(dead_letter_key("generate"), 0, -1) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert raw in client.lrange(dead_letter_key("generate"), 0, -1)
+    # ...which the fleet view shows: counted beside the queue depths, listed by `lstmq queues`
+    assert "dead-lettered: generate 1 (lstmq queues shows them)" in cli("workers").stdout
+    queues = {queue["queue"]: queue for queue in json.loads(cli("queues", "--json").stdout)}
+    assert queues["generate"]["dead_letters"] == 1 and queues["generate"]["consumers"] == 1
+    assert queues["generate"]["newest_dead_letters"] == [repr(raw)] and queues["train"]["dead_letters"] == 0
+    assert repr(raw) in cli("queues").stdout
+    purged = json.loads(cli("queues", "--purge-dead-letters", "--json").stdout)
+    assert {queue["queue"]: queue["purged"] for queue in purged} == {"train": 0, "generate": 1}
+    assert client.llen(dead_letter_key("generate")) == 0
     # ...and no worker was taken down: no restart, the same Celery main process
     assert worker.process.poll() is None
     assert children(worker.process.pid) == celery_main
@@ -400,6 +409,7 @@ def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, 
     assert len(live) == 1
     entry = live[0]
     assert entry["name"].startswith("lstmq-cpu@") and entry["device"] == "cpu" and entry["gpu_name"] is None
+    assert entry["gpu_index"] is None
     assert sorted(entry["queues"]) == ["generate", "train"] and entry["last_heartbeat"].endswith("Z")
     table = cli("workers").stdout
     assert "queued messages: train 0, generate 0" in table and entry["name"] in table and "sherlock@1" in table

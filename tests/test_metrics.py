@@ -33,6 +33,8 @@ def test_the_launcher_gives_worker_i_port_plus_i(monkeypatch):
     several = commands(["0", "1", "3"], 9100)
     assert [env["LSTMQ_METRICS_PORT"] for _, env in several] == ["9100", "9101", "9102"]
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in several] == ["0", "1", "3"]
+    assert [env["LSTMQ_GPU_INDEX"] for _, env in several] == ["0", "1", "3"]   # what `lstmq workers` shows
+    assert "LSTMQ_GPU_INDEX" not in commands(None, None)[0][1]
     assert all("9100" not in " ".join(command) for command, _ in several)   # the environment, not argv
     assert [env["LSTMQ_METRICS_PORT"] for _, env in commands(None, 9100)] == ["9100"]   # one CPU worker
     assert all("LSTMQ_METRICS_PORT" not in env for _, env in commands(["0", "1"], None))   # off

@@ -87,6 +87,10 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else "-1"
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env["LSTMQ_DEVICE"] = device
+        if gpu is not None:
+            env["LSTMQ_GPU_INDEX"] = gpu        # the machine's index (inside the worker it is GPU 0)
+        else:
+            env.pop("LSTMQ_GPU_INDEX", None)
         if broker:
             env["LSTMQ_BROKER_URL"] = broker     # not on the command line: `ps` shows that to everyone
         command = [*module_command("lstmq.worker.run"), "--name", f"{prefix}-{device}@%h", "--device", device,

@@ -104,6 +104,18 @@ def gpu_name(tf, gpus) -> str | None:
         return None
 
 
+def gpu_index(gpus) -> int | None:
+    """The machine's index of the GPU this worker runs on (what nvidia-smi calls it; lstmq-worker
+    passes it in LSTMQ_GPU_INDEX, as CUDA_VISIBLE_DEVICES makes it GPU 0 inside); None on a CPU worker."""
+    if not gpus:
+        return None
+    given = os.environ.get("LSTMQ_GPU_INDEX", "")
+    if given.isdigit():
+        return int(given)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(visible) if visible.isdigit() else 0
+
+
 class Watchdog(threading.Thread):
     """In the process that runs tasks: every third of lease_seconds, say that this worker is
     alive (and which queues it consumes), and take over lapsed leases of any active job (another
@@ -187,7 +199,7 @@ def init_process() -> None:
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, settings.decode_batch_size)
     STATE.dispatcher = Dispatcher(settings)
     fixed = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
-             "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time()}
+             "gpu_index": gpu_index(gpus), "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time()}
 
     def info() -> dict[str, Any]:   # what `lstmq workers` shows, renewed with every heartbeat
         models = STATE.models.models if STATE.models else {}

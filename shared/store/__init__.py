@@ -16,6 +16,7 @@ import redis
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import BrokerUnavailable
 from lstmq.shared.messages import JobKind
+from lstmq.shared.store import keys
 from lstmq.shared.store.blobs import Blobs, sha256
 from lstmq.shared.store.jobs import Jobs
 from lstmq.shared.store.records import JobRecord, JobStatus, Progress
@@ -70,6 +71,21 @@ class Store:
     def from_url(cls, url: str, ttl: int, **options) -> Store:
         """`options`: more keyword arguments for redis-py (ssl_* for a rediss:// URL)."""
         return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, **options), ttl)
+
+    def queues(self, queues, newest: int = 0) -> list[dict]:
+        """Per Celery queue: messages waiting, live workers consuming it, and its dead-letter list
+        (undecodable entries the workers took off it): the count and the newest `newest`, shown as
+        Python bytes literals cut at 200 bytes."""
+        live = self.workers.live()
+        report = []
+        for queue in queues:
+            count, entries = self.jobs.dead_letters(queue, newest)
+            report.append({
+                "queue": queue, "messages": self.jobs.queue_length(queue),
+                "consumers": sum(queue in worker.get("queues", ()) for worker in live),
+                "dead_letters": count, "dead_letter_key": keys.dead_letter(queue),
+                "newest_dead_letters": [repr(entry[:200]) + ("..." if len(entry) > 200 else "") for entry in entries]})
+        return report
 
     def ping(self, url: str = "") -> None:
         """Raise BrokerUnavailable, with a message that holds no password, if Redis does not answer.

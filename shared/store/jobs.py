@@ -339,6 +339,22 @@ class Jobs:
     def queue_length(self, queue: str) -> int:
         return int(self.redis.llen(keys.celery_queue(queue)))
 
+    def dead_letters(self, queue: str, newest: int = 5) -> tuple[int, list[bytes]]:
+        """How many undecodable entries the workers took off `queue` (worker.transport), and the
+        newest `newest` of them (raw bytes)."""
+        pipe = self.redis.pipeline()
+        pipe.llen(keys.dead_letter(queue))
+        pipe.lrange(keys.dead_letter(queue), 0, newest - 1)
+        count, entries = pipe.execute()
+        return int(count), list(entries) if newest > 0 else []
+
+    def purge_dead_letters(self, queue: str) -> int:
+        """Delete `queue`'s dead-letter list; returns how many entries went."""
+        pipe = self.redis.pipeline()
+        pipe.llen(keys.dead_letter(queue))
+        pipe.delete(keys.dead_letter(queue))
+        return int(pipe.execute()[0])
+
     def leases(self, job_id: str) -> dict[str, float]:
         """Member -> deadline (Unix seconds) of the leases held now."""
         raw = self.redis.zrange(keys.job_key(job_id, "leases"), 0, -1, withscores=True)

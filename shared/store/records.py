@@ -64,6 +64,7 @@ class JobRecord:
     epoch_running: int | None = None
     step: int | None = None
     steps: int | None = None
+    batch_loss: float | None = None    # training: the running loss of the epoch in progress
     epochs_run: int | None = None
     promote: str | None = None         # training: always, never (--no-promote), if-better (--promote-if-better)
     promoted: bool | None = None       # training: whether the new version became `current`
