@@ -61,7 +61,7 @@ class Decoder:
         self.max_rows = max_rows
         layers = decoding_layers(inference_model)
         self.embedding, self.scores, self.softmax = layers.embedding, layers.logits, layers.softmax
-        source = layers.lstm
+        source, = layers.lstms   # one layer (stacked networks: issue 8)
         self.lstm = keras.layers.LSTM(source.units, return_state=True, name="decoder_lstm")
         self.lstm.build((None, None, self.embedding.output_dim))
         self.lstm.set_weights(source.get_weights())

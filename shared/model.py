@@ -67,15 +67,17 @@ def copy_to_inference(training, inference) -> None:
 
 @dataclass(frozen=True)
 class DecodingLayers:
-    """The inference model's layers that incremental decoding runs one by one."""
+    """The inference model's layers that incremental decoding runs one by one. `lstms`: the LSTM
+    layers from the bottom (next to the embedding) to the top (next to the logits)."""
     embedding: Any
-    lstm: Any
+    lstms: tuple[Any, ...]
     logits: Any
     softmax: Any
 
 
 def decoding_layers(inference_model) -> DecodingLayers:
-    return DecodingLayers(*(inference_model.get_layer(name) for name in (EMBEDDING, LSTM, LOGITS, SOFTMAX)))
+    embedding, lstm, logits, softmax = (inference_model.get_layer(name) for name in (EMBEDDING, LSTM, LOGITS, SOFTMAX))
+    return DecodingLayers(embedding, (lstm,), logits, softmax)
 
 
 def save_keras_bytes(model) -> bytes:
