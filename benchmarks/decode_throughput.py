@@ -11,6 +11,17 @@ whatever machine runs it; wall times are printed for reading, never checked.
 
     python benchmarks/decode_throughput.py [--prompts 256] [--words 7] [--batch-sizes 1,32,256,1024]
                                            [--baseline-prompts 8] [--repeats 5] [--sampling]
+                                           [--bound-batch-sizes 256,1024,4096] [--bound-words 30]
+                                           [--mixed] [--quick]
+
+The dense bound: per generated word, one (batch x lstm_units).(lstm_units x vocabulary) matmul
+and an argmax, timed in a compiled loop in this process, interleaved with the decoder's timings
+at the same batch size (a full batch of prompts, --bound-words words each, prefill included);
+the table prints decoder/bound ratios for greedy (with and without the log-probabilities) and
+for sampling (top_k 50; top_k 50 with top_p 0.9; plain temperature). --mixed compares lines asking for 1 to 59
+words (mean about 30) with the same prompts at 30 words each: about the same total words. --quick: small
+sizes, every table, well under a minute. The script exits 1 when greedy output differs from the
+seed loop's.
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
@@ -20,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 
@@ -50,9 +62,23 @@ def parse_arguments() -> argparse.Namespace:
                         help="also time sampling (temperature 1.0, top_k 50) at each batch size")
     parser.add_argument("--no-predict-baseline", action="store_true",
                         help="skip the second baseline, the seed's literal model.predict() per word")
+    parser.add_argument("--bound-batch-sizes", default="256,1024,4096",
+                        help="batch sizes of the decoder/dense-bound table (default 256,1024,4096; empty: skip)")
+    parser.add_argument("--bound-words", type=int, default=30,
+                        help="words per prompt in the decoder/dense-bound table (default 30)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="also time mixed lengths (1..59 words) against a uniform 30 words, same prompts")
+    parser.add_argument("--mixed-batch-size", type=int, default=1024, help="decoder batch size for --mixed (default 1024)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run (well under a minute on 2 cores) that prints every table")
     arguments = parser.parse_args()
-    arguments.batch_sizes = [int(size) for size in arguments.batch_sizes.split(",") if size.strip()]
-    for name in ("prompts", "words", "baseline_prompts", "repeats"):
+    if arguments.quick:
+        arguments.prompts, arguments.baseline_prompts, arguments.repeats = 64, 2, 2
+        arguments.batch_sizes, arguments.bound_batch_sizes = "1,64", "256"
+        arguments.bound_words, arguments.sampling, arguments.mixed, arguments.mixed_batch_size = 8, True, True, 128
+    arguments.batch_sizes = [int(size) for size in str(arguments.batch_sizes).split(",") if size.strip()]
+    arguments.bound_batch_sizes = [int(size) for size in str(arguments.bound_batch_sizes).split(",") if size.strip()]
+    for name in ("prompts", "words", "baseline_prompts", "repeats", "bound_words", "mixed_batch_size"):
         if getattr(arguments, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not arguments.batch_sizes or min(arguments.batch_sizes) < 1:
@@ -154,13 +180,159 @@ def main() -> None:
             print(f"  decoder {mode:8} batch {batch_size:5}: {rate:10.1f} words/s", flush=True)
 
     print_table(rows, len(baseline_prompts), predict_rate is not None)
+
+    bound_rows = [measure_bound(arguments, text, vocabulary, inference_model, batch_size)
+                  for batch_size in arguments.bound_batch_sizes]
+    if bound_rows:
+        print_bound_table(bound_rows, arguments.bound_words)
+    mixed_rows = []
+    if arguments.mixed:
+        batch_size = arguments.mixed_batch_size
+        mixed_rows = [measure_mixed(arguments, text, vocabulary, inference_model, batch_size, count)
+                      for count in (4 * batch_size, batch_size)]
+        print_mixed_table(mixed_rows)
     print(json.dumps({
         "benchmark": "decode_throughput", "prompts": len(prompts), "words": words,
         "baseline_prompts": len(baseline_prompts), "vocabulary": len(vocabulary),
         "seed_loop_words_per_second": round(seed_loop_rate, 1),
         "seed_predict_words_per_second": round(predict_rate, 1) if predict_rate else None,
-        "decoder": rows,
+        "decoder": rows, "bound": bound_rows, "mixed": mixed_rows,
     }))
+    failures = [row for row in rows if row["greedy_matches"] is not None and row["greedy_matches"] < len(baseline_prompts)]
+    failures += [row for row in bound_rows if not row["greedy_ids_equal_scored"]]
+    if failures:
+        print(f"FAILED: greedy output differs from the seed loop's (or between generate and generate_scored) "
+              f"in {len(failures)} measurement(s)", file=sys.stderr)
+        sys.exit(1)
+
+
+# The decoder modes of the bound table: (name, generation parameters, scored).
+BOUND_MODES = [
+    ("greedy", {"temperature": 0.0}, True),
+    ("greedy ids only", {"temperature": 0.0}, False),
+    ("top_k 50", {"temperature": 1.0, "top_k": 50}, True),
+    ("top_k 50 top_p 0.9", {"temperature": 1.0, "top_k": 50, "top_p": 0.9}, True),
+    ("temperature 1", {"temperature": 1.0}, True),
+]
+
+
+def dense_bound(inference_model, batch_size: int, steps: int) -> Callable[[], object]:
+    """The dense bound for `batch_size` rows and `steps` words: per word one (batch x units).(units
+    x vocabulary) matmul with the model's output kernel and an argmax, in a compiled loop (each
+    step depends on the previous one's argmax, so nothing is hoisted)."""
+    import tensorflow as tf
+
+    from lstmq.shared.model import decoding_layers
+
+    kernel = tf.constant(decoding_layers(inference_model).logits.get_weights()[0])
+    rng = np.random.default_rng(RANDOM_SEED)
+    start = tf.constant(rng.uniform(-1, 1, (batch_size, kernel.shape[0])).astype(np.float32))
+
+    @tf.function
+    def run(h):
+        tokens = tf.TensorArray(tf.int32, size=steps)
+        for step in tf.range(steps):
+            token = tf.argmax(tf.matmul(h, kernel), axis=-1, output_type=tf.int32)
+            tokens = tokens.write(step, token)
+            h = h + tf.cast(token[:, None] % 2, tf.float32) * 1e-3
+        return tokens.stack()
+
+    run(start)   # trace
+    return lambda: run(start).numpy()
+
+
+def measure_bound(arguments, text, vocabulary, inference_model, batch_size: int) -> dict:
+    """Decoder words/s against the dense bound at one batch size: a full batch of prompts,
+    --bound-words each; bound and decoder timings interleaved, fastest of --repeats each."""
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.generate import Decoder, Request
+
+    words = arguments.bound_words
+    prompts = choose_prompts(text, vocabulary, batch_size)
+    decoder = Decoder(inference_model, vocabulary, max_rows=batch_size)
+    defaults = load_settings(environ={}).generation_params().replace(words=words, seed=0)
+    runs = {"bound": dense_bound(inference_model, batch_size, words)}
+    for name, changes, scored in BOUND_MODES:
+        requests = [Request(ids=ids, params=defaults.replace(**changes), key=index) for index, ids in enumerate(prompts)]
+        call = decoder.generate_scored if scored else decoder.generate
+        runs[name] = (lambda call=call, requests=requests: call(requests))
+    outputs = {name: run() for name, run in runs.items()}   # warm-up: traces every path once
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(arguments.repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    rates = {name: batch_size * words / seconds for name, seconds in best.items()}
+    row = {"batch_size": batch_size, "words": words, "bound_words_per_second": round(rates["bound"], 1),
+           "greedy_ids_equal_scored":
+               [[ids for ids, _ in samples] for samples in outputs["greedy"]] == outputs["greedy ids only"]}
+    for name, _, _ in BOUND_MODES:
+        row[name] = {"words_per_second": round(rates[name], 1), "ratio_to_bound": round(rates[name] / rates["bound"], 3)}
+    row["logprob_cost"] = round(1 - rates["greedy"] / rates["greedy ids only"], 3)
+    print(f"  bound batch {batch_size:5}: {rates['bound']:10.1f} words/s; "
+          + ", ".join(f"{name} {rates[name] / rates['bound']:.3f}" for name, _, _ in BOUND_MODES), flush=True)
+    return row
+
+
+def print_bound_table(rows: list[dict], words: int) -> None:
+    header = ["batch", "bound words/s", *(f"{name} /bound" for name, _, _ in BOUND_MODES), "logprob cost"]
+    lines = [header]
+    for row in rows:
+        lines.append([str(row["batch_size"]), f"{row['bound_words_per_second']:.0f}",
+                      *(f"{row[name]['ratio_to_bound']:.3f}" for name, _, _ in BOUND_MODES),
+                      f"{100 * row['logprob_cost']:.1f}%"])
+    tables.print_table(lines)
+    print(f"(a full batch of prompts, {words} words each, prefill included; bound: one (batch x units).(units x "
+          f"vocabulary) matmul + argmax per word; sampling at temperature 1.0; logprob cost: 1 - greedy/greedy ids only)")
+
+
+MIXED_WORDS = (1, 59)     # mixed lengths: every length in this range equally often (mean 30)
+
+
+def measure_mixed(arguments, text, vocabulary, inference_model, batch_size: int, count: int) -> dict:
+    """Greedy words/s of `count` prompts asking for 1..59 words against the same prompts at 30
+    words each (about the same total), interleaved, fastest of --repeats each."""
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.generate import Decoder, Request
+
+    prompts = choose_prompts(text, vocabulary, count)
+    low, high = MIXED_WORDS
+    lengths = np.resize(np.arange(low, high + 1), count)
+    np.random.default_rng(RANDOM_SEED).shuffle(lengths)
+    uniform = (low + high) // 2
+    defaults = load_settings(environ={}).generation_params().replace(seed=0, temperature=0.0)
+    decoder = Decoder(inference_model, vocabulary, max_rows=batch_size)
+    mixed_requests = [Request(ids=ids, params=defaults.replace(words=int(w)), key=i)
+                      for i, (ids, w) in enumerate(zip(prompts, lengths))]
+    uniform_requests = [Request(ids=ids, params=defaults.replace(words=uniform), key=i) for i, ids in enumerate(prompts)]
+    runs = {"uniform": lambda: decoder.generate_scored(uniform_requests),
+            "mixed": lambda: decoder.generate_scored(mixed_requests)}
+    for run in runs.values():
+        run()   # warm-up
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(arguments.repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    mixed_words, uniform_words = int(lengths.sum()), uniform * count
+    row = {"batch_size": batch_size, "prompts": count, "mixed_words": mixed_words, "uniform_words": uniform_words,
+           "mixed_words_per_second": round(mixed_words / best["mixed"], 1),
+           "uniform_words_per_second": round(uniform_words / best["uniform"], 1)}
+    row["ratio"] = round(row["mixed_words_per_second"] / row["uniform_words_per_second"], 3)
+    print(f"  mixed batch {batch_size:5}, {count} prompts: mixed/uniform {row['ratio']:.3f}", flush=True)
+    return row
+
+
+def print_mixed_table(rows: list[dict]) -> None:
+    lines = [["batch", "prompts", "words", "uniform words/s", "mixed words/s", "mixed/uniform"]]
+    for row in rows:
+        lines.append([str(row["batch_size"]), str(row["prompts"]), str(row["mixed_words"]),
+                      f"{row['uniform_words_per_second']:.0f}", f"{row['mixed_words_per_second']:.0f}", f"{row['ratio']:.3f}"])
+    tables.print_table(lines)
+    print(f"(greedy, with log-probabilities; mixed: every length {MIXED_WORDS[0]}..{MIXED_WORDS[1]} equally often, "
+          f"uniform: {(MIXED_WORDS[0] + MIXED_WORDS[1]) // 2} words each; words/s counts requested words only)")
 
 
 def print_table(rows: list[dict], baseline_prompts: int, with_predict: bool) -> None:

@@ -207,3 +207,150 @@ def test_each_continuation_carries_its_mean_log_probability_under_the_model(rand
             total += float(np.log(probabilities[token]))
             context.append(token)
         assert mean_logprob <= 0 and mean_logprob == pytest.approx(total / len(ids), abs=1e-4)
+
+
+def stacked_model(layers, vocab_size=VOCAB_SIZE, seed=13):
+    """A stacked inference model built with plain keras, and its layers in decoding order."""
+    keras.utils.set_random_seed(seed)
+    token_ids = keras.Input(shape=(None,), dtype="int32")
+    embedding = keras.layers.Embedding(vocab_size, 24, mask_zero=True)
+    lstms = [keras.layers.LSTM(32, return_sequences=index < layers - 1) for index in range(layers)]
+    dense, softmax = keras.layers.Dense(vocab_size), keras.layers.Softmax()
+    hidden = embedding(token_ids)
+    for lstm in lstms:
+        hidden = lstm(hidden)
+    inference = keras.Model(token_ids, softmax(dense(hidden)))
+    inference.set_weights([weight * 4 for weight in inference.get_weights()])
+    return inference, model_module.DecodingLayers(embedding, tuple(lstms), dense, softmax)
+
+
+@pytest.mark.parametrize("layers", [2, 3])
+def test_stacked_greedy_equals_seed_loop(random_model, layers):
+    _, vocabulary = random_model
+    inference, decoding = stacked_model(layers)
+    prompts = random_prompts(24, seed=50 + layers)
+    decoder = Decoder(inference, vocabulary, max_rows=7, layers=decoding)
+    words = [1 + index % 9 for index in range(len(prompts))]    # mixed lengths too
+    generated = [samples[0] for samples in decoder.generate([Request(ids=p, words=w) for p, w in zip(prompts, words)])]
+    assert generated == [reference_greedy(inference, p, w, window=WINDOW) for p, w in zip(prompts, words)]
+
+
+def test_the_compiled_loop_draws_the_row_uniforms_stream():
+    """The uniforms computed inside the loop are row_uniforms's: (seed, key, sample, word)."""
+    import tensorflow as tf
+
+    from lstmq.shared.params import SAMPLING_STREAM
+
+    assert SAMPLING_STREAM == 2
+    seeds, keys, samples = [0, 1, 2**63 - 1, 5], [0, 2**63 - 1, 7, 5], [0, 3, 99, 0]
+    bases = generate_module.stream_bases(np.array(seeds), np.array(keys), np.array(samples))
+    for step in (0, 1, 17):
+        computed = Decoder._uniforms(None, tf.constant(bases), tf.fill([len(seeds)], step)).numpy()
+        expected = [row_uniforms(s, k, n, step + 1)[step] for s, k, n in zip(seeds, keys, samples)]
+        assert np.array_equal(computed, np.asarray(expected, np.float32))
+
+
+def test_mixed_lengths_and_batches_give_the_same_samples(random_model):
+    """Continuous batching: rows of different lengths enter and leave the loop; a row's result
+    never depends on which rows share its steps."""
+    inference, vocabulary = random_model
+    prompts = random_prompts(30, seed=61)
+    requests = [Request(ids=p, key=i, words=1 + (7 * i) % 13, temperature=(0.0 if i % 3 == 0 else 0.8),
+                        top_k=(0, 5, 40)[i % 3], top_p=(1.0, 0.9)[i % 2], n=1 + i % 2, seed=4)
+                for i, p in enumerate(prompts)]
+    results = [Decoder(inference, vocabulary, max_rows=rows).generate_scored(requests) for rows in (1, 4, 1000)]
+    assert [[ids for ids, _ in r] for r in results[0]] == [[ids for ids, _ in r] for r in results[1]] \
+        == [[ids for ids, _ in r] for r in results[2]]
+    for a, b in zip(results[0], results[2]):
+        assert [lp for _, lp in a] == pytest.approx([lp for _, lp in b], abs=1e-6)
+    assert all(len(ids) == r.words for r, samples in zip(requests, results[2]) for ids, _ in samples)
+    for index in range(0, 30, 3):   # the greedy rows among them
+        assert results[2][index][0][0] == reference_greedy(inference, prompts[index], requests[index].words)
+
+
+def test_a_nucleus_larger_than_the_candidates_is_ranked_whole(random_model):
+    inference, vocabulary = random_model
+    prompt = random_prompts(1, seed=71, low=6, high=6)[0]
+    temperature, top_p = 4.0, 0.9
+    scaled = np.log(next_word_probabilities(inference, prompt)[len(SPECIAL_TOKENS):]) / temperature
+    probabilities = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
+    order = np.argsort(-probabilities, kind="stable")
+    nucleus = int(np.searchsorted(np.cumsum(probabilities[order]), top_p)) + 1
+    assert nucleus > generate_module.NUCLEUS_CANDIDATES   # the fallback is exercised
+    decoder = Decoder(inference, vocabulary, max_rows=1024)
+    request = Request(ids=prompt, key=3, words=1, n=400, seed=9, temperature=temperature, top_p=top_p)
+    alone = decoder.generate([request])[0]
+    drawn = {sample[0] - len(SPECIAL_TOKENS) for sample in alone}
+    assert drawn <= set(order[:nucleus + 1].tolist()) and len(drawn) > 50
+    other = Request(ids=prompt, key=4, words=1, n=3, seed=9, temperature=1.0, top_k=300, top_p=0.5)
+    assert decoder.generate([other, request])[1] == alone
+
+
+def test_log_probabilities_of_a_model_with_large_logits(random_model):
+    """Logits beyond the bound where exp() needs no max subtraction: the subtracting path."""
+    inference, vocabulary = random_model
+    large = keras.models.clone_model(inference)
+    large.set_weights(inference.get_weights())
+    dense = large.get_layer(model_module.LOGITS)
+    kernel, bias = dense.get_weights()
+    dense.set_weights([kernel * 30, bias])
+    decoder = Decoder(large, vocabulary, max_rows=8)
+    assert not decoder.plain_logsumexp and Decoder(inference, vocabulary, max_rows=8).plain_logsumexp
+    prompt = random_prompts(1, seed=81)[0]
+    (ids, mean_logprob), = decoder.generate_scored([Request(ids=prompt, words=4)])[0]
+    assert ids == reference_greedy(large, prompt, 4)
+    context, total = list(prompt), 0.0
+    for token in ids:
+        probabilities = np.asarray(large(np.asarray([context], np.int32), training=False), np.float64)[0]
+        total += float(np.log(max(probabilities[token], 1e-300)))
+        context.append(token)
+    assert mean_logprob == pytest.approx(total / len(ids), abs=1e-3)
+
+
+def test_continuations_are_the_words_of_the_generated_ids(random_model):
+    inference, vocabulary = random_model
+    decoder = Decoder(inference, vocabulary, max_rows=5)
+    requests = [Request(ids=p, key=i, words=1 + i % 4, temperature=0.7, n=2, seed=1)
+                for i, p in enumerate(random_prompts(7, seed=91))]
+    scored = decoder.generate_scored(requests)
+    assert decoder.continuations_scored(requests) == [[(" ".join(vocabulary.decode(ids)), lp) for ids, lp in samples]
+                                                      for samples in scored]
+    assert decoder.generate_scored([]) == [] and decoder.continuations([]) == []
+
+
+@pytest.mark.parametrize("count", [1, 2, 7, 50, 128])
+def test_blockwise_candidates_are_the_top_k(count):
+    """The block-maxima selection gives exactly tf.math.top_k's values and ids, ties included."""
+    import types
+
+    import tensorflow as tf
+
+    blocks = 513
+    rng = np.random.default_rng(count)
+    logits = np.round(rng.normal(size=(37, blocks * generate_module.BLOCK)), 1).astype(np.float32)  # many ties
+    logits[3] = 0.5   # a row of equal values
+    fake = types.SimpleNamespace(blocks=blocks)
+    values, ids = Decoder._candidates(fake, tf.constant(logits), tf.constant(count))
+    expected_values, expected_ids = tf.math.top_k(logits, k=count)
+    assert np.array_equal(values.numpy(), expected_values.numpy())
+    assert np.array_equal(ids.numpy(), expected_ids.numpy())
+
+
+def test_tied_words_resolve_as_the_seed_loop_does(random_model):
+    """Two words with the same scores (duplicated output columns): the seed's argmax of the
+    softmax takes the lower id; so does the decoder (tied rows take the model's own path)."""
+    inference, vocabulary = random_model
+    prompts = random_prompts(12, seed=95)
+    tied = keras.models.clone_model(inference)
+    tied.set_weights(inference.get_weights())
+    dense = tied.get_layer(model_module.LOGITS)
+    kernel, bias = dense.get_weights()
+    winners = {reference_greedy(inference, p, 1)[0] for p in prompts}
+    for winner in winners:   # a lower id scores exactly as each first word
+        twin = winner - 17 if winner - 17 >= len(SPECIAL_TOKENS) else winner + 1
+        kernel[:, twin], bias[twin] = kernel[:, winner], bias[winner]
+    dense.set_weights([kernel, bias])
+    decoder = Decoder(tied, vocabulary, max_rows=5)
+    generated = [samples[0] for samples in decoder.generate([Request(ids=p, words=3) for p in prompts])]
+    assert generated == [reference_greedy(tied, p, 3) for p in prompts]
+    assert any(ids[0] != reference_greedy(inference, p, 1)[0] for ids, p in zip(generated, prompts))
