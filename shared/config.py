@@ -40,7 +40,8 @@ SCHEMA: dict[str, Field] = {
     "allow_eviction": Field(bool),
     "visibility_timeout": Field(int, 10),
     "result_ttl": Field(int, 60),
-    "chunk_size": Field(int, 1, 100_000),
+    "chunk_size": Field(int, 1, 1_000_000),
+    "chunk_size_gpu": Field(int, 1, 1_000_000),
     "poll_interval": Field(float, 0.05, 60),
     "progress_interval": Field(float, 1, 3600),
     "lease_seconds": Field(int, 5, 3600),
@@ -60,6 +61,9 @@ SCHEMA: dict[str, Field] = {
     "validation_split": Field(float, 0, 0.99),
     "early_stopping_patience": Field(int, 0),
     "shuffle_seed": Field(int, 0),
+    "lstm_layers": Field(int, 1, 16),
+    "dropout": Field(float, 0, 0.9),
+    "clipnorm": Field(float, 0, 1000),
     "words": Field(int, 1, 1_000_000),
     "temperature": Field(float, 0, 1000),
     "top_k": Field(int, 0),
@@ -73,6 +77,8 @@ SCHEMA: dict[str, Field] = {
     "max_corpus_bytes": Field(int, 1),
     "model_cache_size": Field(int, 1, 64),
     "decode_batch_size": Field(int, 1, 1_000_000),
+    "decode_batch_size_gpu": Field(int, 1, 1_000_000),
+    "tf_threads": Field(int, 1, 1024, nullable=True),
     "metrics_port": Field(int, 1, 65535, nullable=True),
 }
 
@@ -223,7 +229,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
 
 
 # LSTMQ_* variables that are not settings (read elsewhere, documented in the README).
-_IGNORED_ENV = {"device", "test_corpus"}
+_IGNORED_ENV = {"device", "gpu_index", "cpus", "test_corpus"}   # the last: tests and benchmarks; the rest: lstmq-worker
 
 
 def _check_relations(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:

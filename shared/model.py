@@ -1,11 +1,13 @@
 """The network and the self-describing model artifact.
 
-Network (the seed's): Embedding(embedding_dim, mask_zero) -> LSTM(lstm_units) -> Dense(vocab).
-Two views share the same weights:
+Network (the seed's by default): Embedding(embedding_dim, mask_zero) -> LSTM(lstm_units) x
+lstm_layers (stacked; 1 = the seed's) -> Dense(vocab). Two views share the same weights:
 - the training model returns next-word logits at every position (sparse loss over a whole line);
+  with dropout > 0 it drops a fraction of every LSTM layer's inputs and of the top layer's outputs
+  (the non-recurrent connections; recurrent_dropout stays 0, so cuDNN stays eligible on GPUs);
 - the inference model, saved as model.keras, takes token ids (batch, time), right-padded with 0
   (any length, padding is masked), and returns next-word probabilities (batch, vocab) after the
-  last real token: exactly the seed's `model.predict(context)`.
+  last real token: exactly the seed's `model.predict(context)`. It has no dropout.
 
 The artifact is a zip of model.keras, vocab.json (index = token id) and meta.json. Packing and
 unpacking the zip needs no TensorFlow (the producer's `models export` only unpacks it).
@@ -25,8 +27,10 @@ ARTIFACT_FILES = ("model.keras", "vocab.json", "meta.json")
 # The network's layer names: this module owns them (the decoder and the training code ask here).
 INPUT = "token_ids"
 EMBEDDING = "embedding"
-LSTM = "lstm"                      # the inference view's LSTM (last state only)
-LSTM_SEQUENCE = "lstm_sequence"    # the training view's LSTM (every position)
+LSTM = "lstm"                      # the inference view's top LSTM (last state only)
+LSTM_SEQUENCE = "lstm_sequence"    # the training view's top LSTM (every position)
+LOWER_LSTM = "lstm_layer_{}"       # stacked networks: LSTM layer 1, 2, ... below the top (both views)
+OUTPUT_DROPOUT = "output_dropout"  # training view only, when dropout > 0
 LOGITS = "next_word_logits"
 SOFTMAX = "next_word"
 FORMAT = "lstmq-artifact/1"
@@ -41,20 +45,42 @@ CONTEXT_FEED = {
 }
 
 
-def build_models(vocab_size: int, embedding_dim: int, lstm_units: int):
+def lower_lstm_names(lstm_layers: int) -> list[str]:
+    """The names of the LSTM layers below the top one, bottom first (none for one layer)."""
+    return [LOWER_LSTM.format(index) for index in range(1, lstm_layers)]
+
+
+def build_models(vocab_size: int, embedding_dim: int, lstm_units: int, lstm_layers: int = 1,
+                 dropout: float = 0.0):
     """Return (training_model, inference_model). They share the embedding and dense layers; the
-    two LSTM layers differ only in return_sequences, so call copy_to_inference after training."""
+    LSTM layers are built twice (the training view's top one returns every position and the
+    training view has the dropout), so call copy_to_inference after training. One layer with no
+    dropout is the seed's network, with the layer names of every earlier artifact."""
     import keras
 
+    if lstm_layers < 1:
+        raise ValueError(f"lstm_layers must be >= 1, got {lstm_layers}")
     token_ids = keras.Input(shape=(None,), dtype="int32", name=INPUT)
     embedding = keras.layers.Embedding(vocab_size, embedding_dim, mask_zero=True, name=EMBEDDING)
-    sequence_lstm = keras.layers.LSTM(lstm_units, return_sequences=True, name=LSTM_SEQUENCE)
-    last_lstm = keras.layers.LSTM(lstm_units, name=LSTM)
     scores = keras.layers.Dense(vocab_size, name=LOGITS)
     softmax = keras.layers.Softmax(name=SOFTMAX)
+    lower = lower_lstm_names(lstm_layers)
 
-    training = keras.Model(token_ids, scores(sequence_lstm(embedding(token_ids))), name="lstmq_train")
-    inference = keras.Model(token_ids, softmax(scores(last_lstm(embedding(token_ids)))), name="lstmq")
+    # training view: every layer returns every position; dropout on each LSTM's inputs (the
+    # LSTM's own input dropout: one mask per sequence, cuDNN-compatible) and on the top's outputs
+    hidden = embedding(token_ids)
+    for name in [*lower, LSTM_SEQUENCE]:
+        hidden = keras.layers.LSTM(lstm_units, return_sequences=True, dropout=dropout, name=name)(hidden)
+    if dropout > 0:
+        hidden = keras.layers.Dropout(dropout, name=OUTPUT_DROPOUT)(hidden)
+    training = keras.Model(token_ids, scores(hidden), name="lstmq_train")
+
+    # inference view: lower layers return every position, the top one its last state; no dropout
+    hidden = embedding(token_ids)
+    for name in lower:
+        hidden = keras.layers.LSTM(lstm_units, return_sequences=True, name=name)(hidden)
+    hidden = keras.layers.LSTM(lstm_units, name=LSTM)(hidden)
+    inference = keras.Model(token_ids, softmax(scores(hidden)), name="lstmq")
     return training, inference
 
 
@@ -75,9 +101,19 @@ class DecodingLayers:
     softmax: Any
 
 
+def lstm_layer_count(model) -> int:
+    """How many LSTM layers a (training or inference) model stacks."""
+    names = {layer.name for layer in model.layers}
+    count = 1
+    while LOWER_LSTM.format(count) in names:
+        count += 1
+    return count
+
+
 def decoding_layers(inference_model) -> DecodingLayers:
-    embedding, lstm, logits, softmax = (inference_model.get_layer(name) for name in (EMBEDDING, LSTM, LOGITS, SOFTMAX))
-    return DecodingLayers(embedding, (lstm,), logits, softmax)
+    embedding, top, logits, softmax = (inference_model.get_layer(name) for name in (EMBEDDING, LSTM, LOGITS, SOFTMAX))
+    lower = tuple(inference_model.get_layer(name) for name in lower_lstm_names(lstm_layer_count(inference_model)))
+    return DecodingLayers(embedding, (*lower, top), logits, softmax)
 
 
 def save_keras_bytes(model) -> bytes:

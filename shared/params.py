@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from lstmq.shared.config import check_value
 from lstmq.shared.errors import InputError
@@ -22,10 +22,16 @@ class _Params:
     def keys(cls) -> tuple[str, ...]:
         return tuple(field.name for field in dataclasses.fields(cls))  # type: ignore[arg-type]
 
+    # Keys added after records were first written, with the value that reproduces the old
+    # behaviour: a record (job, artifact) written before a key existed still loads.
+    ADDED_KEYS: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def from_mapping(cls: type[P], values: Mapping[str, Any]) -> P:
-        """The parameters from a mapping holding (at least) every key; extra keys are ignored."""
-        return cls(**{key: values[key] for key in cls.keys()})
+        """The parameters from a mapping holding (at least) every key but ADDED_KEYS, which take
+        their old-behaviour values when missing; extra keys are ignored."""
+        return cls(**{key: values[key] if key in values or key not in cls.ADDED_KEYS else cls.ADDED_KEYS[key]
+                      for key in cls.keys()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -48,6 +54,20 @@ class ModelParams(_Params):
     validation_split: float     # fraction of corpus lines held out
     early_stopping_patience: int
     shuffle_seed: int
+    lstm_layers: int            # stacked LSTM layers (1 = the seed's network)
+    dropout: float              # fraction dropped on the LSTM layers' inputs and the top one's outputs, training only
+    clipnorm: float             # clip the gradient's global norm to this before each step, 0 = off
+
+    # jobs and artifacts written before stacking, dropout and clipping existed
+    ADDED_KEYS: ClassVar[dict[str, Any]] = {"lstm_layers": 1, "dropout": 0.0, "clipnorm": 0.0}
+
+
+# Which random stream sampling draws from; a sampled continuation is reproducible only under the
+# same stream. 1: a numpy Philox generator per row keyed by (seed, prompt key, sample index).
+# 2 (now): a SplitMix64 counter hash of (seed, prompt key, sample index, word index), computed
+# vectorized inside the compiled decoding loop (shared.generate.row_uniforms gives its numbers).
+# Either way a pure function of those values: batch composition, chunking and order never matter.
+SAMPLING_STREAM = 2
 
 
 @dataclasses.dataclass(frozen=True)

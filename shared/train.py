@@ -1,6 +1,7 @@
 """Fit the network on a corpus: integer labels and a sparse loss (no one-hot matrix), a streaming
 tf.data pipeline of length-bucketed batches, a held-out validation split, per-epoch loss and
-validation perplexity, per-epoch checkpoints to resume from. Imports TensorFlow: worker side only."""
+validation perplexity, per-epoch checkpoints to resume from; stacked LSTM layers, dropout and
+gradient clipping as ModelParams ask. Imports TensorFlow: worker side only."""
 from __future__ import annotations
 
 import math
@@ -114,11 +115,13 @@ def split_sequences(sequences: list[list[int]], validation_split: float, seed: i
     return training, validation
 
 
-def make_optimizer(name: str, learning_rate: float):
+def make_optimizer(name: str, learning_rate: float, clipnorm: float = 0.0):
+    """The optimizer; clipnorm > 0 scales each step's gradients down to that global norm (all
+    variables together, Keras' global_clipnorm) when they exceed it."""
     import keras
 
     classes = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}
-    return classes[name](learning_rate=learning_rate)
+    return classes[name](learning_rate=learning_rate, global_clipnorm=clipnorm if clipnorm > 0 else None)
 
 
 def prepare(text: str, params: ModelParams):
@@ -153,7 +156,7 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
     vocabulary, training_batches, validation_batches = prepare(text, params)
     keras.utils.set_random_seed(params.shuffle_seed)
     training_model, inference_model = model_module.build_models(
-        len(vocabulary), params.embedding_dim, params.lstm_units)
+        len(vocabulary), params.embedding_dim, params.lstm_units, params.lstm_layers, params.dropout)
     history: list[dict[str, Any]] = []
     initial_epoch = 0
     resumed = checkpoints.load() if checkpoints else None
@@ -162,7 +165,7 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
         initial_epoch, history = resumed.epoch, list(resumed.history)
         training_model = model_module.load_keras_bytes(resumed.model, compile=True)
     else:
-        training_model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate),
+        training_model.compile(optimizer=make_optimizer(params.optimizer, params.learning_rate, params.clipnorm),
                                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     steps = math.ceil(len(training_batches) / params.batch_size)
     epochs = params.epochs
@@ -242,7 +245,8 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
     }
     meta = {
         "network": {"vocab_size": len(vocabulary), "embedding_dim": params.embedding_dim,
-                    "lstm_units": params.lstm_units, "layers": ["Embedding(mask_zero)", "LSTM", "Dense", "Softmax"]},
+                    "lstm_units": params.lstm_units,
+                    "layers": ["Embedding(mask_zero)", *["LSTM"] * params.lstm_layers, "Dense", "Softmax"]},
         "context_feed": model_module.CONTEXT_FEED,
         "tokenizer": {"lower": True, "filters": FILTERS, "split": " ", "pad_id": PAD_ID, "unk_id": UNK_ID,
                       "order": "count descending, ties by first appearance (Keras Tokenizer)"},

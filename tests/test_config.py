@@ -132,3 +132,20 @@ def test_check_value_rejects_non_finite_fields_with_the_given_error():
         check_value("epochs", float("inf"), "")
     with pytest.raises(ConfigError, match="'temperature' must be a number, got str 'hot'"):
         check_value("temperature", "hot", "")
+
+
+def test_stacking_dropout_and_clipping_settings():
+    settings = load_settings(environ={})
+    assert (settings.lstm_layers, settings.dropout) == (1, 0.0)   # the seed's network by default
+    assert settings.clipnorm >= 0
+    params = load_settings(overrides={"lstm_layers": 3, "dropout": 0.25, "clipnorm": 2}, environ={}).model_params()
+    assert (params.lstm_layers, params.dropout, params.clipnorm) == (3, 0.25, 2.0)
+    assert load_settings(environ={"LSTMQ_LSTM_LAYERS": "2", "LSTMQ_CLIPNORM": "0"}).model_params().lstm_layers == 2
+    with pytest.raises(ConfigError, match=r"option --lstm-layers: setting 'lstm_layers' must be >= 1, got 0"):
+        load_settings(overrides={"lstm_layers": 0}, environ={})
+    with pytest.raises(ConfigError, match=r"setting 'dropout' must be <= 0.9, got 1.0"):
+        load_settings(overrides={"dropout": 1.0}, environ={})
+    with pytest.raises(ConfigError, match=r"LSTMQ_CLIPNORM: setting 'clipnorm' must be >= 0, got -1"):
+        load_settings(environ={"LSTMQ_CLIPNORM": "-1"})
+    with pytest.raises(ConfigError, match=r"setting 'lstm_layers' must be an integer, got float 1.5"):
+        load_settings(overrides={"lstm_layers": 1.5}, environ={})
