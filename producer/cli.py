@@ -126,6 +126,11 @@ def main():
 @click.option("--epochs", type=int, help="Training epochs (setting epochs).")
 @click.option("--batch-size", type=int, help="Sequences per training step (setting batch_size).")
 @click.option("--learning-rate", type=float, help="Optimizer step size (setting learning_rate).")
+@click.option("--layers", "--lstm-layers", "layers", type=int,
+              help="Stacked LSTM layers, 1 = the seed's network (setting lstm_layers).")
+@click.option("--dropout", type=float,
+              help="Fraction of the LSTM layers' inputs and outputs dropped while training, 0 = off (setting dropout).")
+@click.option("--clipnorm", type=float, help="Clip the gradient's global norm to this, 0 = off (setting clipnorm).")
 @click.option("--no-promote", "promote", flag_value="never",
               help="Register the new version without making it current.")
 @click.option("--promote-if-better", "promote", flag_value="if-better",
@@ -136,7 +141,8 @@ def main():
 @timeout_option
 @common_options
 @lstmq_errors
-def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, as_json, timeout, config_file, broker):
+def train(corpus, model_name, epochs, batch_size, learning_rate, layers, dropout, clipnorm, promote, wait, as_json,
+          timeout, config_file, broker):
     """Upload CORPUS (UTF-8 text) and train a new version of a model on it (by default the
     new version becomes the model's current one)."""
     from lstmq.producer import render
@@ -144,7 +150,7 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, promote, wait, 
     from lstmq.shared.store import check_model_name
 
     settings = settings_for(config_file, broker_url=broker, epochs=epochs, batch_size=batch_size,
-                            learning_rate=learning_rate)
+                            learning_rate=learning_rate, lstm_layers=layers, dropout=dropout, clipnorm=clipnorm)
     check_model_name(model_name)
     data = read_corpus(corpus, settings)   # a bad corpus is reported before Redis is needed
     store = open_store(settings)
@@ -300,17 +306,23 @@ def preview(store, settings, seeds, model_spec, fmt, output, as_json) -> None:
 
 def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=False):
     from lstmq.producer import render
-    from lstmq.producer.collect import wait, write_results
+    from lstmq.producer.collect import Output, wait
     from lstmq.shared.store import JobKind, JobStatus
 
     record = store.jobs.get(job_id)
     if record.kind is not JobKind.GENERATE:
         raise InputError(f"job {job_id} is a {record.kind.value} job; only generate jobs have output to collect")
+    writer = Output(store, job_id, output)   # lines are written as chunks finish, in input order
     try:
-        record = wait(store, job_id, settings, show_progress() and not as_json, dispatcher_for(settings), timeout)
-    except KeyboardInterrupt:
-        stopped_waiting(job_id, f"lstmq collect {job_id} -o {output}")
-    result = write_results(store, job_id, output)
+        try:
+            record = wait(store, job_id, settings, show_progress() and not as_json, dispatcher_for(settings), timeout,
+                          on_poll=writer.advance)
+        except KeyboardInterrupt:
+            stopped_waiting(job_id, f"lstmq collect {job_id} -o {output}")
+        result = writer.finish(record)
+    except BaseException:
+        writer.abort()   # OUT stays as it was; the partial file goes
+        raise
     written, errors = result.lines, result.errors
     errors_file = errors_path_for(output) if errors else None
     summary = {"job": job_id, "status": record.status.value, "model": record.model, "output": str(output),

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable
-from contextlib import nullcontext
+from array import array
+from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
@@ -23,11 +24,15 @@ from lstmq.shared.params import GenerationParams
 from lstmq.shared.recovery import recover
 from lstmq.shared.redact import redact, redact_url
 from lstmq.shared.store import JobKind, JobRecord, JobStatus, Store
+from lstmq.shared.store.jobs import ChunkInput, ChunkResult
 
 STDOUT = "-"                   # -o -: the results go to standard output
 NO_WORKER_NOTICE_S = 10.0      # a waiting CLI says within this long that no worker consumes the queue
 UNREACHABLE_POLL_MAX_S = 5.0   # polling slows down to this while Redis is unreachable
 OUTPUT_PARAMS = tuple(key for key in GenerationParams.keys() if key != "seed")   # the seed has its own field
+WRITE_BUFFER_BYTES = 1 << 20   # output files are written in blocks this large
+TEMPLATE_CACHE_LIMIT = 4096    # distinct (parameters, sample) line tails remembered while writing
+_string = encode_basestring     # a str as JSON, as json.dumps(..., ensure_ascii=False) writes it
 
 
 def errors_path(out: str | Path) -> Path:
@@ -82,9 +87,11 @@ class Watch:
 
 
 def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: Dispatcher | None = None,
-         timeout: float | None = None, log: TextIO = sys.stderr) -> JobRecord:
+         timeout: float | None = None, log: TextIO = sys.stderr,
+         on_poll: Callable[[JobRecord], None] | None = None) -> JobRecord:
     """Poll the job until it reaches a final state, drawing its progress and saying what stands
-    in its way (see Watch). Raises WaitTimeout after `timeout` seconds."""
+    in its way (see Watch). Raises WaitTimeout after `timeout` seconds. `on_poll(record)` runs
+    after each poll that finds the job still going (Output.advance: the output as it comes)."""
     record = store.jobs.get(job_id)
     progress = (TrainProgress(record, show, log, settings.progress_interval) if record.kind is JobKind.TRAIN
                 else GenerateProgress(record, show, time.monotonic, log, settings.progress_interval))
@@ -98,6 +105,8 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
                 progress.update(record)
                 if record.status.finished:
                     return record
+                if on_poll is not None:
+                    on_poll(record)
                 watch.check(record)
                 watch.reachable()
                 pause = settings.poll_interval
@@ -112,70 +121,209 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
         progress.close()
 
 
+class LogprobSummary:
+    """The distribution of the written lines' logprob in constant memory: a count per 1e-4 step
+    (the output's precision) from LOWEST up to 0, and a dict for the rare value outside that range.
+    Rounding keeps order, so the k-th smallest rounded value is the k-th smallest value rounded:
+    the percentiles are those of the values themselves, at 4 decimals. Non-finite values are left out."""
+
+    LOWEST = -30.0
+    STEPS = 300_000                 # 1e-4 steps from 0 down to LOWEST
+
+    def __init__(self) -> None:
+        self.count, self.total = 0, 0.0
+        self.bins = array("I", bytes(4 * (self.STEPS + 1)))   # bins[s]: lines whose rounded logprob is -s / 1e4
+        self.outside: dict[float, int] = {}
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, logprob: float, rounded: float) -> None:
+        """`rounded`: round(logprob, 4), as written on the line."""
+        if rounded - rounded != 0:   # inf or NaN
+            return
+        self.count += 1
+        self.total += logprob
+        step = round(rounded * -10_000)
+        if 0 <= step <= self.STEPS:
+            self.bins[step] += 1
+        else:
+            self.outside[rounded] = self.outside.get(rounded, 0) + 1
+
+    def stats(self) -> dict[str, float] | None:
+        """mean, min, 10th, 50th and 90th percentile, max (None when no line has a logprob)."""
+        if not self.count:
+            return None
+        import numpy as np
+
+        counts = np.frombuffer(self.bins, dtype=np.uint32)[::-1].astype(np.int64)   # ascending values
+        below = sorted(item for item in self.outside.items() if item[0] < self.LOWEST)
+        above = sorted(item for item in self.outside.items() if item[0] > 0)
+        values = np.concatenate([np.array([value for value, _ in below], dtype=np.float64),
+                                 -np.arange(self.STEPS, -1, -1, dtype=np.float64) / 10_000,
+                                 np.array([value for value, _ in above], dtype=np.float64)])
+        counts = np.concatenate([np.array([count for _, count in below], dtype=np.int64), counts,
+                                 np.array([count for _, count in above], dtype=np.int64)])
+        cumulative = np.cumsum(counts)
+        at = lambda index: float(values[int(np.searchsorted(cumulative, index, side="right"))])
+        fraction = lambda share: at(min(int(share * self.count), self.count - 1))
+        return {"lines": self.count, "mean": round(self.total / self.count, 4), "min": at(0),
+                "p10": fraction(0.1), "median": fraction(0.5), "p90": fraction(0.9), "max": at(self.count - 1)}
+
+
 class Written(NamedTuple):
     lines: int
     errors: list[dict[str, Any]]
-    logprobs: list[float]          # each written line's mean log-probability per word
+    logprobs: LogprobSummary       # the written lines' mean log-probability per word
 
     def logprob_stats(self) -> dict[str, float] | None:
         """The distribution of the lines' logprob: mean, min, 10th, 50th and 90th percentile, max."""
-        if not self.logprobs:
-            return None
-        ordered = sorted(self.logprobs)
-        at = lambda fraction: ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
-        return {"lines": len(ordered), "mean": round(sum(ordered) / len(ordered), 4), "min": round(ordered[0], 4),
-                "p10": round(at(0.1), 4), "median": round(at(0.5), 4), "p90": round(at(0.9), 4),
-                "max": round(ordered[-1], 4)}
+        return self.logprobs.stats()
 
 
 def write_results(store: Store, job_id: str, out: str | Path) -> Written:
     """Write OUT.jsonl (and OUT.errors.jsonl when any line or prompt failed); OUT "-" writes the
     lines to standard output and the error records to stderr. Each line carries `logprob`, its
-    mean log-probability per generated word under the model (<= 0)."""
-    record = store.jobs.get(job_id)
-    failed_chunks = store.jobs.failed_chunks(job_id)
-    errors = list(store.jobs.input_errors(job_id))
-    to_stdout = str(out) == STDOUT
-    written = 0
-    logprobs: list[float] = []
-    with (nullcontext(sys.stdout) if to_stdout else _atomic(Path(out))) as stream:
-        for chunk in range(record.chunks if record.submitted else record.chunks_sent):
-            results = store.jobs.result(job_id, chunk)
-            reason = None if results is not None else missing_reason(record, failed_chunks.get(chunk))
-            try:
-                items = store.jobs.chunk(job_id, chunk)
-            except LookupError:   # its input is gone too: the prompts can only be counted
-                errors.append({"id": None, "line": None, "chunk": chunk, "prompts": store.jobs.chunk_prompts(job_id, chunk),
-                               "error": reason or "the chunk's input is gone (expired, or deleted)"})
+    mean log-probability per generated word under the model (<= 0). See Output."""
+    output = Output(store, job_id, out)
+    try:
+        return output.finish(store.jobs.get(job_id))
+    except BaseException:
+        output.abort()
+        raise
+
+
+class Output:
+    """OUT.jsonl written as the job goes: one line per prompt and sample, in input order.
+    advance(record) (on every poll while waiting) appends the lines of each chunk that has an
+    outcome once every earlier chunk has been written; finish(record) (once the job has ended)
+    writes the rest, then renames the file onto OUT and writes OUT.errors.jsonl. Until then the
+    lines go to .OUT.partial-PID, which abort() removes: OUT is never a truncated file. Memory
+    stays flat: a few chunks at a time, the error records, and the logprobs' histogram (--stats)."""
+
+    BATCH_CHUNKS = 16   # chunks read per Redis round trip
+
+    def __init__(self, store: Store, job_id: str, out: str | Path):
+        self.store, self.job_id, self.out = store, job_id, out
+        self.to_stdout = str(out) == STDOUT
+        self.file = None if self.to_stdout else _atomic(Path(out))
+        self.stream: TextIO = sys.stdout if self.file is None else self.file.__enter__()
+        self.next_chunk = 0          # every chunk before it has been written
+        self.written = 0
+        self.errors: list[dict[str, Any]] = []
+        self.logprobs = LogprobSummary()
+        self.templates: dict[tuple, str] = {}
+
+    def advance(self, record: JobRecord) -> None:
+        """Write every chunk, in order from the next one, that has an outcome."""
+        available = record.chunks if record.submitted else record.chunks_sent
+        while self.next_chunk < available:
+            count = min(self.BATCH_CHUNKS, available - self.next_chunk)
+            ready = self.store.jobs.outcomes(self.job_id, self.next_chunk, count)
+            finished = ready.index(False) if False in ready else count
+            if finished:
+                self._write(record, range(self.next_chunk, self.next_chunk + finished), None)
+            if finished < count:
+                return
+
+    def finish(self, record: JobRecord) -> Written:
+        """Write the chunks not written yet (those with no result: their prompts go to the
+        errors with the reason), rename the file onto OUT, write OUT.errors.jsonl."""
+        failed = self.store.jobs.failed_chunks(self.job_id)
+        total = record.chunks if record.submitted else record.chunks_sent
+        while self.next_chunk < total:
+            count = min(self.BATCH_CHUNKS, total - self.next_chunk)
+            self._write(record, range(self.next_chunk, self.next_chunk + count), failed)
+        errors = list(self.store.jobs.input_errors(self.job_id)) + self.errors
+        errors.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
+        self.stream.flush()
+        if self.file is not None:
+            self.file.__exit__(None, None, None)
+            self.file = None
+            write_errors(self.out, errors)
+        else:   # no OUT to put OUT.errors.jsonl beside: the errors go to stderr, one JSON object a line
+            for error in errors:
+                print(f"lstmq: error {json.dumps(error, ensure_ascii=False)}", file=sys.stderr)
+        return Written(self.written, errors, self.logprobs)
+
+    def abort(self) -> None:
+        """Remove the partial file (OUT is left as it was)."""
+        if self.file is not None:
+            self.file.__exit__(RuntimeError, None, None)
+            self.file = None
+
+    def _write(self, record: JobRecord, chunks: range, failed: dict[int, str] | None) -> None:
+        """Write `chunks` (each has an outcome, or the job has ended); `failed`: the failed chunks' reasons
+        (read here when None and needed)."""
+        fetched = self.store.jobs.chunks_with_results(self.job_id, chunks)
+        for chunk, (inputs, result) in zip(chunks, fetched):
+            if result is None and failed is None:
+                failed = self.store.jobs.failed_chunks(self.job_id)
+            reason = None if result is not None else missing_reason(record, failed.get(chunk))
+            if inputs is None:   # its input is gone too: the prompts can only be counted
+                self.errors.append({"id": None, "line": None, "chunk": chunk,
+                                    "prompts": self.store.jobs.chunk_prompts(self.job_id, chunk),
+                                    "error": reason or "the chunk's input is gone (expired, or deleted)"})
+            elif reason is not None:
+                self.errors.extend({"id": identifier, "line": line, "error": reason}
+                                   for identifier, line in zip(inputs.ids, inputs.lines))
+            else:
+                self.stream.write("".join(self._lines(record.model, inputs, result)))
+            self.next_chunk = chunk + 1
+        if self.to_stdout:
+            self.stream.flush()
+
+    def _template(self, model: str | None, params: dict[str, Any], sample: int) -> str:
+        """What follows the continuation on a line, up to the unknown words' list."""
+        try:
+            key = (tuple(params.items()), sample)
+            tail = self.templates.get(key)
+        except TypeError:   # an unhashable parameter value (an old chunk's): not remembered
+            key, tail = None, None
+        if tail is None:
+            output_params = json.dumps({name: params[name] for name in OUTPUT_PARAMS}, ensure_ascii=False)
+            tail = (f', "model": {json.dumps(model, ensure_ascii=False)}, "seed": '
+                    f'{json.dumps(params["seed"], ensure_ascii=False)}, "sample": {sample}, "params": {output_params}, '
+                    f'"unknown_words": ')
+            if key is not None:
+                if len(self.templates) >= TEMPLATE_CACHE_LIMIT:
+                    self.templates.clear()
+                self.templates[key] = tail
+        return tail
+
+    def _lines(self, model: str | None, inputs: ChunkInput, result: ChunkResult) -> list[str]:
+        """The chunk's output lines, each exactly as json.dumps(..., ensure_ascii=False) writes the
+        record {id, prompt, continuation, model, seed, sample, params, unknown_words, logprob}."""
+        lines: list[str] = []
+        append, add_logprob = lines.append, self.logprobs.add
+        samples, logprobs, counts = result.samples, result.logprobs, result.counts
+        errors, unknown, overrides = result.errors, result.unknown, inputs.overrides
+        default_tail = self._template(model, inputs.defaults, 0) if inputs.defaults else ""
+        at = 0   # the next sample's index in `samples`
+        for position, (identifier, prompt) in enumerate(zip(inputs.ids, inputs.prompts)):
+            if errors and position in errors:
+                self.errors.append({"id": identifier, "line": inputs.lines[position], "error": errors[position]})
                 continue
-            if reason is not None:
-                errors.extend({"id": item["id"], "line": item["line"], "error": reason} for item in items)
-                continue
-            for item, result in zip(items, results):
-                if "error" in result:
-                    errors.append({"id": item["id"], "line": item["line"], "error": result["error"]})
-                    continue
-                params = item["params"]
-                scores = result.get("logprobs") or [None] * len(result["samples"])
-                for sample, (continuation, logprob) in enumerate(zip(result["samples"], scores)):
-                    stream.write(json.dumps({
-                        "id": item["id"], "prompt": item["prompt"], "continuation": continuation, "model": record.model,
-                        "seed": params["seed"], "sample": sample,
-                        "params": {key: params[key] for key in OUTPUT_PARAMS},
-                        "unknown_words": result["unknown"],
-                        "logprob": None if logprob is None else round(logprob, 4),
-                    }, ensure_ascii=False) + "\n")
-                    written += 1
-                    if logprob is not None:
-                        logprobs.append(logprob)
-    errors.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
-    if to_stdout:   # no OUT to put OUT.errors.jsonl beside: the errors go to stderr, one JSON object a line
-        sys.stdout.flush()
-        for error in errors:
-            print(f"lstmq: error {json.dumps(error, ensure_ascii=False)}", file=sys.stderr)
-    else:
-        write_errors(out, errors)
-    return Written(written, errors, logprobs)
+            count = 1 if counts is None else counts[position]
+            id_json = str(identifier) if type(identifier) is int else (
+                _string(identifier) if type(identifier) is str else json.dumps(identifier, ensure_ascii=False))
+            head = f'{{"id": {id_json}, "prompt": {_string(prompt)}, "continuation": '
+            unknown_words = "[]" if position not in unknown else json.dumps(unknown[position], ensure_ascii=False)
+            custom = position in overrides
+            params = inputs.params(position) if custom else inputs.defaults
+            for sample in range(count):
+                tail = default_tail if sample == 0 and not custom else self._template(model, params, sample)
+                logprob = None if logprobs is None else logprobs[at]
+                if logprob is None:
+                    score = "null"
+                else:
+                    rounded = round(logprob, 4)
+                    add_logprob(logprob, rounded)
+                    score = repr(rounded) if rounded - rounded == 0 else json.dumps(rounded)
+                append(f"{head}{_string(samples[at])}{tail}{unknown_words}, \"logprob\": {score}}}\n")
+                at += 1
+            self.written += count
+        return lines
 
 
 def missing_reason(record: JobRecord, failure: str | None) -> str:
@@ -212,7 +360,7 @@ class _atomic:
 
     def __enter__(self) -> TextIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.stream = self.temporary.open("w", encoding="utf-8")
+        self.stream = self.temporary.open("w", encoding="utf-8", buffering=WRITE_BUFFER_BYTES)
         return self.stream
 
     def __exit__(self, exc_type, *_):

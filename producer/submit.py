@@ -10,17 +10,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from lstmq.producer.seeds import Seed, SeedError, check_path, display_name, read_seeds
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError
-from lstmq.shared.messages import Dispatcher, JobKind
+from lstmq.shared.messages import ROUTES, Dispatcher, JobKind
 from lstmq.shared.store import JobStatus, Store, check_model_name
+from lstmq.shared.store.jobs import ChunkBuilder
 from lstmq.shared.model import read_artifact
 from lstmq.shared.params import GenerationParams
 from lstmq.shared.text import Vocabulary, words
 
 MIN_CORPUS_LINES = 2
 RENEW_SUBMISSION_S = 2.0   # how often a long submission renews its deadline between chunks
+PIPELINE_PROMPTS = 8192    # prompts' chunks stored per Redis round trip (their messages follow)
+PIPELINE_CHUNKS_MAX = 64   # and at most this many chunks
+OVERRIDES_CACHE_LIMIT = 4096   # distinct per-line parameter sets remembered while submitting
+FLUSH_AFTER_S = 0.5        # a slow input (standard input) still sends each finished chunk within this long
 
 
 @dataclass(frozen=True)
@@ -45,18 +52,31 @@ class SeedReport:
         self.valid = self.invalid = self.prompts_with_unknown = self.words = self.unknown = 0
         self.words_to_generate = 0
         self.unknown_counts: Counter[str] = Counter()
+        self._encoded: dict[str, tuple[int, tuple[str, ...]]] = {}   # prompt -> (words, unknown words)
+
+    CACHE_LIMIT = 50_000        # prompts whose word counts are remembered (a file repeats short prompts)
+    CACHED_PROMPT_CHARS = 64    # longer prompts are not remembered
 
     def add(self, entry: Seed | SeedError) -> None:
         if isinstance(entry, SeedError):
             self.invalid += 1
             return
         self.valid += 1
-        ids, unknown = self.vocabulary.encode(entry.prompt)
-        self.words += len(ids)
-        self.unknown += len(unknown)
-        self.prompts_with_unknown += bool(unknown)
-        self.unknown_counts.update(unknown)
-        self.words_to_generate += entry.params.words * entry.params.n
+        prompt = entry.prompt
+        counted = self._encoded.get(prompt)
+        if counted is None:
+            ids, unknown = self.vocabulary.encode(prompt)
+            counted = (len(ids), tuple(unknown))
+            if len(prompt) <= self.CACHED_PROMPT_CHARS and len(self._encoded) < self.CACHE_LIMIT:
+                self._encoded[prompt] = counted
+        words, unknown = counted
+        self.words += words
+        if unknown:
+            self.unknown += len(unknown)
+            self.prompts_with_unknown += 1
+            self.unknown_counts.update(unknown)
+        params = entry.params
+        self.words_to_generate += params.words * params.n
 
     def to_json(self) -> dict[str, Any]:
         return {"lines_valid": self.valid, "lines_invalid": self.invalid,
@@ -151,6 +171,23 @@ def dry_run(store: Store, settings: Settings, seeds: str | Path, model_spec: str
                               prompts=report.valid, bad_lines=bad_lines, report=report)
 
 
+def chunk_size_for(store: Store, settings: Settings) -> int:
+    """Prompts per chunk: the chunk_size setting, or chunk_size_gpu when it was left at its default
+    and a GPU worker consumes the generate queue (a GPU decodes a chunk of the CPU's size in a few
+    milliseconds, so the per-task costs would dominate)."""
+    from lstmq.shared.config import default_file
+
+    if settings.sources.get("chunk_size") != str(default_file()):
+        return settings.chunk_size   # chosen: --chunk-size, LSTMQ_CHUNK_SIZE or a settings file
+    try:
+        consumers = store.workers.consuming(ROUTES[JobKind.GENERATE].queue)
+    except redis.exceptions.RedisError:
+        return settings.chunk_size
+    gpu = any(worker.get("gpu_index") is not None or str(worker.get("device", "")).startswith("gpu")
+              for worker in consumers)
+    return settings.chunk_size_gpu if gpu else settings.chunk_size
+
+
 def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, seeds: str | Path, model_spec: str,
                     on_created: Callable[[str], None] | None = None, fmt: str | None = None) -> GenerateSubmission:
     """Pin the model version, stream the seed file into chunks and send a task as each chunk
@@ -171,30 +208,59 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
     if on_created:
         on_created(job_id)
     bad_lines: list[SeedError] = []
-    chunk: list[dict] = []
+    default_values = defaults.to_dict()
+    chunk_size = chunk_size_for(store, settings)
+    chunks_per_round_trip = min(max(PIPELINE_PROMPTS // chunk_size, 1), PIPELINE_CHUNKS_MAX)
+    builder = ChunkBuilder(default_values)
+    pending: list[tuple[int, bytes, int]] = []   # encoded chunks not yet stored: (index, payload, prompts)
     chunks = prompts = lines = 0
+    overrides_of: dict[int, tuple[GenerationParams, dict[str, Any] | None]] = {}   # id(params) -> (params, overrides)
     renewed = time.monotonic()
+    add_to_report, add_to_chunk, monotonic = report.add, builder.add, time.monotonic
     with dispatcher.chunks(job_id) as send:
         def flush() -> None:
-            nonlocal chunk, chunks, renewed
-            store.jobs.put_chunk(job_id, chunks, chunk, lines, time.time() + settings.submission_timeout)
-            send(chunks)
-            chunks, chunk, renewed = chunks + 1, [], time.monotonic()
+            """Store the pending chunks in one round trip, then send their messages."""
+            nonlocal pending, renewed
+            store.jobs.put_chunks(job_id, pending, lines, time.time() + settings.submission_timeout)
+            for index, _payload, _count in pending:
+                send(index)
+            pending, renewed = [], time.monotonic()
+
+        def close_chunk() -> None:
+            nonlocal builder, add_to_chunk, chunks
+            pending.append((chunks, builder.encode(), len(builder)))
+            chunks += 1
+            builder = ChunkBuilder(default_values)
+            add_to_chunk = builder.add
+            if len(pending) >= chunks_per_round_trip:
+                flush()
 
         for entry in read_seeds(seeds, defaults, settings.limits(), fmt):
             lines += 1
-            report.add(entry)
-            if isinstance(entry, SeedError):
-                bad_lines.append(entry)
-            else:
-                chunk.append(entry.item().to_dict())
+            add_to_report(entry)
+            if type(entry) is Seed:
+                params = entry.params   # lines with the same parameters share one object (read_seeds)
+                known = overrides_of.get(id(params))
+                if known is None or known[0] is not params:
+                    if len(overrides_of) >= OVERRIDES_CACHE_LIMIT:
+                        overrides_of.clear()
+                    known = overrides_of[id(params)] = (params, _overrides(params, default_values))
+                add_to_chunk(entry.line, entry.id, entry.prompt, known[1])
                 prompts += 1
-                if len(chunk) >= settings.chunk_size:
+                if len(builder) >= chunk_size:
+                    close_chunk()
+            else:
+                bad_lines.append(entry)
+            waited = monotonic() - renewed
+            if waited > FLUSH_AFTER_S and (pending or waited > RENEW_SUBMISSION_S):
+                if pending:     # a slow input: what is ready goes out now
                     flush()
-            if time.monotonic() - renewed > RENEW_SUBMISSION_S:
-                store.jobs.keep_submitting(job_id, lines, time.time() + settings.submission_timeout)
-                renewed = time.monotonic()
-        if chunk:
+                else:
+                    store.jobs.keep_submitting(job_id, lines, time.time() + settings.submission_timeout)
+                    renewed = monotonic()
+        if len(builder):
+            close_chunk()
+        if pending:
             flush()
     store.jobs.add_input_errors(job_id, [error.record() for error in bad_lines])
     submission = GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
@@ -207,6 +273,14 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
     if prompts == 0:
         raise NoPrompts(reason, submission)
     return submission
+
+
+def _overrides(params: GenerationParams, default_values: dict[str, Any]) -> dict[str, Any] | None:
+    """The parameters of a line that differ from the job's (None when none do)."""
+    values = params.to_dict()
+    changed = {key: value for key, value in values.items()
+               if default_values.get(key) != value or type(default_values.get(key)) is not type(value)}
+    return changed or None
 
 
 class NoPrompts(InputError):

@@ -188,3 +188,32 @@ def test_string_id_does_not_clash_with_an_implied_integer_id(tmp_path):
     path = tmp_path / "seeds.jsonl"
     path.write_text('{"id": "2", "prompt": "string two"}\n{"prompt": "implied two"}\n')
     assert [(type(entry).__name__, entry.id) for entry in read(path)] == [("Seed", "2"), ("Seed", 2)]
+
+
+def test_lines_with_the_job_parameters_share_one_checked_object(tmp_path):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text('{"prompt": "a"}\n{"prompt": "b", "words": 3}\n{"prompt": "c", "words": 3}\n{"prompt": "d"}\n'
+                    '{"prompt": "e", "n": true}\n{"prompt": "f", "n": 1}\n{"prompt": "g", "n": 1.0}\n')
+    a, b, c, d, e, f, g = read(path)
+    assert a.params is d.params and a.params == DEFAULTS
+    assert b.params is c.params and b.params.words == 3          # a repeated override is checked once
+    assert isinstance(e, SeedError) and "field 'n' must be an integer" in e.error   # true is not 1
+    assert isinstance(f, Seed) and f.params.n == 1
+    assert isinstance(g, SeedError) and "field 'n' must be an integer" in g.error
+
+
+def test_job_parameters_that_do_not_pass_fail_every_line(tmp_path):
+    path = tmp_path / "seeds.txt"
+    path.write_text("one\ntwo\n")
+    entries = list(read_seeds(path, DEFAULTS.replace(words=1000), LIMITS))
+    assert [entry.error for entry in entries] == ["field 'words' must be <= max_words (100), got 1000"] * 2
+
+
+def test_a_long_txt_file_streams_with_line_numbers_as_ids(tmp_path):
+    path = tmp_path / "seeds.txt"
+    with path.open("w") as stream:
+        for line in range(1, 50_001):
+            stream.write("\n" if line % 1000 == 0 else f"word{line}\n")
+    entries = read(path)
+    assert len(entries) == 50_000 - 50 and all(type(entry) is Seed for entry in entries)
+    assert [entry.id for entry in entries[998:1000]] == [999, 1001] and entries[-1].prompt == "word49999"

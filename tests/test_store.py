@@ -172,7 +172,7 @@ def test_every_key_is_under_the_prefix(store):
     store.jobs.save_result(job, 0, [], 0)
     store.workers.heartbeat("w", {"queues": ["generate"]}, ttl=5)
     assert all(key.startswith(b"lstmq:") for key in store.redis.keys("*"))
-    assert json.loads(store.redis.get(keys.job_key(job, "result", 0))) == []
+    assert store.jobs.result(job, 0) == []
     assert keys.job_key("j") == "lstmq:job:j" and keys.job_key("j", "chunk", 3) == "lstmq:job:j:chunk:3"
 
 
@@ -296,3 +296,109 @@ def test_live_workers_and_their_queues(store):
     assert {worker["name"] for worker in store.workers.consuming("generate")} == {"a"}
     time.sleep(0.3)
     assert [worker["name"] for worker in store.workers.live()] == ["a"] and not store.workers.consuming("train")
+
+
+# -- how chunks are kept: compact columns, old JSON chunks still read ------------------------------
+def _items(params_for_line):
+    from lstmq.shared.messages import PromptItem
+    from lstmq.shared.params import prompt_key
+
+    odd_ids = {3: "trois", 4: -7, 5: None, 6: -(2**63), 7: "", 8: "8", 9: 2**64 - 1}
+    items = []
+    for line in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 20]:   # a gap: blank or bad lines between
+        identifier = odd_ids.get(line, line)
+        prompt = {1: "Sherlock «Holmes» — 福尔摩斯 🕵", 2: 'quote " and \\ back\tslash', 11: "x" * 300}.get(line, f"word{line}")
+        items.append(PromptItem(line, identifier, prompt, prompt_key(identifier), params_for_line(line)).to_dict())
+    return items
+
+
+def test_chunk_items_round_trip_in_the_compact_format(store):
+    from lstmq.shared.params import prompt_key
+    from lstmq.shared.store.jobs import FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB
+
+    special = GENERATION.replace(words=3, temperature=0.7, top_k=5, n=2)
+    items = _items(lambda line: special if line in (2, 12) else (GENERATION.replace(seed=9) if line == 4 else GENERATION))
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, items, lines=20, submit_deadline=time.time() + 60)
+    raw = store.redis.get(keys.job_key(job, "chunk", 0))
+    assert raw[:1] in (FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB) and len(raw) < len(json.dumps(items)) / 3
+    assert store.jobs.chunk(job, 0) == items          # what a worker reads: the same dicts, keys and all
+    columns = store.jobs.chunk_input(job, 0)
+    assert columns.lines == [item["line"] for item in items] and columns.ids == [item["id"] for item in items]
+    assert sorted(columns.overrides) == [1, 3, 10]    # only the prompts whose parameters differ
+    assert columns.overrides[3] == {"seed": 9} and columns.params(0) is columns.defaults
+    assert store.jobs.chunk_prompts(job, 0) == len(items)
+    # an id over 64 bits (a .jsonl file may set one) does not fit msgpack: that chunk is JSON, as before
+    big = _items(lambda line: GENERATION)
+    big[0] = {**big[0], "id": 2**70, "key": prompt_key(2**70)}
+    store.jobs.put_chunk(job, 1, big, lines=20, submit_deadline=time.time() + 60)
+    assert store.redis.get(keys.job_key(job, "chunk", 1)).startswith(b"[") and store.jobs.chunk(job, 1) == big
+
+
+def test_a_txt_chunk_keeps_no_ids_and_no_parameters_per_prompt(store):
+    from lstmq.shared.store.jobs import ChunkBuilder, ChunkInput, _unpack
+
+    builder = ChunkBuilder(GENERATION.to_dict())
+    for line in [*range(1, 200), *range(250, 300)]:
+        builder.add(line, line, "the")
+    value = _unpack(builder.encode())
+    assert value["lines"] == [1, 199, 250, 50] and "ids" not in value and "overrides" not in value
+    decoded = ChunkInput.decode(builder.encode())
+    assert decoded.ids == decoded.lines == [*range(1, 200), *range(250, 300)]
+
+
+def test_chunk_results_round_trip_in_the_compact_format(store):
+    from lstmq.shared.store.jobs import ChunkResult
+
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    results = [{"unknown": [], "samples": ["the door"], "logprobs": [-1.23455]},
+               {"error": "prompt has no words"},
+               {"unknown": ["zzyzx", "ünïcode"], "samples": ["a b", "c d", "é 福"], "logprobs": [-0.5, -2.0, -11.99999]},
+               {"unknown": [], "samples": ["no score"]},
+               {"unknown": [], "samples": [], "logprobs": []}]
+    for chunk in range(5):
+        store.jobs.put_chunk(job, chunk, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    assert store.jobs.save_result(job, 0, results, words=9)
+    decoded = store.jobs.result(job, 0)
+    assert decoded[0] == results[0] and decoded[1] == results[1] and decoded[2] == results[2]
+    assert decoded[3] == {"unknown": [], "samples": ["no score"], "logprobs": [None]} and decoded[4] == results[4]
+    assert len(store.redis.get(keys.job_key(job, "result", 0))) < len(json.dumps(results))
+    # logprobs that are not 5-decimal values (or not finite) are kept exactly, as floats
+    odd = [{"unknown": [], "samples": ["x"], "logprobs": [-0.123456789]},
+           {"unknown": [], "samples": ["y"], "logprobs": [float("-inf")]}]
+    store.jobs.save_result(job, 1, odd, words=2)
+    assert store.jobs.result(job, 1) == odd
+    # one sample per prompt, no errors: no per-prompt counts are kept
+    plain = [{"unknown": [], "samples": [f"w{index}"], "logprobs": [-index / 8]} for index in range(300)]
+    store.jobs.save_result(job, 2, plain, words=300)
+    assert store.jobs.result(job, 2) == plain
+    # anything of another shape is kept as JSON, as before
+    other = [{"samples": ["s"], "extra": 1}]
+    store.jobs.save_result(job, 3, other, words=1)
+    assert store.redis.get(keys.job_key(job, "result", 3)).startswith(b"[")
+    # a worker may hand over columns (no dict per item): the same stored form
+    columns = ChunkResult(["a", "b"], None, [-0.5, -1.25], {1: ["zz"]}, {})
+    assert len(columns) == 2 and store.jobs.save_result(job, 4, columns, words=2)
+    assert store.jobs.result(job, 4) == [{"unknown": [], "samples": ["a"], "logprobs": [-0.5]},
+                                         {"unknown": ["zz"], "samples": ["b"], "logprobs": [-1.25]}]
+    assert store.jobs.get(job).prompts_done == len(results) + 2 + 300 + 1 + 2
+
+
+def test_json_chunks_of_an_earlier_lstmq_are_still_read(store, tmp_path):
+    from lstmq.producer.collect import write_results
+
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, model="m@1")
+    items = _items(lambda line: GENERATION)[:3]
+    results = [{"unknown": [], "samples": ["one"], "logprobs": [-1.5]}, {"error": "boom"},
+               {"unknown": ["x"], "samples": ["three"], "logprobs": [-0.25]}]
+    store.redis.set(keys.job_key(job, "chunk", 0), json.dumps(items))      # as lstmq 0.1 wrote them
+    store.redis.set(keys.job_key(job, "result", 0), json.dumps(results))
+    store.redis.sadd(keys.job_key(job, "done"), 0)
+    store.redis.hset(keys.job_key(job, "chunk-sizes"), 0, 3)
+    store.jobs.finish_submission(job, chunks=1, prompts=3, input_errors=0, lines=3)
+    assert store.jobs.chunk(job, 0) == items and store.jobs.result(job, 0) == results
+    written = write_results(store, job, tmp_path / "out.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert written.lines == 2 and [line["id"] for line in lines] == [1, "trois"]
+    assert lines[0]["prompt"] == items[0]["prompt"] and lines[1]["unknown_words"] == ["x"]
+    assert written.errors == [{"id": 2, "line": 2, "error": "boom"}]
