@@ -8,7 +8,7 @@ TF_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(TF_EXTRA)
 
-.PHONY: setup demo test test-unit test-integration test-faults bench clean redis-server compose-tool
+.PHONY: setup demo test test-unit test-integration test-faults bench bench-quick bench-gpu clean redis-server compose-tool
 
 setup: $(STAMP) redis-server compose-tool
 
@@ -50,10 +50,33 @@ test-integration: setup
 test-faults: setup
 	$(BIN)/python -m pytest tests/faults
 
+# Each benchmark prints its table with ratios against a baseline measured in the same run.
+BENCH := $(BIN)/python benchmarks
 bench: setup
-	$(BIN)/python benchmarks/decode_throughput.py
-	$(BIN)/python benchmarks/train_memory.py
-	$(BIN)/python benchmarks/end_to_end.py
+	$(BENCH)/decode_throughput.py --sampling --mixed --bound-batch-sizes 256,1024,4096
+	$(BENCH)/worker_overhead.py
+	$(BENCH)/end_to_end.py
+	$(BENCH)/million.py
+	$(BENCH)/scale_out.py
+	$(BENCH)/train_speed.py --full-corpus
+	$(BENCH)/train_memory.py
+
+# The same, small: what tests/test_benchmarks.py runs in `make test` (a smoke test, no figure checked).
+bench-quick: setup
+	$(BENCH)/decode_throughput.py --quick
+	$(BENCH)/worker_overhead.py --quick
+	$(BENCH)/end_to_end.py --quick
+	$(BENCH)/million.py --quick
+	$(BENCH)/scale_out.py --quick
+	$(BENCH)/train_speed.py --quick
+
+# On a machine with NVIDIA GPUs (make setup installs tensorflow[and-cuda] where nvidia-smi finds
+# one): the GPU checks (device pinning, memory growth, the cuDNN kernel in training, a profile of
+# decoding), greedy decoding at 4,096 and 16,384 rows, and end to end with one GPU worker.
+bench-gpu: setup
+	$(BENCH)/gpu_check.py --profile-dir gpu-profile
+	$(BENCH)/decode_throughput.py --sampling --bound-batch-sizes 1024,4096,16384
+	$(BENCH)/end_to_end.py --gpus 0 --prompts 1000000 --chunk-size 65536
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out.jsonl demo-out.errors.jsonl

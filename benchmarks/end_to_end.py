@@ -9,8 +9,11 @@ Everything lstmq does for a user runs here as a user runs it: a throwaway redis-
    12 words, --words each, --chunk-size prompts per task: the wall time of the command (submit,
    generate, collect, write OUT) gives the end-to-end words/s; the job record (created ->
    finished) and the worker's log (seconds per chunk) give the worker-side figures;
-3. the baseline, in this process on the same trained weights: `lstmq models export bench@1 DIR`,
-   `keras.saving.load_model(DIR/model.keras)`, and the seed notebook's loop, one
+3. the ceiling, in this process on the same exported model (`lstmq models export bench@1 DIR`,
+   `keras.saving.load_model(DIR/model.keras)`): lstmq's Decoder with the default decode_batch_size
+   on every prompt, tokenizing and detokenizing included, no Redis or Celery (target: lstmq
+   generate end to end >= 0.85 of its words/s; every continuation must be the same);
+4. the baseline, on the same model: the seed notebook's loop, one
    `model.predict(context, verbose=0)` per word per prompt (the context padded to 17 tokens with
    zeros on the right, as lstmq's model is masked; a longer one is read whole), for the first
    --baseline-prompts prompts.
@@ -20,8 +23,8 @@ for reading, never checked. The output file is checked (one line per prompt, ids
 the prompts as written; the script fails otherwise), and for how many baseline prompts the seed
 loop's greedy words equal lstmq's is printed (a mismatch is a warning).
 
-    python benchmarks/end_to_end.py [--prompts 20000] [--words 7] [--chunk-size 1024]
-                                    [--baseline-prompts 10] [--epochs 1] [--repeats 1]
+    python benchmarks/end_to_end.py [--prompts 100000] [--words 7] [--chunk-size N] [--corpus-lines N]
+                                    [--baseline-prompts 10] [--epochs 1] [--repeats 1] [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 Everything it starts (redis-server, the worker's process group) is stopped at the end, also on
@@ -56,10 +59,15 @@ WORKER_READY_TIMEOUT_S = 300
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=20000, help="prompts in the seed file (default 20000)")
+    parser.add_argument("--prompts", type=int, default=100000, help="prompts in the seed file (default 100000)")
     parser.add_argument("--words", type=int, default=7, help="words generated per prompt (default 7, as the seed)")
-    parser.add_argument("--chunk-size", type=int, default=1024,
-                        help="prompts per generate task, lstmq generate --chunk-size (default 1024)")
+    parser.add_argument("--chunk-size", type=int,
+                        help="prompts per generate task, lstmq generate --chunk-size (default: the chunk_size setting)")
+    parser.add_argument("--gpus", help="run the worker on these GPUs (lstmq-worker --gpus), default: one CPU worker")
+    parser.add_argument("--corpus-lines", type=int, default=0,
+                        help="train on the corpus's first N lines only (default 0: the whole corpus)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 2,000 prompts, 3 seed-loop prompts, training on 1,500 corpus lines")
     parser.add_argument("--baseline-prompts", type=int, default=10,
                         help="prompts run through the seed's predict loop (default 10); its words/s is per word")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs on the whole corpus (default 1)")
@@ -68,7 +76,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--worker-log", help="where the worker's log goes (default: a temporary file, "
                         "removed at the end)")
     arguments = parser.parse_args()
-    for name in ("prompts", "words", "chunk_size", "baseline_prompts", "epochs", "repeats"):
+    if arguments.quick:
+        arguments.prompts, arguments.baseline_prompts, arguments.corpus_lines = 2000, 3, 1500
+    for name in ("prompts", "words", "baseline_prompts", "epochs", "repeats"):
         if getattr(arguments, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if arguments.baseline_prompts > arguments.prompts:
@@ -164,6 +174,40 @@ def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int
             "continuations": [" ".join(vocabulary.decode(ids)) for ids in outputs]}
 
 
+def seconds_between(start: str, end: str) -> float:
+    """Seconds between two of `lstmq status --json`'s timestamps (ISO 8601 UTC)."""
+    from datetime import datetime
+
+    return (datetime.fromisoformat(end.replace("Z", "+00:00")) -
+            datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def in_process_decoder(export_dir: Path, prompts: list[str], words: int) -> dict[str, Any]:
+    """The ceiling: the same exported model, lstmq's Decoder in this process (the default
+    decode_batch_size of the device, as a worker would take), every prompt tokenized and decoded to text, no Redis and no Celery."""
+    import keras
+
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.generate import Decoder, Request
+    from lstmq.shared.text import Vocabulary
+
+    import tensorflow as tf
+
+    settings = load_settings()
+    rows = settings.decode_batch_size_gpu if tf.config.list_physical_devices("GPU") else settings.decode_batch_size
+    model = keras.saving.load_model(export_dir / "model.keras")
+    vocabulary = Vocabulary(json.loads((export_dir / "vocab.json").read_text(encoding="utf-8")))
+    decoder = Decoder(model, vocabulary, max_rows=rows)
+    params = settings.generation_params().replace(words=words, seed=0)
+    decoder.continuations_scored([Request(ids=vocabulary.encode(prompts[0])[0], params=params, key=1)])   # trace
+    started = time.perf_counter()
+    requests = [Request(ids=vocabulary.encode(prompt)[0], params=params, key=number)
+                for number, prompt in enumerate(prompts, start=1)]
+    outputs = decoder.continuations_scored(requests)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "words": len(prompts) * words, "continuations": [samples[0][0] for samples in outputs]}
+
+
 def main() -> int:
     arguments = parse_arguments()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
@@ -175,14 +219,15 @@ def main() -> int:
     prompts = choose_prompts(text, arguments.prompts)
     words = arguments.words
     print(f"corpus {corpus} ({len(text):,} characters); {len(prompts):,} prompts of "
-          f"{PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words, {words} words each, chunks of {arguments.chunk_size}; "
+          f"{PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words, {words} words each, chunks of "
+          f"{arguments.chunk_size or 'the default size'}; "
           f"seed loop on the first {arguments.baseline_prompts}; {platform.machine()}, {os.cpu_count()} CPUs",
           flush=True)
 
     scratch = tempfile.TemporaryDirectory(prefix="lstmq-bench-")
     directory = Path(scratch.name)
     log_path = Path(arguments.worker_log) if arguments.worker_log else directory / "worker.log"
-    stack = LocalStack(log_path, worker_args=("--cpu",))
+    stack = LocalStack(log_path, worker_args=("--gpus", arguments.gpus) if arguments.gpus else ("--cpu",))
     try:
         stack.__enter__()
         broker = ["--broker", stack.broker]
@@ -191,8 +236,12 @@ def main() -> int:
               f"(log: {log_path})", flush=True)
 
         # --- 1. training ---------------------------------------------------------------------
-        train_wall, trained = lstmq("train", str(corpus), "--model", MODEL_NAME, "--epochs", str(arguments.epochs),
-                                    "--wait", "--json", *broker)
+        training_corpus = corpus
+        if arguments.corpus_lines:
+            training_corpus = directory / "corpus.txt"
+            training_corpus.write_text("\n".join(text.split("\n")[: arguments.corpus_lines]), encoding="utf-8")
+        train_wall, trained = lstmq("train", str(training_corpus), "--model", MODEL_NAME, "--epochs",
+                                    str(arguments.epochs), "--wait", "--json", *broker)
         _, train_record = lstmq("status", trained["job"], "--json", *broker)
         model = trained["model"]
         export_dir = directory / "export"
@@ -200,7 +249,7 @@ def main() -> int:
         meta = json.loads((export_dir / "meta.json").read_text(encoding="utf-8"))
         history, vocab_size = meta.get("history", []), meta["network"]["vocab_size"]
         epoch_seconds = [record["seconds"] for record in history]
-        train_job_seconds = train_record["finished"] - train_record["started"]
+        train_job_seconds = seconds_between(train_record["started"], train_record["finished"])
         print(f"train {model}: {trained['epochs_run']} epoch(s) in {train_wall:.1f}s wall "
               f"(job on the worker {train_job_seconds:.1f}s; epoch seconds {epoch_seconds}); "
               f"loss {trained['loss']:.4f}, val perplexity {trained['val_perplexity']:.1f}", flush=True)
@@ -209,9 +258,14 @@ def main() -> int:
         seeds = directory / "seeds.txt"
         seeds.write_text("".join(prompt + "\n" for prompt in prompts), encoding="utf-8")
         output = directory / "out.jsonl"
+        # a running worker has loaded the model and traced its decoder: a small job first, as in production
+        warm = directory / "warm.txt"
+        warm.write_text("".join(prompt + "\n" for prompt in prompts[:64]), encoding="utf-8")
+        lstmq("generate", str(warm), "--model", MODEL_NAME, "-o", str(directory / "warm.jsonl"), "--words", str(words),
+              "--json", *broker)
+        chunking = ["--chunk-size", str(arguments.chunk_size)] if arguments.chunk_size else []
         generate_wall, generated = lstmq("generate", str(seeds), "--model", MODEL_NAME, "-o", str(output),
-                                         "--words", str(words), "--chunk-size", str(arguments.chunk_size),
-                                         "--json", *broker)
+                                         "--words", str(words), *chunking, "--json", *broker)
         _, job = lstmq("status", generated["job"], "--json", *broker)
         records = check_output(output, prompts)
         total_words = len(prompts) * words
@@ -220,7 +274,7 @@ def main() -> int:
                              f"expected {total_words}")
         logged = worker_log_figures(log_path, generated["job"])
         end_to_end_rate = total_words / generate_wall
-        job_seconds = job["finished"] - job["created"]
+        job_seconds = seconds_between(job["created"], job["finished"])
         job_rate = job["words_done"] / job_seconds
         decode_rate = logged["chunk_words"] / logged["chunk_seconds"] if logged["chunk_seconds"] else None
         print(f"generate: {len(records):,} lines, ids 1..{len(records)} in order; {total_words:,} words in "
@@ -236,6 +290,13 @@ def main() -> int:
         print(f"seed predict loop: {baseline['words']} words in {baseline['seconds']:.2f}s "
               f"(load_model {baseline['load_seconds']:.2f}s); same words as lstmq for "
               f"{matches}/{len(baseline_prompts)} prompts", flush=True)
+        ceiling = in_process_decoder(export_dir, prompts, words)
+        ceiling_rate = ceiling["words"] / ceiling["seconds"]
+        same = sum(a == record["continuation"] for a, record in zip(ceiling["continuations"], records))
+        print(f"in-process decoder on the exported model: {ceiling['words']:,} words in {ceiling['seconds']:.2f}s; "
+              f"same words as lstmq generate for {same:,}/{len(records):,} prompts", flush=True)
+        if same != len(records):
+            raise StepFailed(f"lstmq generate and the in-process decoder differ on {len(records) - same} prompts")
         if matches != len(baseline_prompts):   # reported, not fatal: a near-tie can flip an argmax
             print(f"end_to_end: WARNING: the seed loop's greedy words differ from lstmq's for "
                   f"{len(baseline_prompts) - matches} of {len(baseline_prompts)} prompts", file=sys.stderr)
@@ -255,8 +316,11 @@ def main() -> int:
     ]
     if decode_rate:
         rows.append(("lstmq worker chunks (sum of chunk times)", logged["chunk_seconds"], decode_rate))
+    rows.append(("in-process decoder, same exported model", ceiling["seconds"], ceiling_rate))
     rows.append(("seed model.predict per word", baseline["seconds"], seed_rate))
     print_table(rows, seed_rate, len(prompts), len(baseline_prompts), words)
+    print(f"lstmq generate end to end / in-process decoder: {end_to_end_rate / ceiling_rate:.2f} (target >= 0.85); "
+          f"job record / in-process decoder: {job_rate / ceiling_rate:.2f}")
     print(json.dumps({
         "benchmark": "end_to_end", "prompts": len(prompts), "words": words, "chunk_size": arguments.chunk_size,
         "baseline_prompts": len(baseline_prompts), "model": model, "vocabulary": vocab_size,
@@ -270,6 +334,8 @@ def main() -> int:
                      "chunk_words_per_second": round(decode_rate, 1) if decode_rate else None},
         "seed_predict": {"seconds": round(baseline["seconds"], 3), "words_per_second": round(seed_rate, 1),
                          "load_seconds": round(baseline["load_seconds"], 2), "same_words": matches},
+        "in_process_decoder": {"seconds": round(ceiling["seconds"], 3), "words_per_second": round(ceiling_rate, 1)},
+        "ratio_end_to_end_vs_in_process_decoder": round(end_to_end_rate / ceiling_rate, 3),
         "ratio_end_to_end_vs_seed_predict": round(end_to_end_rate / seed_rate, 1),
         "ratio_job_vs_seed_predict": round(job_rate / seed_rate, 1),
         "ratio_chunks_vs_seed_predict": round(decode_rate / seed_rate, 1) if decode_rate else None,

@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--equivalence-prompts", type=int, default=64)
+    parser.add_argument("--profile-dir", help="write a TensorFlow profiler trace of greedy decoding at the largest "
+                        "batch size here (open it with TensorBoard's profile plugin: what was slow)")
     args = parser.parse_args()
 
     from lstmq.worker import runtime
@@ -76,7 +78,7 @@ def main() -> None:
     training_ops = op_types(gradient_step.get_concrete_function(tf.constant(inputs), tf.constant(targets)))
     report["training_cudnn_ops"] = sorted(op for op in training_ops if "Cudnn" in op)
     decoder = Decoder(inference_model, vocabulary, max_rows=max(int(b) for b in args.batch_sizes.split(",")))
-    decode_ops = op_types(decoder._decode.get_concrete_function())
+    decode_ops = op_types(decoder._prefill.get_concrete_function())   # the prefill reads prompts with Keras's LSTM
     report["decoder_cudnn_ops"] = sorted(op for op in decode_ops if "Cudnn" in op)
     print(json.dumps({"cudnn": {k: report[k] for k in ("training_cudnn_ops", "decoder_cudnn_ops")}}), flush=True)
 
@@ -108,6 +110,19 @@ def main() -> None:
                      "words_per_second": round(batch_size * args.words / seconds, 1)}
             report["decode"].append(entry)
             print(json.dumps({"decode": entry}), flush=True)
+
+    if args.profile_dir:   # the step-by-step device and host time of one greedy decode at the largest batch
+        largest = max(int(b) for b in args.batch_sizes.split(","))
+        decoder = Decoder(trained, vocabulary, max_rows=largest)
+        generation = load_settings(environ={}).generation_params().replace(words=args.words, seed=0)
+        requests = [Request(ids=ids, params=generation, key=i) for i, ids in enumerate(prompt_ids[:largest])]
+        decoder.generate(requests)
+        tf.profiler.experimental.start(args.profile_dir)
+        decoder.generate(requests)
+        tf.profiler.experimental.stop()
+        report["profile"] = {"dir": args.profile_dir, "batch_size": largest,
+                             "open_with": f"tensorboard --logdir {args.profile_dir} (Profile tab)"}
+        print(json.dumps({"profile": report["profile"]}), flush=True)
 
     decoder = Decoder(trained, vocabulary, max_rows=1024)
     sample = prompt_ids[: args.equivalence_prompts]

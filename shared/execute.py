@@ -8,9 +8,11 @@ work in progress holds a lease (Lease) so that a lost worker's work is dispatche
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
@@ -18,6 +20,7 @@ import redis
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError, LstmqError
 from lstmq.shared.messages import JobKind, PromptItem
+from lstmq.shared.params import SAMPLING_STREAM
 from lstmq.shared.store import JobRecord, JobStatus, Store
 from lstmq.shared.store.health import is_out_of_memory, out_of_memory
 from lstmq.shared.store.jobs import TRAIN
@@ -253,12 +256,9 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
             except LookupError as error:
                 raise InputError(f"chunk {chunk}: its input is gone ({error})") from None
             loaded = models.get(record.model_name, record.version)
-            results, requests, positions = prepare_chunk(items, loaded.decoder.vocabulary, settings)
-            words = 0
-            for position, request, scored in zip(positions, requests, loaded.decoder.continuations_scored(requests)):
-                results[position]["samples"] = [text for text, _ in scored]
-                results[position]["logprobs"] = [round(logprob, 5) for _, logprob in scored]
-                words += request.words * request.n
+            if record.sampling_stream != SAMPLING_STREAM:   # once per job: which stream its samples come from
+                store.jobs.update(job_id, sampling_stream=SAMPLING_STREAM)
+            results, words = decode_items(items, loaded.decoder, settings)
             try:
                 first = store.jobs.save_result(job_id, chunk, results, words)
             except redis.exceptions.ResponseError as error:   # OutOfMemoryError is one
@@ -278,17 +278,86 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
     return {"job": job_id, "chunk": chunk, "prompts": len(items), "words": words}
 
 
+_HOST: ThreadPoolExecutor | None = None   # this process's host-side thread (see decode_items)
+_HOST_PID = 0
+
+
+def host_thread() -> ThreadPoolExecutor:
+    """One thread per process for the host-side work that overlaps decoding (made after a fork)."""
+    global _HOST, _HOST_PID
+    if _HOST is None or _HOST_PID != os.getpid():
+        _HOST, _HOST_PID = ThreadPoolExecutor(1, thread_name_prefix="lstmq-host"), os.getpid()
+    return _HOST
+
+
+def decode_items(items: list[Any], decoder, settings: Settings) -> tuple[list[dict[str, Any]], int]:
+    """Per item, its result ({"error"} or {"unknown", "samples", "logprobs"}), and the words generated.
+
+    The chunk is decoded in slices. While the decoder (TensorFlow, which releases the GIL) runs
+    slice k, the host thread checks and tokenizes slice k+1 and turns slice k-1's output into
+    result records, so that a big chunk's host work hides behind its decoding. A slice holds
+    decode_batch_size (max_rows) to 4 x that many prompts, aiming at 4 slices per chunk: the
+    decoder refills the rows of prompts that finished early from those still waiting (mixed
+    lengths), which works best with more prompts than rows."""
+    rows = max(1, decoder.max_rows)
+    step = max(rows, min(4 * rows, -(-len(items) // 4)))
+    slices = [items[start:start + step] for start in range(0, len(items), step)] or [[]]
+    host = host_thread()
+    prepared = host.submit(prepare_chunk, slices[0], decoder.vocabulary, settings)
+    finishing = None
+    results: list[dict[str, Any]] = []
+    words = 0
+    for index in range(len(slices)):
+        slots, requests, positions = prepared.result()
+        if index + 1 < len(slices):
+            prepared = host.submit(prepare_chunk, slices[index + 1], decoder.vocabulary, settings)
+        scored = decode_splitting(decoder, requests)
+        if finishing is not None:
+            results.extend(finishing.result())
+        finishing = host.submit(fill_results, slots, positions, scored)
+        words += sum(request.words * request.n for request in requests)
+    results.extend(finishing.result())
+    return results, words
+
+
+def decode_splitting(decoder, requests: list[Any]) -> list[Any]:
+    """decoder.continuations_scored(requests); a batch that does not fit in the device's memory
+    (TensorFlow's ResourceExhaustedError) is split in halves and each half tried again, down to a
+    single prompt, whose failure is the chunk's. Never lost: every request is decoded or raises."""
+    if not requests:
+        return []
+    try:
+        return decoder.continuations_scored(requests)
+    except Exception as error:
+        if type(error).__name__ != "ResourceExhaustedError" or len(requests) == 1:
+            raise
+        half = len(requests) // 2
+        log.warning("%d prompts do not fit in the device's memory at once (%s); decoding them in two halves",
+                    len(requests), str(error).splitlines()[0][:200])
+        return decode_splitting(decoder, requests[:half]) + decode_splitting(decoder, requests[half:])
+
+
+def fill_results(slots: list[dict[str, Any]], positions: list[int], scored) -> list[dict[str, Any]]:
+    for position, samples in zip(positions, scored):
+        slot = slots[position]
+        slot["samples"] = [text for text, _ in samples]
+        slot["logprobs"] = [round(logprob, 5) for _, logprob in samples]
+    return slots
+
+
 def prepare_chunk(items: list[Any], vocabulary, settings: Settings):
     """Per item: a result slot ({"error"} for an item that cannot be used, {"unknown"} otherwise),
-    and the decoder requests with their positions."""
+    and the decoder requests with their positions. Items of a chunk mostly share their parameters:
+    each distinct set is checked once."""
     from lstmq.shared.generate import Request
 
     limits = settings.limits()
     results: list[dict[str, Any]] = []
     requests, positions = [], []
+    checked: dict[Any, PromptItem | InputError] = {}
     for position, raw in enumerate(items):
         try:
-            item = PromptItem.parse(raw, limits)
+            item = parse_item(raw, limits, checked)
             ids, unknown = vocabulary.encode(item.prompt)
             if not ids:
                 raise InputError("prompt has no words")
@@ -299,6 +368,35 @@ def prepare_chunk(items: list[Any], vocabulary, settings: Settings):
         positions.append(position)
         requests.append(Request(ids=ids, params=item.params, key=item.key))
     return results, requests, positions
+
+
+def parse_item(raw: Any, limits, checked: dict[Any, Any]) -> PromptItem:
+    """PromptItem.parse, with the parameter check done once per distinct parameter set."""
+    params = raw.get("params") if isinstance(raw, dict) else None
+    try:
+        signature = tuple(sorted(params.items())) if isinstance(params, dict) else None
+        hash(signature)
+    except TypeError:   # an unhashable value: checked on its own (and refused there)
+        signature = None
+    if signature is None:
+        return PromptItem.parse(raw, limits)
+    known = checked.get(signature)
+    if known is None:
+        try:
+            known = PromptItem.parse(raw, limits)
+        except InputError as error:
+            if "field 'prompt'" in str(error) or "field 'key'" in str(error):
+                raise   # about this item, not its parameters
+            known = error
+        checked[signature] = known
+    if isinstance(known, InputError):
+        raise known
+    prompt, key = raw.get("prompt"), raw.get("key")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("field 'prompt' must be a non-empty string")
+    if not isinstance(key, int) or isinstance(key, bool):
+        raise InputError("field 'key' must be an integer")
+    return PromptItem(line=raw.get("line", 0), id=raw.get("id"), prompt=prompt, key=key, params=known.params)
 
 
 def describe(error: BaseException) -> str:

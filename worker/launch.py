@@ -71,26 +71,35 @@ def module_command(module: str) -> list[str]:
 
 
 def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, config: str | None,
-                    loglevel: str, prefix: str,
-                    metrics_port: int | None = None) -> list[tuple[list[str], dict[str, str]]]:
-    """Each worker's command line and environment. With `metrics_port`, worker i (in the order of
-    `gpus`) serves its Prometheus metrics on metrics_port + i (LSTMQ_METRICS_PORT)."""
+                    loglevel: str, prefix: str, metrics_port: int | None = None, cpu_workers: int = 1,
+                    tf_threads: int | None = None) -> list[tuple[list[str], dict[str, str]]]:
+    """Each worker's command line and environment: one per GPU in `gpus`, else `cpu_workers` CPU
+    workers. With `metrics_port`, worker i serves its Prometheus metrics on metrics_port + i
+    (LSTMQ_METRICS_PORT). Several CPU workers share the machine's cores: each gets its own set
+    (LSTMQ_CPUS, applied by worker.run) and, unless `tf_threads` says otherwise, as many
+    TensorFlow threads as it has cores (LSTMQ_TF_THREADS)."""
     base = dict(os.environ)
     base.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    base.pop("LSTMQ_METRICS_PORT", None)   # set per worker below: never the same port twice
+    for own in ("LSTMQ_METRICS_PORT", "LSTMQ_GPU_INDEX", "LSTMQ_CPUS"):   # set per worker below
+        base.pop(own, None)
+    if tf_threads is not None:
+        base["LSTMQ_TF_THREADS"] = str(tf_threads)
+    slots = list(gpus) if gpus else [None] * cpu_workers
+    core_sets = cpu_sets(cpu_workers) if not gpus and cpu_workers > 1 else []
     commands = []
-    for index, gpu in enumerate(gpus if gpus else [None]):
+    for index, gpu in enumerate(slots):
         env = dict(base)
         if metrics_port is not None:
             env["LSTMQ_METRICS_PORT"] = str(metrics_port + index)
-        device = f"gpu{gpu}" if gpu is not None else "cpu"
+        device = f"gpu{gpu}" if gpu is not None else ("cpu" if len(slots) == 1 else f"cpu{index}")
         env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else "-1"
         env["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         env["LSTMQ_DEVICE"] = device
         if gpu is not None:
             env["LSTMQ_GPU_INDEX"] = gpu        # the machine's index (inside the worker it is GPU 0)
-        else:
-            env.pop("LSTMQ_GPU_INDEX", None)
+        if core_sets:
+            env["LSTMQ_CPUS"] = ",".join(map(str, core_sets[index]))
+            env.setdefault("LSTMQ_TF_THREADS", str(len(core_sets[index])))
         if broker:
             env["LSTMQ_BROKER_URL"] = broker     # not on the command line: `ps` shows that to everyone
         command = [*module_command("lstmq.worker.run"), "--name", f"{prefix}-{device}@%h", "--device", device,
@@ -101,9 +110,29 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
     return commands
 
 
+def cpu_sets(workers: int) -> list[list[int]]:
+    """The cores this process may use, split into `workers` disjoint sets (as even as can be);
+    with fewer cores than workers, the sets are single cores, shared round robin."""
+    cores = sorted(os.sched_getaffinity(0))
+    if workers >= len(cores):
+        return [[cores[index % len(cores)]] for index in range(workers)]
+    size, extra = divmod(len(cores), workers)
+    sets, start = [], 0
+    for index in range(workers):
+        end = start + size + (1 if index < extra else 0)
+        sets.append(cores[start:end])
+        start = end
+    return sets
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--gpus", help="GPU indices, one worker each (e.g. 0,1). Default: every GPU nvidia-smi lists, else one CPU worker.")
-@click.option("--cpu", is_flag=True, help="Start one CPU worker (GPUs hidden).")
+@click.option("--cpu", is_flag=True, help="Start CPU workers only (GPUs hidden): one, or --workers N.")
+@click.option("--workers", "cpu_workers", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="CPU workers to start (without GPUs, or with --cpu), each on its own share of the cores.")
+@click.option("--tf-threads", type=click.IntRange(1, 1024), metavar="N",
+              help="TensorFlow threads per worker (overrides tf_threads / LSTMQ_TF_THREADS; default with "
+                   "--workers N: that worker's cores).")
 @click.option("--queues", default=",".join(QUEUES), show_default=True, help="Queues to consume.")
 @click.option("--broker", help="Redis URL (overrides broker_url / LSTMQ_BROKER_URL).")
 @click.option("--config", "config", type=click.Path(dir_okay=False), help="Settings file (YAML).")
@@ -113,7 +142,7 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics_port / "
                    "LSTMQ_METRICS_PORT); the worker of the i-th GPU listed uses PORT + i.")
-def main(gpus, cpu, queues, broker, config, loglevel, prefix, metrics_port):
+def main(gpus, cpu, cpu_workers, tf_threads, queues, broker, config, loglevel, prefix, metrics_port):
     """Start lstmq workers: one Celery worker per GPU, each loading models once and consuming
     the `train` and `generate` queues."""
     if gpus and cpu:
@@ -121,6 +150,8 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix, metrics_port):
     queues = parse_queues(queues)
     present = visible_gpus()
     chosen = None if cpu else (parse_gpus(gpus) if gpus else present)
+    if chosen and cpu_workers > 1:
+        raise click.UsageError("--workers N starts CPU workers: give --cpu (GPU workers are one per GPU)")
     missing = [gpu for gpu in chosen or [] if gpu not in present]
     if missing:
         found = f"nvidia-smi lists GPU {', '.join(present)}" if present else "nvidia-smi finds no GPU"
@@ -131,18 +162,22 @@ def main(gpus, cpu, queues, broker, config, loglevel, prefix, metrics_port):
     from lstmq.shared.redact import redact
     try:
         # fail here, once, on a bad setting
-        settings = load_settings(config, {"broker_url": broker, "metrics_port": metrics_port})
+        settings = load_settings(config, {"broker_url": broker, "metrics_port": metrics_port, "tf_threads": tf_threads})
     except ConfigError as error:
         raise click.ClickException(redact(str(error), broker)) from None
     port = settings.metrics_port
-    count = len(chosen) if chosen else 1
+    count = len(chosen) if chosen else cpu_workers
     if port is not None and port + count - 1 > 65535:
         raise click.UsageError(f"metrics port {port} + {count - 1} (one port per worker) is above 65535")
     workers = []
-    for command, env in worker_commands(chosen, queues, broker, config, loglevel.upper(), prefix, port):
+    for command, env in worker_commands(chosen, queues, broker, config, loglevel.upper(), prefix, port,
+                                        cpu_workers, tf_threads):
         served = f", metrics {metrics_url(int(env['LSTMQ_METRICS_PORT']))}" if port is not None else ""
+        cores = f", cores {env['LSTMQ_CPUS']}" if "LSTMQ_CPUS" in env else ""
+        threads = f", {env['LSTMQ_TF_THREADS']} TensorFlow threads" if "LSTMQ_TF_THREADS" in env else ""
         click.echo(f"lstmq-worker: starting {command[command.index('--name') + 1]} "
-                   f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}, queues {queues}{served})", err=True)
+                   f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}{cores}{threads}, queues {queues}{served})",
+                   err=True)
         workers.append(Supervised(command, env))
     sys.exit(supervise(workers, settings.shutdown_timeout, lambda names: give_back(settings, names)))
 

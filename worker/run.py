@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lstmq-worker: {redact(error, args.broker)}", file=sys.stderr)
         return EXIT_SETTINGS
+    cores = os.environ.get("LSTMQ_CPUS", "")
+    if cores:   # lstmq-worker --workers N: this worker's share of the cores (its pool inherits it)
+        try:
+            os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+        except (ValueError, OSError) as error:
+            print(f"lstmq-worker: could not keep to cores {cores}: {error}", file=sys.stderr)
     name = args.name.replace("%h", os.uname().nodename)
     runtime.configure(settings, name, args.device)   # before anything reads the app's settings
     logger = startup_logger(runtime.describe())

@@ -185,6 +185,11 @@ def init_process() -> None:
     """Set up the device and the store in the process that runs tasks."""
     import tensorflow as tf
 
+    settings = ensure_settings()
+    threads = settings.tf_threads
+    if threads:   # before TensorFlow runs anything; several workers on one machine share its cores
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
@@ -194,9 +199,11 @@ def init_process() -> None:
         detail = f"{len(gpus)} GPU(s), CUDA_VISIBLE_DEVICES={visible}, memory growth {'on' if growth else 'off'}"
     else:
         detail = f"CPU only, CUDA_VISIBLE_DEVICES={visible}"
-    settings = ensure_settings()
+    rows = settings.decode_batch_size_gpu if gpus else settings.decode_batch_size
+    detail += (f", {threads} TensorFlow thread(s)" if threads else ", TensorFlow's own thread count") + \
+        f", decoding {rows} rows per call"
     STATE.store = Store.from_settings(settings)
-    STATE.models = ModelCache(STATE.store, settings.model_cache_size, settings.decode_batch_size)
+    STATE.models = ModelCache(STATE.store, settings.model_cache_size, rows)
     STATE.dispatcher = Dispatcher(settings)
     fixed = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
              "gpu_index": gpu_index(gpus), "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time()}

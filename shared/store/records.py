@@ -88,6 +88,7 @@ class JobRecord:
     submit_deadline: float | None = None   # a submission not renewed by then was interrupted
     lease_lapses: int = 0              # times a worker stopped renewing its lease (and the work went out again)
     slices: int = 0                    # training: task slices run
+    sampling_stream: int | None = None  # generate: the random stream its samples came from (params.SAMPLING_STREAM)
 
     TIMESTAMPS: typing.ClassVar[tuple[str, ...]] = ("created", "updated", "started", "finished", "submit_deadline")
 

@@ -1,0 +1,132 @@
+"""Scale-out: N CPU workers on N cores against one worker, through the real parts.
+
+Each configuration runs `lstmq-worker --cpu --workers N --tf-threads T` (real Celery workers, each
+on its own share of the cores) against one throwaway redis-server, and `lstmq generate` of the
+same prompts with the seed-size network (the whole corpus's vocabulary, random weights,
+registered as bench@1). Throughput is the job's own: generated words over the time from its first
+chunk's start to its end (the job record), so that submission and collection are not counted.
+Every worker is warmed up first (a job of many small chunks, until each worker has served one).
+
+The result is a RATIO measured in one run: N workers' words/s over one worker's (target >= 0.9 N),
+each with the same TensorFlow threads per worker; one worker with every core is printed too.
+
+    python benchmarks/scale_out.py [--prompts 16384] [--words 7] [--workers 1,2] [--tf-threads 1] [--quick]
+
+The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tables  # noqa: E402
+from lstmq.shared import devstack  # noqa: E402
+from worker_overhead import corpus_prompts, register_random_model  # noqa: E402
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=16384, help="prompts per timed job (default 16384)")
+    parser.add_argument("--words", type=int, default=7, help="words per prompt (default 7)")
+    parser.add_argument("--workers", default="1,2", help="worker counts to compare, the first is the baseline")
+    parser.add_argument("--tf-threads", type=int, default=1, help="TensorFlow threads per worker (default 1)")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="prompts per chunk (default 1024)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2,048 prompts, chunks of 256")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.prompts, arguments.chunk_size = 2048, 256
+    arguments.workers = [int(count) for count in arguments.workers.split(",") if count.strip()]
+    if not arguments.workers or min(arguments.workers) < 1 or arguments.prompts < 1:
+        parser.error("--workers and --prompts must be positive")
+    return arguments
+
+
+def lstmq(broker: str, *args, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LSTMQ_BROKER_URL": broker, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([devstack.tool("lstmq"), *map(str, args)], capture_output=True, text=True, env=env,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise SystemExit(f"lstmq {' '.join(map(str, args))} failed ({result.returncode}): {result.stderr[-2000:]}")
+    return result
+
+
+def run_configuration(broker, store, directory: Path, workers: int, threads: int | None, seeds: Path,
+                      warm: Path, arguments) -> dict:
+    log = directory / f"worker-{workers}-{threads}.log"
+    args = ["--cpu", "--workers", str(workers)] + (["--tf-threads", str(threads)] if threads else [])
+    with devstack.LocalStack(log, broker=broker, worker_args=tuple(args)) as stack:
+        deadline = time.monotonic() + 300
+        while len(store.workers.live()) < workers:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{workers} worker(s) did not come up:\n{stack.log_tail()}")
+            time.sleep(0.5)
+        while True:   # warm every worker: each must have loaded the model (its heartbeat says so)
+            lstmq(broker, "generate", warm, "--model", "bench@1", "-o", directory / "warm.jsonl", "--chunk-size", 16,
+                  "--words", arguments.words)
+            beats = time.monotonic() + 15   # heartbeats come every lease_seconds / 3 (10 s)
+            while time.monotonic() < beats and not all(worker.get("models") for worker in store.workers.live()):
+                time.sleep(0.5)
+            if all(worker.get("models") for worker in store.workers.live()):
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not every worker loaded the model:\n{stack.log_tail()}")
+        out = directory / f"out-{workers}-{threads}.jsonl"
+        started = time.perf_counter()
+        summary = json.loads(lstmq(broker, "generate", seeds, "--model", "bench@1", "-o", out, "--words",
+                                   arguments.words, "--chunk-size", arguments.chunk_size, "--json").stdout)
+        wall = time.perf_counter() - started
+        record = store.jobs.get(summary["job"])
+        lines = sum(1 for _ in out.open(encoding="utf-8"))
+        if lines != arguments.prompts:
+            raise SystemExit(f"{out} holds {lines} lines, expected {arguments.prompts}")
+        seconds = record.finished - record.started
+        return {"workers": workers, "threads": threads, "words": record.words_done, "seconds": seconds,
+                "words_per_s": record.words_done / seconds, "wall": wall}
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.store import Store
+
+    text = devstack.corpus_path().read_text(encoding="utf-8")
+    cores = len(os.sched_getaffinity(0))
+    print(f"{cores} cores; {arguments.prompts:,} prompts x {arguments.words} words, chunks of {arguments.chunk_size}; "
+          f"workers {arguments.workers} with {arguments.tf_threads} TensorFlow thread(s) each, and 1 worker with "
+          f"TensorFlow's own thread count", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as temporary, devstack.LocalRedis() as server:
+        directory = Path(temporary)
+        store = Store.from_settings(load_settings(overrides={"broker_url": server.url}))
+        register_random_model(store, text)
+        seeds = directory / "seeds.txt"
+        seeds.write_text("\n".join(corpus_prompts(text, arguments.prompts)) + "\n", encoding="utf-8")
+        warm = directory / "warm.txt"
+        warm.write_text("\n".join(corpus_prompts(text, 256)) + "\n", encoding="utf-8")
+        for workers in arguments.workers:
+            results.append(run_configuration(server.url, store, directory, workers, arguments.tf_threads, seeds, warm,
+                                             arguments))
+            print(f"  {workers} worker(s) x {arguments.tf_threads} thread(s): "
+                  f"{results[-1]['words_per_s']:,.0f} words/s", flush=True)
+        results.append(run_configuration(server.url, store, directory, 1, None, seeds, warm, arguments))
+    baseline = results[0]["words_per_s"]
+    rows = [["workers", "TF threads each", "job seconds", "words/s", "ratio to 1 worker", "target"]]
+    for result in results:
+        ratio = result["words_per_s"] / baseline
+        target = f">= {0.9 * result['workers']:.1f}" if result["threads"] == arguments.tf_threads else "(reference)"
+        rows.append([str(result["workers"]), str(result["threads"] or "TF's own"), f"{result['seconds']:.2f}",
+                     f"{result['words_per_s']:,.0f}", f"{ratio:.2f}", target])
+    tables.print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

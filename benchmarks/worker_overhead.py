@@ -1,0 +1,161 @@
+"""Host overhead per prompt: a worker's task time minus its decoder time, per chunk size.
+
+A generate task does more than decode: it takes the chunk's lease, reads and decodes the chunk
+from Redis, checks and tokenizes each prompt, turns the generated ids into text, and writes the
+result. This benchmark runs that code (shared.execute.run_generate_chunk, as a worker's task runs
+it) in this process against a throwaway redis-server, with the seed-size network (the whole
+corpus's vocabulary, Embedding(100) -> LSTM(150) -> Dense(vocab), random weights), and times the
+decoder's own calls inside it. Host time per prompt = (task seconds - decoder seconds) / prompts;
+the target is <= 10 us at chunk sizes >= 4,096. A second table runs the same prompts through the
+decoder alone (Decoder.continuations_scored, the in-process ceiling): task words/s over decoder
+words/s.
+
+    python benchmarks/worker_overhead.py [--chunk-sizes 1024,4096,16384] [--chunks 3] [--words 7] [--quick]
+
+The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+import tables  # noqa: E402
+from lstmq.shared import devstack  # noqa: E402
+
+RANDOM_SEED = 1234
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--chunk-sizes", default="1024,4096,16384", help="prompts per chunk (default 1024,4096,16384)")
+    parser.add_argument("--chunks", type=int, default=3, help="chunks timed per size; the fastest counts (default 3)")
+    parser.add_argument("--words", type=int, default=7, help="words per prompt (default 7)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: chunk sizes 256,1024, 2 chunks")
+    arguments = parser.parse_args()
+    if arguments.quick:
+        arguments.chunk_sizes, arguments.chunks = "256,1024", 2
+    arguments.chunk_sizes = [int(size) for size in arguments.chunk_sizes.split(",") if size.strip()]
+    if not arguments.chunk_sizes or min(arguments.chunk_sizes) < 1 or arguments.chunks < 1 or arguments.words < 1:
+        parser.error("chunk sizes, --chunks and --words must be positive")
+    return arguments
+
+
+def register_random_model(store, text: str) -> tuple[str, int]:
+    """The seed-size network with random weights, registered as bench@1 through the registry."""
+    import keras
+
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.messages import JobKind
+    from lstmq.shared.model import build_models, pack_artifact, save_keras_bytes
+    from lstmq.shared.store import sha256
+    from lstmq.shared.text import Vocabulary
+
+    vocabulary = Vocabulary.from_text(text)
+    keras.utils.set_random_seed(RANDOM_SEED)
+    params = load_settings().model_params()
+    _, inference = build_models(len(vocabulary), params.embedding_dim, params.lstm_units)
+    artifact = pack_artifact(save_keras_bytes(inference), vocabulary.tokens,
+                             {"network": {"vocab_size": len(vocabulary)}, "training": params.to_dict(),
+                              "corpus_sha256": sha256(text.encode("utf-8")), "metrics": {}})
+    job = store.jobs.create(JobKind.TRAIN, params, model_name="bench")
+    return "bench", store.registry.register(job, "bench", artifact, {"network": {"vocab_size": len(vocabulary)}})
+
+
+def corpus_prompts(text: str, count: int) -> list[str]:
+    from lstmq.shared.text import words
+
+    lines = [line.strip() for line in text.split("\n") if 5 <= len(words(line)) <= 15]
+    rng = np.random.default_rng(RANDOM_SEED)
+    return [lines[index] for index in rng.integers(0, len(lines), size=count)]
+
+
+class TimedDecoder:
+    """Wraps a Decoder: adds up the seconds spent in its calls."""
+
+    def __init__(self, decoder):
+        self.decoder, self.seconds = decoder, 0.0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.decoder, name)
+        if not callable(attribute) or name not in ("continuations_scored", "generate_scored", "generate"):
+            return attribute
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+        return timed
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.execute import prepare_chunk, run_generate_chunk
+    from lstmq.shared.messages import JobKind, PromptItem
+    from lstmq.shared.store import Store
+    from lstmq.worker.runtime import ModelCache
+
+    text = devstack.corpus_path().read_text(encoding="utf-8")
+    rows = []
+    with devstack.LocalRedis() as server:
+        settings = load_settings(overrides={"broker_url": server.url})
+        store = Store.from_settings(settings)
+        name, version = register_random_model(store, text)
+        cache = ModelCache(store, 2, settings.decode_batch_size)
+        loaded = cache.get(name, version)
+        timed = TimedDecoder(loaded.decoder)
+        loaded.decoder = timed
+        params = settings.generation_params().replace(words=arguments.words, seed=0)
+        print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; decode_batch_size {settings.decode_batch_size}; "
+              f"{arguments.words} words per prompt; fastest of {arguments.chunks} chunks per size", flush=True)
+        for size in arguments.chunk_sizes:
+            prompts = corpus_prompts(text, size)
+            items = [PromptItem(line=i + 1, id=i + 1, prompt=prompt, key=i + 1, params=params).to_dict()
+                     for i, prompt in enumerate(prompts)]
+            job = store.jobs.create(JobKind.GENERATE, params, model_name=name, version=version,
+                                    model=f"{name}@{version}")
+            for chunk in range(arguments.chunks + 1):
+                store.jobs.put_chunk(job, chunk, items, size * (chunk + 1), time.time() + 600)
+            store.jobs.finish_submission(job, arguments.chunks + 1, size * (arguments.chunks + 1), 0,
+                                         size * (arguments.chunks + 1))
+            run_generate_chunk(store, cache, job, 0, "bench", settings)   # warm-up (traces the decoder)
+            best = None
+            for chunk in range(1, arguments.chunks + 1):
+                timed.seconds = 0.0
+                started = time.perf_counter()
+                outcome = run_generate_chunk(store, cache, job, chunk, "bench", settings)
+                task = time.perf_counter() - started
+                assert outcome.get("prompts") == size, outcome
+                if best is None or task < best[0]:
+                    best = (task, timed.seconds)
+            task, decode = best
+            _, requests, _ = prepare_chunk(items, loaded.decoder.vocabulary, settings)
+            alone = min(_time(lambda: timed.decoder.continuations_scored(requests)) for _ in range(2))
+            words = size * arguments.words
+            rows.append([f"{size:,}", f"{task:.3f}", f"{decode:.3f}", f"{(task - decode) / size * 1e6:.1f}",
+                         f"{words / task:,.0f}", f"{words / alone:,.0f}", f"{alone / task:.2f}"])
+    tables.print_table([["chunk", "task s", "decoder s", "host us/prompt", "task words/s", "decoder-only words/s",
+                         "task/decoder-only"], *rows])
+    print("\ntarget: host us/prompt <= 10 at chunk sizes >= 4,096")
+
+
+def _time(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
