@@ -101,13 +101,7 @@ def run_seed(text: str, epochs: int) -> dict:
     inputs, labels = sequences[:, :-1], sequences[:, -1]
     labels = np.array(keras.utils.to_categorical(labels, num_classes=total_words))   # the one-hot matrix
     keras.utils.set_random_seed(RANDOM_SEED)
-    model = keras.Sequential([
-        keras.Input(shape=(SEED_CONTEXT,)),
-        keras.layers.Embedding(total_words, EMBEDDING_DIM),
-        keras.layers.LSTM(LSTM_UNITS),
-        keras.layers.Dense(total_words, activation="softmax"),
-    ])
-    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    model = tables.seed_model(total_words, SEED_CONTEXT, EMBEDDING_DIM, LSTM_UNITS)
     epoch_seconds = []
 
     class EpochTimer(keras.callbacks.Callback):

@@ -411,13 +411,7 @@ def full_seed() -> dict:
     sequences = np.array(keras.utils.pad_sequences(examples, maxlen=SEED_CONTEXT + 1, padding="pre"), np.int32)
 
     keras.utils.set_random_seed(RANDOM_SEED)
-    model = keras.Sequential([
-        keras.Input(shape=(SEED_CONTEXT,)),
-        keras.layers.Embedding(total_words, EMBEDDING_DIM),
-        keras.layers.LSTM(LSTM_UNITS),
-        keras.layers.Dense(total_words, activation="softmax"),
-    ])
-    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    model = tables.seed_model(total_words, SEED_CONTEXT, EMBEDDING_DIM, LSTM_UNITS)
     started = time.monotonic()
     model.fit(OneHotBatches(keras, sequences, total_words), epochs=1, verbose=0)
     return {"variant": "seed (one-hot per batch)", "epoch_seconds": round(time.monotonic() - started, 2),
