@@ -354,10 +354,10 @@ def prepare_chunk(items: list[Any], vocabulary, settings: Settings):
     limits = settings.limits()
     results: list[dict[str, Any]] = []
     requests, positions = [], []
-    checked: dict[Any, PromptItem | InputError] = {}
+    check_params = params_checker(limits)
     for position, raw in enumerate(items):
         try:
-            item = parse_item(raw, limits, checked)
+            item = PromptItem.parse(raw, limits, check_params)
             ids, unknown = vocabulary.encode(item.prompt)
             if not ids:
                 raise InputError("prompt has no words")
@@ -370,33 +370,29 @@ def prepare_chunk(items: list[Any], vocabulary, settings: Settings):
     return results, requests, positions
 
 
-def parse_item(raw: Any, limits, checked: dict[Any, Any]) -> PromptItem:
-    """PromptItem.parse, with the parameter check done once per distinct parameter set."""
-    params = raw.get("params") if isinstance(raw, dict) else None
-    try:
-        signature = tuple(sorted(params.items())) if isinstance(params, dict) else None
-        hash(signature)
-    except TypeError:   # an unhashable value: checked on its own (and refused there)
-        signature = None
-    if signature is None:
-        return PromptItem.parse(raw, limits)
-    known = checked.get(signature)
-    if known is None:
+def params_checker(limits) -> Callable[[Any], Any]:
+    """check_generation_params for one chunk, each distinct parameter set checked once (its
+    outcome, parameters or InputError, remembered by value and type: `true` is not `1`)."""
+    from lstmq.shared.params import check_generation_params
+
+    checked: dict[Any, Any] = {}
+
+    def check(values: Any):
         try:
-            known = PromptItem.parse(raw, limits)
-        except InputError as error:
-            if "field 'prompt'" in str(error) or "field 'key'" in str(error):
-                raise   # about this item, not its parameters
-            known = error
-        checked[signature] = known
-    if isinstance(known, InputError):
-        raise known
-    prompt, key = raw.get("prompt"), raw.get("key")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("field 'prompt' must be a non-empty string")
-    if not isinstance(key, int) or isinstance(key, bool):
-        raise InputError("field 'key' must be an integer")
-    return PromptItem(line=raw.get("line", 0), id=raw.get("id"), prompt=prompt, key=key, params=known.params)
+            signature = tuple((key, type(value), value) for key, value in sorted(values.items()))
+            known = checked.get(signature)
+        except (AttributeError, TypeError):   # not a mapping, or an unhashable value: checked on its own
+            return check_generation_params(values, limits)
+        if known is None:
+            try:
+                known = check_generation_params(values, limits)
+            except InputError as error:
+                known = error
+            checked[signature] = known
+        if isinstance(known, InputError):
+            raise known
+        return known
+    return check
 
 
 def describe(error: BaseException) -> str:

@@ -9,7 +9,7 @@ generate chunk. Everything else (corpus, prompts, parameters, results) lives in 
 Celery and kombu are imported only when a dispatcher or a queue declaration is made."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
@@ -148,8 +148,11 @@ class PromptItem:
                 "params": self.params.to_dict()}
 
     @classmethod
-    def parse(cls, item: Any, limits: Limits) -> PromptItem:
-        """Check a stored item as the worker reads it; InputError names what is wrong."""
+    def parse(cls, item: Any, limits: Limits,
+              check_params: Callable[[Any], GenerationParams] | None = None) -> PromptItem:
+        """Check a stored item as the worker reads it; InputError names what is wrong.
+        `check_params(values)`, if given, checks the item's parameters in place of
+        check_generation_params(values, limits) (a chunk checks each distinct set once)."""
         if not isinstance(item, dict):
             raise InputError(f"chunk item must be an object, got {type(item).__name__}")
         prompt = item.get("prompt")
@@ -158,5 +161,6 @@ class PromptItem:
         key = item.get("key")
         if not isinstance(key, int) or isinstance(key, bool):
             raise InputError("field 'key' must be an integer")
-        params = check_generation_params(item.get("params") or {}, limits)
+        values = item.get("params") or {}
+        params = check_params(values) if check_params else check_generation_params(values, limits)
         return cls(line=item.get("line", 0), id=item.get("id"), prompt=prompt, key=key, params=params)

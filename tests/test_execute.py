@@ -73,3 +73,11 @@ def test_a_single_prompt_that_does_not_fit_fails_the_chunk(setting, vocabulary):
     decoder = StandInDecoder(vocabulary, max_rows=8, fits=0)
     with pytest.raises(ResourceExhaustedError):
         decode_items(items(setting, 2), decoder, setting)
+
+
+def test_parameter_sets_are_told_apart_by_type_too(setting, vocabulary):
+    """A chunk checks each distinct parameter set once; `true` is not `1` there either."""
+    chunk = items(setting, 2)[:2]
+    chunk[1]["params"] = {**chunk[0]["params"], "n": True}
+    results, _ = decode_items(chunk, StandInDecoder(vocabulary, max_rows=8), setting)
+    assert "samples" in results[0] and "field 'n'" in results[1]["error"]
