@@ -20,6 +20,10 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 lstmq \
  && useradd --system --uid 10001 --gid lstmq --create-home --home-dir /home/lstmq --shell /usr/sbin/nologin lstmq
 
+# CPU workers build lstmq's native decoding kernels on first use (shared/kernels): they need g++.
+RUN if [ "$TF_EXTRA" = cpu ]; then apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*; fi
+
 # 1. Dependencies only, read from pyproject.toml (the core list plus the TF_EXTRA extra): this layer
 #    is built again when pyproject.toml or a build argument changes, never for a change of the source.
 COPY pyproject.toml /src/pyproject.toml

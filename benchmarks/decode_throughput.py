@@ -17,8 +17,8 @@ whatever machine runs it; wall times are printed for reading, never checked.
 The dense bound: per generated word, one (batch x lstm_units).(lstm_units x vocabulary) matmul
 and an argmax, timed in a compiled loop in this process, interleaved with the decoder's timings
 at the same batch size (a full batch of prompts, --bound-words words each, prefill included);
-the table prints decoder/bound ratios for greedy (with and without the log-probabilities) and
-for sampling (top_k 50; top_k 50 with top_p 0.9; plain temperature). --mixed compares lines asking for 1 to 59
+the table prints decoder/bound ratios for greedy (with and without the log-probabilities, and with
+TensorFlow's ops only: native_kernels off) and for sampling (top_k 50; top_k 50 with top_p 0.9; plain temperature). --mixed compares lines asking for 1 to 59
 words (mean about 30) with the same prompts at 30 words each: about the same total words. --quick: small
 sizes, every table, well under a minute. The script exits 1 when greedy output differs from the
 seed loop's.
@@ -207,9 +207,11 @@ def main() -> None:
 
 
 # The decoder modes of the bound table: (name, generation parameters, scored).
+NATIVE_OFF = "greedy, TF ops only"   # a decoder with native_kernels off
 BOUND_MODES = [
     ("greedy", {"temperature": 0.0}, True),
     ("greedy ids only", {"temperature": 0.0}, False),
+    (NATIVE_OFF, {"temperature": 0.0}, True),
     ("top_k 50", {"temperature": 1.0, "top_k": 50}, True),
     ("top_k 50 top_p 0.9", {"temperature": 1.0, "top_k": 50, "top_p": 0.9}, True),
     ("temperature 1", {"temperature": 1.0}, True),
@@ -250,11 +252,13 @@ def measure_bound(arguments, text, vocabulary, inference_model, batch_size: int)
     words = arguments.bound_words
     prompts = choose_prompts(text, vocabulary, batch_size)
     decoder = Decoder(inference_model, vocabulary, max_rows=batch_size)
+    plain = Decoder(inference_model, vocabulary, max_rows=batch_size, native="off")
     defaults = load_settings(environ={}).generation_params().replace(words=words, seed=0)
     runs = {"bound": dense_bound(inference_model, batch_size, words)}
     for name, changes, scored in BOUND_MODES:
         requests = [Request(ids=ids, params=defaults.replace(**changes), key=index) for index, ids in enumerate(prompts)]
-        call = decoder.generate_scored if scored else decoder.generate
+        chosen = plain if name == NATIVE_OFF else decoder
+        call = chosen.generate_scored if scored else chosen.generate
         runs[name] = (lambda call=call, requests=requests: call(requests))
     outputs = {name: run() for name, run in runs.items()}   # warm-up: traces every path once
     best = dict.fromkeys(runs, float("inf"))
@@ -265,12 +269,15 @@ def measure_bound(arguments, text, vocabulary, inference_model, batch_size: int)
             best[name] = min(best[name], time.perf_counter() - started)
     rates = {name: batch_size * words / seconds for name, seconds in best.items()}
     row = {"batch_size": batch_size, "words": words, "bound_words_per_second": round(rates["bound"], 1),
+           "native_kernels": decoder.best_word is not None,
            "greedy_ids_equal_scored":
-               [[ids for ids, _ in samples] for samples in outputs["greedy"]] == outputs["greedy ids only"]}
+               [[ids for ids, _ in samples] for samples in outputs["greedy"]] == outputs["greedy ids only"]
+               and [[ids for ids, _ in samples] for samples in outputs[NATIVE_OFF]] == outputs["greedy ids only"]}
     for name, _, _ in BOUND_MODES:
         row[name] = {"words_per_second": round(rates[name], 1), "ratio_to_bound": round(rates[name] / rates["bound"], 3)}
     row["logprob_cost"] = round(1 - rates["greedy"] / rates["greedy ids only"], 3)
-    print(f"  bound batch {batch_size:5}: {rates['bound']:10.1f} words/s; "
+    print(f"  bound batch {batch_size:5} (native kernels {'on' if row['native_kernels'] else 'off'}): "
+          f"{rates['bound']:10.1f} words/s; "
           + ", ".join(f"{name} {rates[name] / rates['bound']:.3f}" for name, _, _ in BOUND_MODES), flush=True)
     return row
 

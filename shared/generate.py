@@ -104,9 +104,12 @@ class _Rows:
 class Decoder:
     """Generates continuations with an inference model (see shared.model) and its vocabulary."""
 
-    def __init__(self, inference_model, vocabulary: Vocabulary, max_rows: int, layers: DecodingLayers | None = None):
+    def __init__(self, inference_model, vocabulary: Vocabulary, max_rows: int, layers: DecodingLayers | None = None,
+                 native: str = "auto"):
         """`max_rows`: rows (prompt x sample) decoded together in each step (decode_batch_size).
-        `layers`: the model's layers in decoding order (default: shared.model.decoding_layers)."""
+        `layers`: the model's layers in decoding order (default: shared.model.decoding_layers).
+        `native`: the native_kernels setting (auto | on | off): whether a decoder on the CPU picks
+        its words with lstmq's fused kernel (shared.kernels) instead of TensorFlow's ops."""
         import keras
         import tensorflow as tf
 
@@ -173,6 +176,18 @@ class Decoder:
         bounded = (getattr(top.cell.activation, "__name__", "") == "tanh"
                    and getattr(top.cell.recurrent_activation, "__name__", "") in ("sigmoid", "hard_sigmoid"))
         self.plain_logsumexp = bool(bounded and (np.abs(kernel).sum(0) + np.abs(bias)).max() < _PLAIN_LOGSUMEXP_BOUND)
+        # The fused kernel runs on the CPU only: where a GPU decodes, TensorFlow's ops stay on it.
+        self.on_cpu = not tf.config.list_logical_devices("GPU")
+        self.best_word = self.lstm_cell = self.sample = None
+        if self.on_cpu:
+            from lstmq.shared.kernels import native_ops
+            ops = native_ops(native)
+            if ops is not None:
+                self.best_word, self.sample = ops.lstmq_best_word, ops.lstmq_sample
+                # the fused cell computes Keras's default activations only
+                standard = all(getattr(activation, "__name__", "") == "tanh" and getattr(recurrent, "__name__", "") == "sigmoid"
+                               for *_, activation, recurrent in self.cells)
+                self.lstm_cell = ops.lstmq_lstm_cell if standard else None
 
         state_specs = tuple((tf.TensorSpec((None, units), tf.float32), tf.TensorSpec((None, units), tf.float32))
                             for units in self.units)
@@ -194,14 +209,26 @@ class Decoder:
 
     # -- compiled part -------------------------------------------------------------------------
     def _prefill_graph(self, ids):
+        """Every row's (h, c) per layer after its prompt. On a GPU, Keras's LSTM layers read the
+        prompts (cuDNN). On the CPU, the decoding step's cells do, one token at a time: the bottom
+        layer's input projection is a row of the table instead of a matmul per token; a padded
+        position leaves a row's state as it was (the model's masking)."""
         import tensorflow as tf
 
         mask = tf.not_equal(ids, PAD_ID)
-        sequence, states = self.embedding(ids), []
-        for lstm in self.lstms:
-            sequence, h, c = lstm(sequence, mask=mask)
-            states.append((h, c))
-        return tuple(states)
+        if not self.on_cpu:
+            sequence, states = self.embedding(ids), []
+            for lstm in self.lstms:
+                sequence, h, c = lstm(sequence, mask=mask)
+                states.append((h, c))
+            return tuple(states)
+        rows = tf.shape(ids)[0]
+        states = tuple((tf.zeros([rows, units]), tf.zeros([rows, units])) for units in self.units)
+        for position in tf.range(tf.shape(ids)[1]):
+            stepped = self._cells(ids[:, position], states)
+            keep = mask[:, position][:, None]
+            states = tuple((tf.where(keep, h, h0), tf.where(keep, c, c0)) for (h, c), (h0, c0) in zip(stepped, states))
+        return states
 
     def _cells(self, token, states):
         """One step of every LSTM layer, bottom first, on the chosen tokens."""
@@ -210,10 +237,13 @@ class Decoder:
         new_states, x = [], None
         for (table, kernel, recurrent, bias, activation, recurrent_activation), (h, c) in zip(self.cells, states):
             projected = tf.matmul(x, kernel) if table is None else tf.gather(table, token)
-            z = projected + tf.matmul(h, recurrent) + bias   # Keras's order of additions
-            z_i, z_f, z_c, z_o = tf.split(z, 4, axis=1)
-            c = recurrent_activation(z_f) * c + recurrent_activation(z_i) * activation(z_c)
-            h = recurrent_activation(z_o) * activation(c)
+            if self.lstm_cell is not None:
+                h, c = self.lstm_cell(projected, tf.matmul(h, recurrent), bias, c)
+            else:
+                z = projected + tf.matmul(h, recurrent) + bias   # Keras's order of additions
+                z_i, z_f, z_c, z_o = tf.split(z, 4, axis=1)
+                c = recurrent_activation(z_f) * c + recurrent_activation(z_i) * activation(z_c)
+                h = recurrent_activation(z_o) * activation(c)
             new_states.append((h, c))
             x = h
         return tuple(new_states)
@@ -277,7 +307,47 @@ class Decoder:
 
         with_one = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)
         logits = tf.matmul(with_one, self.word_kernel)   # real words only; bias included
-        # argmax through block maxima (first maximum, as tf.argmax), which also give the runner-up
+        if self.best_word is not None:
+            # one pass per row in cache: first maximum, maximum, near-tie flag, sum of exp(logit - max)
+            greedy, maximum, near, sumexp = self.best_word(logits, scored=scored, tolerance=_TIE_TOLERANCE,
+                                                           bounded=self.plain_logsumexp)
+            top = maximum[:, None]
+        else:
+            greedy, top, near = self._greedy_blocks(logits)
+        # The seed's loop takes the argmax of the softmax, where words whose logits differ by less
+        # than float32 rounding tie and the lower id wins: such rows take the model's own path.
+        if tf.reduce_any(near):
+            greedy = self._softmax_argmax(h, greedy, near)
+        # exp(logits): the log-probability's normalizer, shared with sampling at temperature 1
+        exponentials = tf.exp(logits) if scored and self.plain_logsumexp and self.best_word is None else None
+        if any_sampling:
+            choice = self._sample(logits, greedy, top, temperature, top_k, top_p, base, position, exponentials)
+        else:
+            choice = greedy
+        if not scored:
+            return choice + self.special, tf.zeros_like(h[:, 0])
+        chosen = tf.gather(logits, choice[:, None], batch_dims=1)[:, 0]
+        # log p(chosen) = logit - logsumexp over the whole vocabulary (special tokens included)
+        special = tf.matmul(with_one, self.special_kernel)
+        if self.best_word is not None and self.plain_logsumexp:   # sumexp: sum of exp(logit)
+            logprob = chosen - tf.math.log(sumexp + tf.reduce_sum(tf.exp(special), axis=-1))
+        elif self.best_word is not None:                           # sumexp: sum of exp(logit - max)
+            total = sumexp + tf.reduce_sum(tf.exp(special - top), axis=-1)
+            logprob = chosen - (top[:, 0] + tf.math.log(total))
+        elif self.plain_logsumexp:
+            total = tf.reduce_sum(exponentials, axis=-1) + tf.reduce_sum(tf.exp(special), axis=-1)
+            logprob = chosen - tf.math.log(total)
+        else:
+            most = tf.maximum(top, tf.reduce_max(special, -1, keepdims=True))
+            total = tf.reduce_sum(tf.exp(logits - most), axis=-1) + tf.reduce_sum(tf.exp(special - most), axis=-1)
+            logprob = chosen - (most[:, 0] + tf.math.log(total))
+        return choice + self.special, logprob
+
+    def _greedy_blocks(self, logits):
+        """(first argmax, row maximum (rows, 1), near-tie flag) with TensorFlow's ops: through
+        block maxima (first maximum, as tf.argmax), which also give the runner-up."""
+        import tensorflow as tf
+
         cube = tf.reshape(logits, [-1, self.blocks, BLOCK])
         block_max = tf.reduce_max(cube, axis=-1)
         best_block = tf.argmax(block_max, axis=-1, output_type=tf.int32)
@@ -288,30 +358,8 @@ class Decoder:
         runner_up = tf.maximum(
             tf.reduce_max(tf.where(tf.one_hot(best_block, self.blocks, on_value=True, off_value=False), -np.inf, block_max), -1),
             tf.reduce_max(tf.where(tf.one_hot(member, BLOCK, on_value=True, off_value=False), -np.inf, members), -1))
-        # The seed's loop takes the argmax of the softmax, where words whose logits differ by less
-        # than float32 rounding tie and the lower id wins: such rows take the model's own path.
         near = runner_up >= top[:, 0] - _TIE_TOLERANCE * (1.0 + tf.abs(top[:, 0]))
-        if tf.reduce_any(near):
-            greedy = self._softmax_argmax(h, greedy, near)
-        # exp(logits): the log-probability's normalizer, shared with sampling at temperature 1
-        exponentials = tf.exp(logits) if scored and self.plain_logsumexp else None
-        if any_sampling:
-            choice = self._sample(logits, greedy, top, temperature, top_k, top_p, base, position, exponentials)
-        else:
-            choice = greedy
-        if not scored:
-            return choice + self.special, tf.zeros_like(h[:, 0])
-        chosen = tf.gather(logits, choice[:, None], batch_dims=1)[:, 0]
-        # log p(chosen) = logit - logsumexp over the whole vocabulary (special tokens included)
-        special = tf.matmul(with_one, self.special_kernel)
-        if self.plain_logsumexp:
-            total = tf.reduce_sum(exponentials, axis=-1) + tf.reduce_sum(tf.exp(special), axis=-1)
-            logprob = chosen - tf.math.log(total)
-        else:
-            most = tf.maximum(top, tf.reduce_max(special, -1, keepdims=True))
-            total = tf.reduce_sum(tf.exp(logits - most), axis=-1) + tf.reduce_sum(tf.exp(special - most), axis=-1)
-            logprob = chosen - (most[:, 0] + tf.math.log(total))
-        return choice + self.special, logprob
+        return greedy, top, near
 
     def _sample(self, logits, greedy, top, temperature, top_k, top_p, base, position, exponentials=None):
         """The chosen real word (index among the real words) of every row: greedy rows keep
@@ -324,9 +372,12 @@ class Decoder:
         its own logits, parameters and uniform, never on the rest of the batch."""
         import tensorflow as tf
 
+        uniform = self._uniforms(base, position)
+        if self.sample is not None:   # the same draws in one C++ pass per row (shared/kernels)
+            return self.sample(logits, top[:, 0], temperature, top_k, top_p, uniform, greedy,
+                               columns=self.real_words, bounded=self.plain_logsumexp)
         sampling = temperature > 0
         inverse = tf.where(sampling, 1.0 / tf.where(sampling, temperature, 1.0), 1.0)
-        uniform = self._uniforms(base, position)
         plain = sampling & (top_k <= 0) & (top_p >= 1.0)
         ranked = sampling & ~plain
         choice = greedy

@@ -41,8 +41,8 @@ class ModelCache:
     """Loads each model version once per process (fetched from the registry), keeps the most
     recently used `size` versions."""
 
-    def __init__(self, store: Store, size: int, max_rows: int):
-        self.store, self.size, self.max_rows = store, size, max_rows
+    def __init__(self, store: Store, size: int, max_rows: int, native: str = "auto"):
+        self.store, self.size, self.max_rows, self.native = store, size, max_rows, native
         self.models: OrderedDict[tuple[str, int], LoadedModel] = OrderedDict()
         self.lock = threading.RLock()   # the task and the watchdog (warming a promoted version) share it
 
@@ -71,14 +71,14 @@ class ModelCache:
 
         started = time.monotonic()
         model_bytes, vocabulary, meta = read_artifact(self.store.registry.artifact(name, version))
-        decoder = Decoder(load_keras_bytes(model_bytes), Vocabulary(vocabulary), max_rows=self.max_rows)
+        decoder = Decoder(load_keras_bytes(model_bytes), Vocabulary(vocabulary), max_rows=self.max_rows, native=self.native)
         loaded = LoadedModel(name, version, decoder, meta)
         self.models[key] = loaded
         while len(self.models) > self.size:
             dropped, _ = self.models.popitem(last=False)
             log.info("dropped model %s@%s from the cache", *dropped)
-        log.info("loaded model %s (vocab %d words) in %.2fs", loaded.label,
-                 len(vocabulary), time.monotonic() - started)
+        log.info("loaded model %s (vocab %d words) in %.2fs, %s", loaded.label, len(vocabulary), time.monotonic() - started,
+                 "decoding with lstmq's native kernels" if decoder.best_word is not None else "decoding with TensorFlow's ops")
         return loaded
 
 
@@ -203,7 +203,7 @@ def init_process() -> None:
     detail += (f", {threads} TensorFlow thread(s)" if threads else ", TensorFlow's own thread count") + \
         f", decoding {rows} rows per call"
     STATE.store = Store.from_settings(settings)
-    STATE.models = ModelCache(STATE.store, settings.model_cache_size, rows)
+    STATE.models = ModelCache(STATE.store, settings.model_cache_size, rows, settings.native_kernels)
     STATE.dispatcher = Dispatcher(settings)
     fixed = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
              "gpu_index": gpu_index(gpus), "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time()}

@@ -1,0 +1,149 @@
+"""lstmq's native CPU kernels for a decoding step (next_word.cc), built on first use.
+
+TensorFlow's CPU ops take one pass over the (rows x vocabulary) logits in memory for each of the
+maximum, the argmax and the log-sum-exp, and its argmax is not vectorized; the fused kernel
+LstmqBestWord does all of it per row while the row is in cache, and LstmqLstmCell does an LSTM
+step's gates in one pass instead of a dozen elementwise ops (see next_word.cc). They are built
+with the C++ compiler against the installed TensorFlow's headers (tf.sysconfig) the first time a
+CPU decoder needs it, into a cache folder keyed by the source, TensorFlow's version and flags, the
+compiler and the CPU, so later processes load it at once:
+
+    $LSTMQ_KERNEL_CACHE, else $XDG_CACHE_HOME/lstmq/kernels, else ~/.cache/lstmq/kernels
+
+The `native_kernels` setting says what happens when it cannot be built (no compiler, say): `auto`
+falls back to TensorFlow's ops (same words, same log-probabilities within float32 rounding) with a
+warning; `on` makes it an error; `off` never builds it. Worker side only: imports TensorFlow.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("next_word.cc")
+CACHE_ENV = "LSTMQ_KERNEL_CACHE"
+COMPILER_ENV = "CXX"
+BUILD_TIMEOUT = 600   # seconds: TensorFlow's headers are large; about 6 s on 2 cores
+OPTIMIZATION = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-fvisibility=hidden", "-w"]
+
+_lock = threading.Lock()
+_loaded: dict[str, Any] = {}
+
+
+class KernelUnavailable(RuntimeError):
+    """The native kernel could not be built or loaded; the message says why."""
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lstmq" / "kernels"
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (-march=native builds for them: a cache shared between machines
+    must not hand one machine's build to another)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compiler() -> str:
+    for candidate in (os.environ.get(COMPILER_ENV), "c++", "g++", "clang++"):
+        if candidate and shutil.which(candidate):
+            return candidate
+    raise KernelUnavailable("no C++ compiler found (set CXX, or install g++)")
+
+
+def build(tf) -> Path:
+    """The path of the kernel library for this TensorFlow, compiler and CPU, building it if the
+    cache has none. Raises KernelUnavailable with the compiler's message when the build fails."""
+    compiler = _compiler()
+    compile_flags, link_flags = list(tf.sysconfig.get_compile_flags()), list(tf.sysconfig.get_link_flags())
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout.split("\n")[0]
+    except (OSError, subprocess.SubprocessError) as error:
+        raise KernelUnavailable(f"{compiler} --version failed: {error}") from None
+    key = hashlib.sha256("\0".join([SOURCE.read_text(encoding="utf-8"), tf.__version__, *compile_flags, *link_flags,
+                                    *OPTIMIZATION, compiler, version, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"next_word-{key}.so"
+    if target.exists():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise KernelUnavailable(f"cannot create the kernel cache {target.parent}: {error}") from None
+    # a unique temporary name, renamed into place: processes building at once never see half a file
+    handle, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
+    os.close(handle)
+    command = [compiler, "-std=c++17", *OPTIMIZATION, str(SOURCE), "-o", temporary, *compile_flags, *link_flags]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        if result.returncode != 0:
+            raise KernelUnavailable(f"building {SOURCE.name} failed (exit {result.returncode}): "
+                                    f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        os.replace(temporary, target)
+    except subprocess.TimeoutExpired:
+        raise KernelUnavailable(f"building {SOURCE.name} took over {BUILD_TIMEOUT} s") from None
+    except OSError as error:
+        raise KernelUnavailable(f"building {SOURCE.name} failed: {error}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    log.info("built the native decoding kernel %s", target)
+    return target
+
+
+def load() -> Any:
+    """The loaded op module, built if needed; raises KernelUnavailable."""
+    with _lock:
+        if "module" in _loaded:
+            return _loaded["module"]
+        if "error" in _loaded:
+            raise KernelUnavailable(_loaded["error"])
+        import tensorflow as tf
+
+        try:
+            path = build(tf)
+            try:
+                module = tf.load_op_library(str(path))
+            except Exception as error:   # a stale or foreign library: rebuild once
+                path.unlink(missing_ok=True)
+                try:
+                    module = tf.load_op_library(str(build(tf)))
+                except Exception:
+                    raise KernelUnavailable(f"loading {path} failed: {error}") from None
+        except KernelUnavailable as error:
+            _loaded["error"] = str(error)
+            raise
+        _loaded["module"] = module
+        return module
+
+
+def native_ops(mode: str = "auto") -> Any:
+    """The loaded module (ops lstmq_best_word and lstmq_lstm_cell) for a CPU decoder, or None
+    when the kernels are off or (mode `auto`) cannot be built. `mode`: the native_kernels setting,
+    auto | on | off; `on` raises KernelUnavailable instead of falling back."""
+    if mode == "off":
+        return None
+    try:
+        return load()
+    except KernelUnavailable as error:
+        if mode == "on":
+            raise
+        log.warning("native decoding kernels unavailable, decoding with TensorFlow's ops instead: %s", error)
+        return None

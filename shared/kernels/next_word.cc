@@ -1,0 +1,613 @@
+// lstmq's fused CPU kernel for one decoding step (see shared/kernels/__init__.py, which builds it
+// on first use, and shared/generate.py, which calls it).
+//
+// LstmqBestWord: for every row of a [rows, width] float32 logits matrix, in one pass over the
+// row while it sits in the core's cache:
+//   best      the first index of the row maximum (tf.argmax's choice),
+//   top       the maximum,
+//   near      whether another entry lies within `tolerance * (1 + |top|)` of the maximum (a tie
+//             within float32 rounding: the caller recomputes such rows the model's own way),
+//   sumexp    when `scored` (0 otherwise): sum_j exp(logit_j - top), so that the row's
+//             log-sum-exp is top + log(sumexp); with `bounded` (the caller knows |logit| < 60),
+//             sum_j exp(logit_j), log-sum-exp log(sumexp), summed in the same pass as the max.
+// TensorFlow's ops need a pass over the matrix (in memory, not in cache) for each of these, and
+// its argmax is not vectorized; here one pass streams the row in, the exponentials are a
+// polynomial the compiler vectorizes, and the first maximum is found in the cached row.
+//
+// LstmqLstmCell: one step of an LSTM layer with Keras's default activations (tanh, sigmoid) and
+// gate order (i, f, c~, o): z = (x W + h U) + b, c' = sigmoid(f) c + sigmoid(i) tanh(c~),
+// h' = sigmoid(o) tanh(c'), from x W (`projected`) and h U (`recurrent`): one pass instead of a
+// dozen elementwise TensorFlow ops, each a pass over the batch.
+//
+// LstmqSample: the sampled word of every row with temperature > 0 (the others keep `greedy`),
+// drawn with the row's uniform u by inverse CDF, as shared/generate.py's TensorFlow version:
+//   neither top_k nor top_p: over the real words in id order, weights exp((logit - top) / T)
+//     (exp(logit) at T = 1 when `bounded`), located through block sums;
+//   top_k and/or top_p: over the words ranked by logit (ties: lower id first), keeping the first
+//     top_k ranks and the ranks whose preceding mass is below top_p x the mass of the whole
+//     vocabulary at T. The candidates are the top_k largest (64 for top_p alone), found among
+//     the logits above a bound from the block maxima (no sort of the vocabulary), and the whole
+//     vocabulary is ranked only when a nucleus reaches past them.
+// The arithmetic (exp polynomial, summation order) differs from TensorFlow's: a draw that falls
+// within float rounding of a boundary between two words may go the other way than there.
+//
+// Rows are independent: a row's results never depend on the rest of the batch.
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <cstdint>
+#include <cstring>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace lstmq {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+
+constexpr int kLanes = 64;   // lanes of pass 1: kVectors x kWidth
+
+// exp(x) (Cephes' single-precision polynomial, about 1 ulp): exp(x) = 2^n exp(r), r = x - n ln 2
+// in [-ln2/2, ln2/2]. x is clamped to [-87, 88]: below, the result is exp(-87) ~ 1.6e-38 instead
+// of smaller (a row's sum is off by at most width * 1.6e-38); the caller never passes more.
+inline float exp_float(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  // n = x / ln 2 rounded to the nearest integer (adding and subtracting 1.5 * 2^23 rounds;
+  // std::floor would not vectorize)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;   // 2^n
+  return p * __builtin_bit_cast(float, bits);
+}
+
+// tanh (Cephes' single-precision tanhf: a polynomial below 0.625, else 1 - 2 / (exp(2|x|) + 1)).
+inline float tanh_float(float x) {
+  const float a = std::fabs(x);
+  const float z = x * x;
+  float small = -5.70498872745e-3f;
+  small = small * z + 2.06390887954e-2f;
+  small = small * z - 5.37397155531e-2f;
+  small = small * z + 1.33314422036e-1f;
+  small = small * z - 3.33332819422e-1f;
+  small = small * z * x + x;
+  const float e = exp_float(-2.0f * a);   // exp(-2|x|)
+  const float large = (1.0f - e) / (1.0f + e);
+  return a < 0.625f ? small : (x < 0.0f ? -large : large);
+}
+
+inline float sigmoid_float(float x) {
+  const float e = exp_float(-std::fabs(x));   // exp(-|x|)
+  const float inverse = 1.0f / (1.0f + e);
+  return x >= 0.0f ? inverse : e * inverse;
+}
+
+// Pass 1, streaming the row in from memory: in kVectors independent vector accumulators (one long
+// dependency chain would leave the vector units idle; GCC/Clang vector extensions keep them in
+// registers, on whatever vector width the CPU has), each lane's largest and second largest entry
+// and, with kExp, the sum of exp(logit) (safe without subtracting the maximum when the caller
+// knows every logit is bounded, see `bounded`).
+typedef float Floats __attribute__((vector_size(64)));
+typedef int32_t Ints __attribute__((vector_size(64)));
+constexpr int kWidth = 16;     // floats per Floats
+constexpr int kVectors = 4;    // independent accumulators
+
+inline Floats exp_floats(Floats x) {
+  const Floats low = x - x - 87.0f, high = x - x + 88.0f;
+  x = x < low ? low : (x > high ? high : x);
+  const Floats n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  Floats r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  Floats p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  return p * reinterpret_cast<const Floats&>(bits);
+}
+
+template <bool kExp>
+void stream_row(const float* row, int64_t width, float* first_out, float* second_out, float* sum_out) {
+  Floats first[kVectors], second[kVectors], sum[kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    first[v] = second[v] = Floats{} - INFINITY;
+    sum[v] = Floats{};
+  }
+  const int64_t step = kVectors * kWidth, whole = width - width % step;
+  for (int64_t start = 0; start < whole; start += step) {
+    for (int v = 0; v < kVectors; ++v) {
+      Floats x;
+      std::memcpy(&x, row + start + v * kWidth, sizeof x);
+      const Floats lower = x < first[v] ? x : first[v];
+      second[v] = lower > second[v] ? lower : second[v];
+      first[v] = x > first[v] ? x : first[v];
+      if (kExp) sum[v] += exp_floats(x);
+    }
+  }
+  for (int v = 0; v < kVectors; ++v)
+    for (int k = 0; k < kWidth; ++k) {
+      first_out[v * kWidth + k] = first[v][k];
+      second_out[v * kWidth + k] = second[v][k];
+      sum_out[v * kWidth + k] = sum[v][k];
+    }
+  for (int64_t j = whole; j < width; ++j) {
+    const int k = static_cast<int>(j - whole);
+    const float x = row[j];
+    const float lower = x < first_out[k] ? x : first_out[k];
+    second_out[k] = lower > second_out[k] ? lower : second_out[k];
+    first_out[k] = x > first_out[k] ? x : first_out[k];
+    if (kExp) sum_out[k] += exp_float(x);
+  }
+}
+
+void best_word(const float* row, int64_t width, float tolerance, bool scored, bool bounded,
+               int32_t* best, float* top, bool* near, float* sumexp) {
+  float first[kLanes], second[kLanes], lanes_sum[kLanes];
+  if (scored && bounded) {
+    stream_row<true>(row, width, first, second, lanes_sum);
+  } else {
+    stream_row<false>(row, width, first, second, lanes_sum);
+  }
+  // the two largest entries of the row: the two largest of the lanes' two largest
+  float maximum = -INFINITY, runner_up = -INFINITY;
+  for (int k = 0; k < kLanes; ++k) {
+    for (const float x : {first[k], second[k]}) {
+      if (x > maximum) {
+        runner_up = maximum;
+        maximum = x;
+      } else if (x > runner_up) {
+        runner_up = x;
+      }
+    }
+  }
+  // the first index holding the maximum: entry j went to lane j % kLanes, so only the lanes whose
+  // largest entry is the maximum (one, unless there is a tie) are searched, in the cached row
+  int64_t index = width;
+  for (int k = 0; k < kLanes; ++k) {
+    if (first[k] != maximum) continue;
+    for (int64_t j = k; j < index; j += kLanes) {
+      if (row[j] == maximum) {
+        index = j;
+        break;
+      }
+    }
+  }
+  float sum = 0.0f;
+  if (scored && bounded) {
+    for (int k = 0; k < kLanes; ++k) sum += lanes_sum[k];
+  } else if (scored) {   // pass 2 over the cached row: exp(logit - maximum) never overflows
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < width; ++j) sum += exp_float(row[j] - maximum);
+  }
+  *best = static_cast<int32_t>(index);
+  *top = maximum;
+  *near = runner_up >= maximum - tolerance * (1.0f + std::fabs(maximum));
+  *sumexp = sum;
+}
+
+class BestWordOp : public OpKernel {
+ public:
+  explicit BestWordOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("scored", &scored_));
+    OP_REQUIRES_OK(context, context->GetAttr("tolerance", &tolerance_));
+    OP_REQUIRES_OK(context, context->GetAttr("bounded", &bounded_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& logits = context->input(0);
+    OP_REQUIRES(context, logits.dims() == 2,
+                absl::InvalidArgumentError("LstmqBestWord: logits must be a matrix [rows, width]"));
+    const int64_t rows = logits.dim_size(0), width = logits.dim_size(1);
+    OP_REQUIRES(context, width > 0 && width < (int64_t{1} << 31),
+                absl::InvalidArgumentError("LstmqBestWord: logits need 1 to 2^31 - 1 columns"));
+    Tensor *best, *top, *near, *sumexp;
+    const TensorShape shape({rows});
+    OP_REQUIRES_OK(context, context->allocate_output(0, shape, &best));
+    OP_REQUIRES_OK(context, context->allocate_output(1, shape, &top));
+    OP_REQUIRES_OK(context, context->allocate_output(2, shape, &near));
+    OP_REQUIRES_OK(context, context->allocate_output(3, shape, &sumexp));
+    const float* data = logits.flat<float>().data();
+    int32_t* best_data = best->flat<int32_t>().data();
+    float* top_data = top->flat<float>().data();
+    bool* near_data = near->flat<bool>().data();
+    float* sumexp_data = sumexp->flat<float>().data();
+    const bool scored = scored_, bounded = bounded_;
+    const float tolerance = tolerance_;
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        best_word(data + i * width, width, tolerance, scored, bounded, best_data + i, top_data + i, near_data + i,
+                  sumexp_data + i);
+    };
+    auto* threads = context->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, /*cost_per_unit=*/width * (scored ? 24 : 6),
+                        work);
+  }
+
+ private:
+  bool scored_, bounded_;
+  float tolerance_;
+};
+
+class LstmCellOp : public OpKernel {
+ public:
+  explicit LstmCellOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor &projected = context->input(0), &recurrent = context->input(1), &bias = context->input(2),
+                 &state = context->input(3);
+    OP_REQUIRES(context, state.dims() == 2 && projected.dims() == 2 && recurrent.dims() == 2 && bias.dims() == 1,
+                absl::InvalidArgumentError("LstmqLstmCell: projected, recurrent, c are matrices, bias a vector"));
+    const int64_t rows = state.dim_size(0), units = state.dim_size(1);
+    OP_REQUIRES(context,
+                projected.dim_size(0) == rows && recurrent.dim_size(0) == rows && projected.dim_size(1) == 4 * units &&
+                    recurrent.dim_size(1) == 4 * units && bias.dim_size(0) == 4 * units,
+                absl::InvalidArgumentError("LstmqLstmCell: shapes must be [rows, 4 units], [rows, 4 units], "
+                                           "[4 units], [rows, units]"));
+    Tensor *h_out, *c_out;
+    OP_REQUIRES_OK(context, context->allocate_output(0, state.shape(), &h_out));
+    OP_REQUIRES_OK(context, context->allocate_output(1, state.shape(), &c_out));
+    const float *x = projected.flat<float>().data(), *u = recurrent.flat<float>().data(),
+                *b = bias.flat<float>().data(), *c = state.flat<float>().data();
+    float *h_new = h_out->flat<float>().data(), *c_new = c_out->flat<float>().data();
+    auto work = [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const float *xr = x + r * 4 * units, *ur = u + r * 4 * units, *cr = c + r * units;
+        float *hr = h_new + r * units, *nr = c_new + r * units;
+#pragma omp simd
+        for (int64_t k = 0; k < units; ++k) {
+          const float i = sigmoid_float((xr[k] + ur[k]) + b[k]);
+          const float f = sigmoid_float((xr[units + k] + ur[units + k]) + b[units + k]);
+          const float g = tanh_float((xr[2 * units + k] + ur[2 * units + k]) + b[2 * units + k]);
+          const float o = sigmoid_float((xr[3 * units + k] + ur[3 * units + k]) + b[3 * units + k]);
+          const float cell = f * cr[k] + i * g;
+          nr[k] = cell;
+          hr[k] = o * tanh_float(cell);
+        }
+      }
+    };
+    auto* threads = context->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, /*cost_per_unit=*/units * 80, work);
+  }
+};
+
+REGISTER_OP("LstmqLstmCell")
+    .Input("projected: float")
+    .Input("recurrent: float")
+    .Input("bias: float")
+    .Input("c: float")
+    .Output("h_out: float")
+    .Output("c_out: float")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(3));
+      c->set_output(1, c->input(3));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("LstmqLstmCell").Device(::tensorflow::DEVICE_CPU), LstmCellOp);
+
+constexpr int kBlock = 16;          // words per block of the plain draw's block sums
+constexpr int kNucleusCandidates = 64;
+
+// Ranking order: larger logit first, equal logits by lower id.
+struct Better {
+  bool operator()(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) const {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  }
+};
+
+// Ranks (0 = best) of `n` values with their ids, in the Better order, by counting for each value
+// the values better than it: branch-free and vectorized, where a comparison sort of random logits
+// mispredicts most of its branches. For small n only (n^2 comparisons).
+void rank_small(const float* values, const int32_t* ids, int32_t n, int32_t* ranks) {
+  for (int32_t i = 0; i < n; ++i) {
+    const float v = values[i];
+    const int32_t id = ids[i];
+    int32_t rank = 0;
+#pragma omp simd reduction(+ : rank)
+    for (int32_t j = 0; j < n; ++j) rank += static_cast<int32_t>((values[j] > v) | ((values[j] == v) & (ids[j] < id)));
+    ranks[i] = rank;
+  }
+}
+
+constexpr int32_t kSmallRanking = 512;   // candidates ranked by counting; more by sorting
+
+// The `count` largest logits of the row's first `columns` (ties: lower id first), best first.
+// A lower bound t of the count-th largest logit: the count-th largest of any count or more
+// distinct logits. When count <= kLanes, the two largest of each of kLanes strided lanes, from one
+// streaming pass; else the maxima of blocks of kBlock words. One scan then
+// collects the few logits >= t, and only those are ranked.
+struct Largest {
+  std::vector<float> values, maxima;
+  std::vector<int32_t> ids, ranks;
+  std::vector<std::pair<float, int32_t>> pairs;
+
+  void operator()(const float* row, int32_t columns, int32_t count, std::vector<std::pair<float, int32_t>>& best) {
+    const int32_t blocks = (columns + kBlock - 1) / kBlock;
+    float bound = -INFINITY;
+    if (count <= kLanes && columns >= 4 * kLanes) {
+      // the lanes' two largest logits: 2 kLanes distinct logits from one streaming pass
+      float top2[2 * kLanes], unused[kLanes];
+      stream_row<false>(row, columns, top2, top2 + kLanes, unused);
+      int32_t lane_ids[2 * kLanes], lane_ranks[2 * kLanes];
+      for (int32_t k = 0; k < 2 * kLanes; ++k) lane_ids[k] = k;
+      rank_small(top2, lane_ids, 2 * kLanes, lane_ranks);
+      for (int32_t k = 0; k < 2 * kLanes; ++k)
+        if (lane_ranks[k] == count - 1) bound = top2[k];
+    } else if (count < blocks) {
+      maxima.resize(blocks);
+      for (int32_t b = 0; b < blocks; ++b) {
+        const int32_t start = b * kBlock, end = start + kBlock < columns ? start + kBlock : columns;
+        float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+        for (int32_t j = start; j < end; ++j) m = row[j] > m ? row[j] : m;
+        maxima[b] = m;
+      }
+      std::nth_element(maxima.begin(), maxima.begin() + (count - 1), maxima.end(), std::greater<float>());
+      bound = maxima[count - 1];
+    }
+    values.clear();
+    ids.clear();
+    int32_t j = 0;
+#if defined(__AVX512F__)   // a compare per 16 logits; a scalar branch per logit is several times slower
+    const __m512 wide = _mm512_set1_ps(bound);
+    for (; j + 16 <= columns; j += 16) {
+      for (uint32_t mask = _mm512_cmp_ps_mask(_mm512_loadu_ps(row + j), wide, _CMP_GE_OQ); mask; mask &= mask - 1) {
+        const int32_t at = j + __builtin_ctz(mask);
+        values.push_back(row[at]);
+        ids.push_back(at);
+      }
+    }
+#elif defined(__AVX2__)
+    const __m256 wide = _mm256_set1_ps(bound);
+    for (; j + 8 <= columns; j += 8) {
+      for (uint32_t mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(row + j), wide, _CMP_GE_OQ)); mask;
+           mask &= mask - 1) {
+        const int32_t at = j + __builtin_ctz(mask);
+        values.push_back(row[at]);
+        ids.push_back(at);
+      }
+    }
+#endif
+    for (; j < columns; ++j) {
+      if (row[j] >= bound) {
+        values.push_back(row[j]);
+        ids.push_back(j);
+      }
+    }
+    const int32_t n = static_cast<int32_t>(values.size());
+    best.resize(count);
+    if (n <= kSmallRanking) {
+      ranks.resize(n);
+      rank_small(values.data(), ids.data(), n, ranks.data());
+      for (int32_t i = 0; i < n; ++i)
+        if (ranks[i] < count) best[ranks[i]] = {values[i], ids[i]};
+    } else {
+      pairs.clear();
+      for (int32_t i = 0; i < n; ++i) pairs.emplace_back(values[i], ids[i]);
+      std::partial_sort(pairs.begin(), pairs.begin() + count, pairs.end(), Better());
+      std::copy(pairs.begin(), pairs.begin() + count, best.begin());
+    }
+  }
+};
+
+struct Draw {
+  const float* row;
+  int32_t columns;
+  float top, inverse, uniform, top_p;
+  int32_t top_k;
+  bool natural;   // exp(logit) itself (T = 1 with bounded logits)
+
+  float weight(float logit) const { return natural ? exp_float(logit) : exp_float((logit - top) * inverse); }
+
+  int32_t plain(std::vector<float>& weights, std::vector<float>& block_mass) const {
+    const int32_t blocks = (columns + kBlock - 1) / kBlock;
+    weights.assign(static_cast<size_t>(blocks) * kBlock, 0.0f);
+    block_mass.assign(blocks, 0.0f);
+    float* w = weights.data();
+    if (natural) {
+#pragma omp simd
+      for (int32_t j = 0; j < columns; ++j) w[j] = exp_float(row[j]);
+    } else {
+      const float t = top, inv = inverse;
+#pragma omp simd
+      for (int32_t j = 0; j < columns; ++j) w[j] = exp_float((row[j] - t) * inv);
+    }
+    for (int32_t b = 0; b < blocks; ++b) {
+      float mass = 0.0f;
+      for (int k = 0; k < kBlock; ++k) mass += w[b * kBlock + k];
+      block_mass[b] = mass;
+    }
+    float total = 0.0f;
+    for (int32_t b = 0; b < blocks; ++b) total += block_mass[b];
+    const float threshold = uniform * total;
+    int32_t block = 0, last_positive = 0;
+    float before = 0.0f, cumulative = 0.0f;
+    for (int32_t b = 0; b < blocks; ++b) {
+      if (block_mass[b] > 0.0f) last_positive = b;
+    }
+    for (int32_t b = 0; b < blocks; ++b) {
+      cumulative += block_mass[b];
+      if (cumulative <= threshold) {
+        block = b + 1;
+        before = cumulative;
+      }
+    }
+    if (block > last_positive) {   // rounding past the end: the last block with mass
+      block = last_positive;
+      before = 0.0f;
+      for (int32_t b = 0; b < block; ++b) before += block_mass[b];
+    }
+    int32_t member = 0, member_positive = 0;
+    float running = before;
+    for (int k = 0; k < kBlock; ++k) {
+      running += w[block * kBlock + k];
+      if (running <= threshold) member = k + 1;
+      if (w[block * kBlock + k] > 0.0f) member_positive = k;
+    }
+    return block * kBlock + (member < member_positive ? member : member_positive);
+  }
+
+  int32_t ranked(std::vector<std::pair<float, int32_t>>& candidates, std::vector<float>& weights,
+                 Largest& largest) const {
+    const bool nucleus = top_p < 1.0f;
+    float mass = 1.0f;
+    if (nucleus) {   // the whole vocabulary's mass at this temperature
+      mass = 0.0f;
+      const float t = top, inv = inverse;
+#pragma omp simd reduction(+ : mass)
+      for (int32_t j = 0; j < columns; ++j) mass += exp_float((row[j] - t) * inv);
+    }
+    int32_t count = top_k > 0 ? top_k : kNucleusCandidates;
+    count = count < columns ? count : columns;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      largest(row, columns, count, candidates);
+      weights.resize(count);
+      float sum = 0.0f;
+      for (int32_t r = 0; r < count; ++r) sum += weights[r] = exp_float((candidates[r].first - top) * inverse);
+      const float limit = top_p * mass;
+      // a nucleus whose kept ranks may continue past the candidates: rank the whole vocabulary
+      if (nucleus && (top_k <= 0 || top_k > count) && sum < limit && count < columns) {
+        count = columns;
+        continue;
+      }
+      float preceding = 0.0f, cumulative = 0.0f;
+      int32_t kept = 0;
+      for (int32_t r = 0; r < count; ++r) {
+        const bool keep = (top_k <= 0 || r < top_k) && (!nucleus || preceding < limit);
+        preceding += weights[r];
+        if (!keep) {
+          weights[r] = 0.0f;
+          continue;
+        }
+        ++kept;
+        cumulative += weights[r];
+      }
+      const float threshold = uniform * cumulative;
+      int32_t choice = 0;
+      float running = 0.0f;
+      for (int32_t r = 0; r < count; ++r) {
+        running += weights[r];
+        if (running <= threshold) choice = r + 1;
+      }
+      const int32_t last = kept > 0 ? kept - 1 : 0;
+      return candidates[choice < last ? choice : last].second;
+    }
+    return candidates.front().second;   // not reached: the second attempt ranks everything
+  }
+};
+
+class SampleOp : public OpKernel {
+ public:
+  explicit SampleOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("columns", &columns_));
+    OP_REQUIRES_OK(context, context->GetAttr("bounded", &bounded_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& logits = context->input(0);
+    OP_REQUIRES(context, logits.dims() == 2, absl::InvalidArgumentError("LstmqSample: logits must be a matrix"));
+    const int64_t rows = logits.dim_size(0), width = logits.dim_size(1);
+    OP_REQUIRES(context, columns_ > 0 && columns_ <= width,
+                absl::InvalidArgumentError("LstmqSample: columns must be 1 .. the logits' width"));
+    for (int input = 1; input < 7; ++input)
+      OP_REQUIRES(context, context->input(input).dims() == 1 && context->input(input).dim_size(0) == rows,
+                  absl::InvalidArgumentError("LstmqSample: every per-row input must be a vector of rows"));
+    Tensor* choice;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({rows}), &choice));
+    const float* data = logits.flat<float>().data();
+    const float* top = context->input(1).flat<float>().data();
+    const float* temperature = context->input(2).flat<float>().data();
+    const int32_t* top_k = context->input(3).flat<int32_t>().data();
+    const float* top_p = context->input(4).flat<float>().data();
+    const float* uniform = context->input(5).flat<float>().data();
+    const int32_t* greedy = context->input(6).flat<int32_t>().data();
+    int32_t* out = choice->flat<int32_t>().data();
+    const int32_t columns = columns_;
+    const bool bounded = bounded_;
+    auto work = [&](int64_t begin, int64_t end) {
+      std::vector<std::pair<float, int32_t>> candidates;
+      std::vector<float> weights, block_mass;
+      Largest largest;
+      for (int64_t i = begin; i < end; ++i) {
+        if (!(temperature[i] > 0.0f)) {
+          out[i] = greedy[i];
+          continue;
+        }
+        const Draw draw{data + i * width, columns, top[i], 1.0f / temperature[i], uniform[i], top_p[i], top_k[i],
+                        bounded && temperature[i] == 1.0f && top_k[i] <= 0 && top_p[i] >= 1.0f};
+        out[i] = (top_k[i] <= 0 && top_p[i] >= 1.0f) ? draw.plain(weights, block_mass) : draw.ranked(candidates, weights, largest);
+      }
+    };
+    auto* threads = context->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, /*cost_per_unit=*/width * 30, work);
+  }
+
+ private:
+  int32_t columns_;
+  bool bounded_;
+};
+
+REGISTER_OP("LstmqSample")
+    .Input("logits: float")
+    .Input("top: float")
+    .Input("temperature: float")
+    .Input("top_k: int32")
+    .Input("top_p: float")
+    .Input("uniform: float")
+    .Input("greedy: int32")
+    .Output("choice: int32")
+    .Attr("columns: int")
+    .Attr("bounded: bool = false")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle logits;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &logits));
+      c->set_output(0, c->Vector(c->Dim(logits, 0)));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("LstmqSample").Device(::tensorflow::DEVICE_CPU), SampleOp);
+
+REGISTER_OP("LstmqBestWord")
+    .Input("logits: float")
+    .Output("best: int32")
+    .Output("top: float")
+    .Output("near: bool")
+    .Output("sumexp: float")
+    .Attr("scored: bool = true")
+    .Attr("tolerance: float = 1e-6")
+    .Attr("bounded: bool = false")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle logits;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &logits));
+      auto rows = c->Vector(c->Dim(logits, 0));
+      for (int i = 0; i < 4; ++i) c->set_output(i, rows);
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("LstmqBestWord").Device(::tensorflow::DEVICE_CPU), BestWordOp);
+
+}  // namespace
+}  // namespace lstmq

@@ -1,0 +1,208 @@
+"""lstmq's native CPU kernels (shared/kernels): built with the real compiler against the installed
+TensorFlow, checked against TensorFlow's own ops, inside the decoder against the decoder without
+them, and the fallback when they cannot be built."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+
+from lstmq.shared.kernels import KernelUnavailable, native_ops   # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ops():
+    return native_ops("on")
+
+
+def test_best_word_matches_tensorflow(ops):
+    rng = np.random.default_rng(0)
+    rows, width = 300, 8208
+    logits = rng.normal(0, 3, (rows, width)).astype(np.float32)
+    logits[:, -7:] = -1e30                      # padded columns, as the decoder's
+    logits[1, [5, 900, 4000]] = 50.0            # an exact tie: the first index wins
+    logits[2, [10, 11]] = [40.0, np.nextafter(np.float32(40.0), np.float32(0))]   # within rounding: near
+    logits[3, :] = -1e30
+    logits[3, width - 8] = 1.0                  # the maximum in the last real column
+    best, top, near, sumexp = (t.numpy() for t in ops.lstmq_best_word(logits, scored=True))
+    assert best.tolist() == tf.argmax(logits, axis=-1, output_type=tf.int32).numpy().tolist()
+    assert best[1] == 5 and best[3] == width - 8
+    np.testing.assert_array_equal(top, logits.max(axis=-1))
+    assert near[1] and near[2] and not near[3]
+    sorted_rows = np.sort(logits, axis=-1)
+    runner_up_close = sorted_rows[:, -2] >= sorted_rows[:, -1] - 1e-6 * (1 + np.abs(sorted_rows[:, -1]))
+    assert near.tolist() == runner_up_close.tolist()
+    expected = tf.reduce_logsumexp(logits, axis=-1).numpy()
+    np.testing.assert_allclose(top + np.log(sumexp), expected, atol=2e-5)
+    # ids only: the same choice and flags, no sum
+    ids_best, _, ids_near, ids_sum = (t.numpy() for t in ops.lstmq_best_word(logits, scored=False))
+    assert ids_best.tolist() == best.tolist() and ids_near.tolist() == near.tolist() and not ids_sum.any()
+
+
+def test_best_word_bounded_sum(ops):
+    """With `bounded`, the sum of exp(logit) itself, summed in the streaming pass."""
+    rng = np.random.default_rng(1)
+    logits = rng.uniform(-30, 30, (64, 1000)).astype(np.float32)
+    _, _, _, sumexp = ops.lstmq_best_word(logits, scored=True, bounded=True)
+    np.testing.assert_allclose(np.log(sumexp.numpy()), tf.reduce_logsumexp(logits, axis=-1).numpy(), atol=2e-5)
+
+
+def test_best_word_rejects_bad_shapes(ops):
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        ops.lstmq_best_word(np.zeros((4,), np.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        ops.lstmq_best_word(np.zeros((4, 0), np.float32))
+
+
+def test_lstm_cell_matches_keras_formula(ops):
+    rng = np.random.default_rng(2)
+    rows, units = 77, 150
+    projected, recurrent = (rng.normal(0, 3, (rows, 4 * units)).astype(np.float32) for _ in range(2))
+    bias = rng.normal(0, 1, 4 * units).astype(np.float32)
+    c = rng.normal(0, 2, (rows, units)).astype(np.float32)
+    h_new, c_new = (t.numpy() for t in ops.lstmq_lstm_cell(projected, recurrent, bias, c))
+    z = projected + recurrent + bias
+    i, f, g, o = tf.split(z, 4, axis=1)
+    c_expected = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+    h_expected = tf.sigmoid(o) * tf.tanh(c_expected)
+    np.testing.assert_allclose(c_new, c_expected.numpy(), atol=2e-6)
+    np.testing.assert_allclose(h_new, h_expected.numpy(), atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        ops.lstmq_lstm_cell(projected[:, :10], recurrent, bias, c)
+
+
+def test_decoder_with_and_without_kernels(tiny_model):
+    """The same greedy words and log-probabilities within float32 rounding, for prompts of
+    mixed lengths and words."""
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.generate import Decoder, Request
+
+    inference_model, vocabulary, prompts = tiny_model
+    native = Decoder(inference_model, vocabulary, max_rows=8, native="on")
+    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
+    assert native.best_word is not None and native.lstm_cell is not None
+    assert plain.best_word is None and plain.lstm_cell is None
+    params = load_settings(environ={}).generation_params().replace(temperature=0.0, seed=0)
+    requests = [Request(ids=ids, params=params.replace(words=1 + index % 9), key=index) for index, ids in enumerate(prompts)]
+    with_kernels, without = native.generate_scored(requests), plain.generate_scored(requests)
+    assert [[ids for ids, _ in samples] for samples in with_kernels] == [[ids for ids, _ in samples] for samples in without]
+    np.testing.assert_allclose([score for samples in with_kernels for _, score in samples],
+                               [score for samples in without for _, score in samples], atol=1e-5)
+    assert native.generate(requests) == [[ids for ids, _ in samples] for samples in with_kernels]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    import keras
+
+    from lstmq.shared.model import build_models
+    from lstmq.shared.text import Vocabulary
+
+    text = ("the quick brown fox jumps over the lazy dog and the cat sat on the mat while it rained "
+            "in the town where holmes and watson walked along baker street at night ") * 3
+    vocabulary = Vocabulary.from_text(text)
+    keras.utils.set_random_seed(7)
+    _, inference_model = build_models(len(vocabulary), 16, 24)
+    words = text.split()
+    prompts = [vocabulary.encode(" ".join(words[i:i + 1 + i % 6]))[0] for i in range(20)]
+    return inference_model, vocabulary, prompts
+
+
+FALLBACK = textwrap.dedent("""
+    import logging, sys
+    logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+    from lstmq.shared.kernels import KernelUnavailable, native_ops
+    print("auto:", native_ops("auto"))
+    try:
+        native_ops("on")
+    except KernelUnavailable as error:
+        print("on raised:", error)
+    print("off:", native_ops("off"))
+""")
+
+
+def test_fallback_when_the_compiler_is_missing(tmp_path):
+    """No compiler (CXX names a missing program, PATH has none) and an empty cache: `auto` warns
+    and decodes with TensorFlow's ops, `on` raises and says why."""
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "PATH": str(tmp_path),
+           "LSTMQ_KERNEL_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "auto: None" in result.stdout
+    assert "native decoding kernels unavailable, decoding with TensorFlow's ops instead: no C++ compiler found" in result.stdout
+    assert "on raised: no C++ compiler found" in result.stdout
+    assert "off: None" in result.stdout
+
+
+def test_a_failed_build_names_the_compiler_error(tmp_path):
+    """A compiler that fails: KernelUnavailable carries its message; nothing half-built is cached."""
+    compiler = tmp_path / "broken-c++"
+    compiler.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
+                        "echo 'next_word.cc:1: error: something is wrong' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    env = {**os.environ, "CXX": str(compiler), "LSTMQ_KERNEL_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    script = ("from lstmq.shared.kernels import KernelUnavailable, native_ops\n"
+              "try:\n    native_ops('on')\nexcept KernelUnavailable as error:\n    print('raised:', error)\n")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert "raised: building next_word.cc failed (exit 1): next_word.cc:1: error: something is wrong" in result.stdout, result
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_kernel_unavailable_is_a_runtime_error():
+    assert issubclass(KernelUnavailable, RuntimeError)
+
+
+def test_sample_draws_as_the_tensorflow_version(tiny_model, ops):
+    """LstmqSample against the decoder's TensorFlow draw on the same logits and uniforms: the same
+    word except where a draw falls within float rounding of a boundary between two words."""
+    from lstmq.shared.generate import Decoder
+
+    inference_model, vocabulary, _ = tiny_model
+    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
+    rng = np.random.default_rng(3)
+    rows, width = 600, plain.blocks * 16
+    logits = np.full((rows, width), -1e30, np.float32)
+    logits[:, :plain.real_words] = rng.normal(0, 2, (rows, plain.real_words))
+    top = logits.max(axis=-1)
+    greedy = logits.argmax(axis=-1).astype(np.int32)
+    temperature = rng.choice([0.0, 0.5, 1.0, 1.7], rows).astype(np.float32)
+    top_k = rng.choice([0, 0, 1, 3, 10, 40], rows).astype(np.int32)
+    top_p = rng.choice([1.0, 1.0, 0.9, 0.5, 0.05], rows).astype(np.float32)
+    base = rng.integers(1, 2**63, rows, dtype=np.uint64)
+    position = np.zeros(rows, np.int32)
+    expected = plain._sample(tf.constant(logits), tf.constant(greedy), tf.constant(top[:, None]), tf.constant(temperature),
+                             tf.constant(top_k), tf.constant(top_p), tf.constant(base), tf.constant(position)).numpy()
+    uniform = plain._uniforms(tf.constant(base), tf.constant(position))
+    chosen = ops.lstmq_sample(logits, top, temperature, top_k, top_p, uniform, greedy, columns=plain.real_words).numpy()
+    assert (chosen[temperature == 0] == greedy[temperature == 0]).all()
+    assert (chosen < plain.real_words).all()
+    assert (chosen != expected).sum() <= 3, np.flatnonzero(chosen != expected)
+    # top_k 1 and a tiny nucleus take the best word
+    single = (temperature > 0) & ((top_k == 1) | (top_p == 0.05))
+    assert (chosen[single] == greedy[single]).all()
+    # top_k 3: one of the three best
+    three = (temperature > 0) & (top_k == 3)
+    best3 = np.argsort(-logits, axis=-1, kind="stable")[:, :3]
+    assert all(chosen[i] in best3[i] for i in np.flatnonzero(three))
+
+
+def test_sample_frequencies_follow_the_distribution(ops):
+    """Many draws of one row at temperature 1: each word's frequency matches its probability."""
+    logits = np.log(np.array([0.5, 0.25, 0.125, 0.0625, 0.0625], np.float32))
+    rows = 20000
+    batch = np.tile(logits, (rows, 1))
+    uniform = np.random.default_rng(4).uniform(size=rows).astype(np.float32)
+    ones = np.ones(rows, np.float32)
+    for top_k, top_p, expected in ((0, 1.0, [0.5, 0.25, 0.125, 0.0625, 0.0625]),
+                                   (2, 1.0, [2 / 3, 1 / 3, 0, 0, 0]),
+                                   (0, 0.7, [2 / 3, 1 / 3, 0, 0, 0])):
+        chosen = ops.lstmq_sample(batch, np.full(rows, logits.max()), ones, np.full(rows, top_k, np.int32),
+                                  np.full(rows, top_p, np.float32), uniform, np.zeros(rows, np.int32), columns=5).numpy()
+        frequencies = np.bincount(chosen, minlength=5) / rows
+        np.testing.assert_allclose(frequencies, expected, atol=0.015)
