@@ -230,7 +230,9 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
 
 
 # LSTMQ_* variables that are not settings (read elsewhere, documented in the README).
-_IGNORED_ENV = {"device", "gpu_index", "cpus", "test_corpus"}   # the last: tests and benchmarks; the rest: lstmq-worker
+_IGNORED_ENV = {"device", "gpu_index", "cpus",   # lstmq-worker
+                "test_corpus",                    # tests and benchmarks
+                "kernel_cache"}                   # shared.kernels: where the native kernels are built
 
 
 def _check_relations(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:

@@ -149,3 +149,13 @@ def test_stacking_dropout_and_clipping_settings():
         load_settings(environ={"LSTMQ_CLIPNORM": "-1"})
     with pytest.raises(ConfigError, match=r"setting 'lstm_layers' must be an integer, got float 1.5"):
         load_settings(overrides={"lstm_layers": 1.5}, environ={})
+
+
+def test_variables_that_are_not_settings_are_ignored():
+    """LSTMQ_* variables read elsewhere (the worker's own, the test corpus, the kernel cache) are not
+    taken for unknown settings."""
+    from lstmq.shared.config import load_settings
+
+    environ = {"LSTMQ_DEVICE": "cpu", "LSTMQ_GPU_INDEX": "0", "LSTMQ_CPUS": "0-1", "LSTMQ_TEST_CORPUS": "/x",
+               "LSTMQ_KERNEL_CACHE": "/tmp/kernels", "LSTMQ_NATIVE_KERNELS": "off"}
+    assert load_settings(environ=environ).native_kernels == "off"

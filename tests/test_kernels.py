@@ -151,7 +151,17 @@ def test_a_failed_build_names_the_compiler_error(tmp_path):
               "try:\n    native_ops('on')\nexcept KernelUnavailable as error:\n    print('raised:', error)\n")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert "raised: building next_word.cc failed (exit 1): next_word.cc:1: error: something is wrong" in result.stdout, result
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+
+
+def test_a_cache_that_cannot_be_written_falls_back(tmp_path):
+    """A cache path that cannot be a folder (below a plain file): `auto` falls back, `on` says why."""
+    (tmp_path / "file").write_text("not a folder")
+    env = {**os.environ, "LSTMQ_KERNEL_CACHE": str(tmp_path / "file" / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "auto: None" in result.stdout
+    assert f"on raised: cannot build into the kernel cache {tmp_path / 'file' / 'cache'}" in result.stdout
 
 
 def test_kernel_unavailable_is_a_runtime_error():
@@ -206,3 +216,77 @@ def test_sample_frequencies_follow_the_distribution(ops):
                                   np.full(rows, top_p, np.float32), uniform, np.zeros(rows, np.int32), columns=5).numpy()
         frequencies = np.bincount(chosen, minlength=5) / rows
         np.testing.assert_allclose(frequencies, expected, atol=0.015)
+
+
+def test_sample_with_a_large_vocabulary(ops):
+    """The paths a small vocabulary never takes, against the TensorFlow draw: the lanes' bound
+    (top_k <= 64), block maxima (larger top_k), more than 512 candidates (sorted), and a nucleus
+    wider than its 64 candidates (flat logits: the whole vocabulary ranked)."""
+    import keras
+
+    from lstmq.shared.generate import Decoder
+    from lstmq.shared.model import build_models
+    from lstmq.shared.text import SPECIAL_TOKENS, Vocabulary
+
+    vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"w{i}" for i in range(3001))])   # 3,001 real words: not whole blocks
+    keras.utils.set_random_seed(5)
+    _, inference_model = build_models(len(vocabulary), 8, 8)
+    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
+    rng = np.random.default_rng(6)
+    rows, width = 240, plain.blocks * 16
+    logits = np.full((rows, width), -1e30, np.float32)
+    scale = np.where(np.arange(rows) % 3 == 0, 0.05, 3.0)[:, None]   # every third row nearly flat
+    logits[:, :plain.real_words] = rng.normal(0, 1, (rows, plain.real_words)) * scale
+    top = logits.max(axis=-1)
+    greedy = logits.argmax(axis=-1).astype(np.int32)
+    temperature = rng.choice([0.7, 1.0], rows).astype(np.float32)
+    top_k = np.resize(np.array([0, 3, 40, 64, 100, 700], np.int32), rows)
+    top_p = np.resize(np.array([1.0, 0.9, 0.99, 1.0, 0.5], np.float32), rows)
+    base = rng.integers(1, 2**63, rows, dtype=np.uint64)
+    position = np.full(rows, 2, np.int32)
+    expected = plain._sample(tf.constant(logits), tf.constant(greedy), tf.constant(top[:, None]), tf.constant(temperature),
+                             tf.constant(top_k), tf.constant(top_p), tf.constant(base), tf.constant(position)).numpy()
+    uniform = plain._uniforms(tf.constant(base), tf.constant(position))
+    chosen = ops.lstmq_sample(logits, top, temperature, top_k, top_p, uniform, greedy, columns=plain.real_words).numpy()
+    assert (chosen < plain.real_words).all()
+    assert (chosen != expected).sum() <= 3, [(i, top_k[i], top_p[i], chosen[i], expected[i]) for i in np.flatnonzero(chosen != expected)]
+
+
+def test_sample_survives_nan_logits(ops):
+    """NaN logits (a broken model) give some word in range, never a crash or another row's word."""
+    logits = np.random.default_rng(8).normal(size=(4, 1000)).astype(np.float32)
+    logits[:, ::7] = np.nan
+    logits[3, :] = np.nan
+    rows = len(logits)
+    chosen = ops.lstmq_sample(logits, np.nanmax(np.where(np.isnan(logits), -np.inf, logits), axis=-1),
+                              np.ones(rows, np.float32), np.full(rows, 900, np.int32), np.ones(rows, np.float32),
+                              np.full(rows, 0.5, np.float32), np.zeros(rows, np.int32), columns=1000).numpy()
+    assert ((chosen >= 0) & (chosen < 1000)).all()
+
+
+def test_log_probability_with_unbounded_logits(tiny_model):
+    """A model whose logits are not bounded (a special token's bias of 90) takes the kernels'
+    other log-sum-exp: finite, and as TensorFlow's path gives."""
+    import keras
+
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.generate import Decoder, Request
+    from lstmq.shared.model import decoding_layers
+
+    inference_model, vocabulary, prompts = tiny_model
+    model = keras.models.clone_model(inference_model)
+    model.set_weights(inference_model.get_weights())
+    dense = decoding_layers(model).logits
+    kernel, bias = dense.get_weights()
+    bias = bias.copy()
+    bias[1] = 90.0   # <unk>: never chosen, but in the normalizer
+    dense.set_weights([kernel, bias])
+    native = Decoder(model, vocabulary, max_rows=8, native="on")
+    plain = Decoder(model, vocabulary, max_rows=8, native="off")
+    assert not native.plain_logsumexp
+    params = load_settings(environ={}).generation_params().replace(temperature=0.0, seed=0, words=4)
+    requests = [Request(ids=ids, params=params, key=index) for index, ids in enumerate(prompts)]
+    with_kernels = [score for samples in native.generate_scored(requests) for _, score in samples]
+    without = [score for samples in plain.generate_scored(requests) for _, score in samples]
+    assert np.isfinite(with_kernels).all()
+    np.testing.assert_allclose(with_kernels, without, atol=1e-4)

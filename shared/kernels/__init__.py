@@ -78,19 +78,39 @@ def build(tf) -> Path:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout.split("\n")[0]
     except (OSError, subprocess.SubprocessError) as error:
         raise KernelUnavailable(f"{compiler} --version failed: {error}") from None
+    flags = ["-std=c++17", *OPTIMIZATION]
     key = hashlib.sha256("\0".join([SOURCE.read_text(encoding="utf-8"), tf.__version__, *compile_flags, *link_flags,
-                                    *OPTIMIZATION, compiler, version, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
+                                    *flags, compiler, version, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"next_word-{key}.so"
     if target.exists():
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise KernelUnavailable(f"cannot create the kernel cache {target.parent}: {error}") from None
-    # a unique temporary name, renamed into place: processes building at once never see half a file
+        # one build per machine: processes starting together (lstmq-worker --workers N) wait for it
+        with open(target.with_suffix(".lock"), "a") as lock:
+            _lock_file(lock)
+            if target.exists():
+                return target
+            _compile(compiler, flags, compile_flags, link_flags, target)
+    except OSError as error:   # a read-only or full cache, say
+        raise KernelUnavailable(f"cannot build into the kernel cache {target.parent}: {error}") from None
+    log.info("built the native decoding kernel %s", target)
+    return target
+
+
+def _lock_file(handle) -> None:
+    try:
+        import fcntl
+    except ImportError:   # not Unix: builds may run side by side (each renames a whole file into place)
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+
+
+def _compile(compiler: str, flags: list[str], compile_flags: list[str], link_flags: list[str], target: Path) -> None:
+    # a unique temporary name, renamed into place: a reader never sees half a file
     handle, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=target.parent)
     os.close(handle)
-    command = [compiler, "-std=c++17", *OPTIMIZATION, str(SOURCE), "-o", temporary, *compile_flags, *link_flags]
+    command = [compiler, *flags, str(SOURCE), "-o", temporary, *compile_flags, *link_flags]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
         if result.returncode != 0:
@@ -99,13 +119,9 @@ def build(tf) -> Path:
         os.replace(temporary, target)
     except subprocess.TimeoutExpired:
         raise KernelUnavailable(f"building {SOURCE.name} took over {BUILD_TIMEOUT} s") from None
-    except OSError as error:
-        raise KernelUnavailable(f"building {SOURCE.name} failed: {error}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    log.info("built the native decoding kernel %s", target)
-    return target
 
 
 def load() -> Any:
@@ -122,11 +138,17 @@ def load() -> Any:
             try:
                 module = tf.load_op_library(str(path))
             except Exception as error:   # a stale or foreign library: rebuild once
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as unlink_error:
+                    raise KernelUnavailable(f"loading {path} failed ({error}), and it cannot be removed: "
+                                            f"{unlink_error}") from None
                 try:
                     module = tf.load_op_library(str(build(tf)))
-                except Exception:
-                    raise KernelUnavailable(f"loading {path} failed: {error}") from None
+                except KernelUnavailable:
+                    raise
+                except Exception as second:
+                    raise KernelUnavailable(f"loading {path} failed: {error}; after a rebuild: {second}") from None
         except KernelUnavailable as error:
             _loaded["error"] = str(error)
             raise

@@ -62,10 +62,11 @@ using ::tensorflow::TensorShape;
 constexpr int kLanes = 64;   // lanes of pass 1: kVectors x kWidth
 
 // exp(x) (Cephes' single-precision polynomial, about 1 ulp): exp(x) = 2^n exp(r), r = x - n ln 2
-// in [-ln2/2, ln2/2]. x is clamped to [-87, 88]: below, the result is exp(-87) ~ 1.6e-38 instead
-// of smaller (a row's sum is off by at most width * 1.6e-38); the caller never passes more.
+// in [-ln2/2, ln2/2]. Below -87 the result is 0 (as float32's exp nearly is: at most 1.6e-38);
+// above 88 it is exp(88) (the callers never pass more).
 inline float exp_float(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const bool underflow = x < -87.0f;
+  x = underflow ? -87.0f : (x > 88.0f ? 88.0f : x);
   // n = x / ln 2 rounded to the nearest integer (adding and subtracting 1.5 * 2^23 rounds;
   // std::floor would not vectorize)
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -79,7 +80,7 @@ inline float exp_float(float x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;   // 2^n
-  return p * __builtin_bit_cast(float, bits);
+  return underflow ? 0.0f : p * __builtin_bit_cast(float, bits);
 }
 
 // tanh (Cephes' single-precision tanhf: a polynomial below 0.625, else 1 - 2 / (exp(2|x|) + 1)).
@@ -114,8 +115,9 @@ constexpr int kWidth = 16;     // floats per Floats
 constexpr int kVectors = 4;    // independent accumulators
 
 inline Floats exp_floats(Floats x) {
-  const Floats low = x - x - 87.0f, high = x - x + 88.0f;
-  x = x < low ? low : (x > high ? high : x);
+  const Floats zero = Floats{}, low = zero - 87.0f, high = zero + 88.0f;
+  const auto underflow = x < low;
+  x = underflow ? low : (x > high ? high : x);
   const Floats n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   Floats r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
@@ -126,7 +128,7 @@ inline Floats exp_floats(Floats x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
-  return p * reinterpret_cast<const Floats&>(bits);
+  return underflow ? zero : p * reinterpret_cast<const Floats&>(bits);
 }
 
 template <bool kExp>
@@ -398,6 +400,7 @@ struct Largest {
       }
     }
     const int32_t n = static_cast<int32_t>(values.size());
+    count = count < n ? count : n;   // fewer only with NaN logits, which are never collected
     best.resize(count);
     if (n <= kSmallRanking) {
       ranks.resize(n);
@@ -484,6 +487,8 @@ struct Draw {
     count = count < columns ? count : columns;
     for (int attempt = 0; attempt < 2; ++attempt) {
       largest(row, columns, count, candidates);
+      if (candidates.empty()) return 0;   // a row of NaN: nothing to draw from
+      count = static_cast<int32_t>(candidates.size());
       weights.resize(count);
       float sum = 0.0f;
       for (int32_t r = 0; r < count; ++r) sum += weights[r] = exp_float((candidates[r].first - top) * inverse);
