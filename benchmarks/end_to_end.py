@@ -64,6 +64,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int,
                         help="prompts per generate task, lstmq generate --chunk-size (default: the chunk_size setting)")
     parser.add_argument("--gpus", help="run the worker on these GPUs (lstmq-worker --gpus), default: one CPU worker")
+    parser.add_argument("--cpu-workers", type=int, default=1,
+                        help="CPU worker processes (lstmq-worker --cpu --workers N), each on its share of the cores "
+                             "with as many TensorFlow threads (default 1: one worker, every core)")
     parser.add_argument("--corpus-lines", type=int, default=0,
                         help="train on the corpus's first N lines only (default 0: the whole corpus)")
     parser.add_argument("--quick", action="store_true",
@@ -78,7 +81,7 @@ def parse_arguments() -> argparse.Namespace:
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.prompts, arguments.baseline_prompts, arguments.corpus_lines = 2000, 3, 1500
-    for name in ("prompts", "words", "baseline_prompts", "epochs", "repeats"):
+    for name in ("prompts", "words", "baseline_prompts", "epochs", "repeats", "cpu_workers"):
         if getattr(arguments, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if arguments.baseline_prompts > arguments.prompts:
@@ -227,7 +230,8 @@ def main() -> int:
     scratch = tempfile.TemporaryDirectory(prefix="lstmq-bench-")
     directory = Path(scratch.name)
     log_path = Path(arguments.worker_log) if arguments.worker_log else directory / "worker.log"
-    stack = LocalStack(log_path, worker_args=("--gpus", arguments.gpus) if arguments.gpus else ("--cpu",))
+    stack = LocalStack(log_path, worker_args=("--gpus", arguments.gpus) if arguments.gpus
+                       else ("--cpu", "--workers", str(arguments.cpu_workers)))
     try:
         stack.__enter__()
         broker = ["--broker", stack.broker]
