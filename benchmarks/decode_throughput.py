@@ -106,6 +106,18 @@ def fastest_seconds(function: Callable[[], object], repeats: int) -> tuple[float
     return best, result
 
 
+def interleaved_fastest(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Seconds of the fastest of `repeats` calls of each run, the runs interleaved (a noisy
+    machine's slow spells fall on all of them alike)."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
 def main() -> None:
     arguments = parse_arguments()
     import keras
@@ -261,12 +273,7 @@ def measure_bound(arguments, text, vocabulary, inference_model, batch_size: int)
         call = chosen.generate_scored if scored else chosen.generate
         runs[name] = (lambda call=call, requests=requests: call(requests))
     outputs = {name: run() for name, run in runs.items()}   # warm-up: traces every path once
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(arguments.repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - started)
+    best = interleaved_fastest(runs, arguments.repeats)
     rates = {name: batch_size * words / seconds for name, seconds in best.items()}
     row = {"batch_size": batch_size, "words": words, "bound_words_per_second": round(rates["bound"], 1),
            "native_kernels": decoder.best_word is not None,
@@ -317,12 +324,7 @@ def measure_mixed(arguments, text, vocabulary, inference_model, batch_size: int,
             "mixed": lambda: decoder.generate_scored(mixed_requests)}
     for run in runs.values():
         run()   # warm-up
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(arguments.repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - started)
+    best = interleaved_fastest(runs, arguments.repeats)
     mixed_words, uniform_words = int(lengths.sum()), uniform * count
     row = {"batch_size": batch_size, "prompts": count, "mixed_words": mixed_words, "uniform_words": uniform_words,
            "mixed_words_per_second": round(mixed_words / best["mixed"], 1),

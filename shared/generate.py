@@ -126,11 +126,13 @@ class Decoder:
         if not layers.lstms:
             raise ValueError("a decoder needs at least one LSTM layer")
 
-        # Prefill: copies of the LSTM layers (bottom first) that return their final state, all
-        # but the top one also their sequence for the next layer (masking as in the model).
+        # Prefill on a GPU: copies of the LSTM layers (bottom first) that return their final
+        # state, all but the top one also their sequence for the next layer (masking as in the
+        # model). On the CPU the prefill steps the cells below instead (see _prefill_graph).
+        self.on_cpu = not tf.config.list_logical_devices("GPU")
         self.lstms = []
         width = self.embedding.output_dim
-        for number, source in enumerate(layers.lstms):
+        for number, source in enumerate([] if self.on_cpu else layers.lstms):
             config = {**source.get_config(), "return_state": True, "name": f"decoder_lstm_{number}",
                       "return_sequences": number < len(layers.lstms) - 1}
             lstm = type(source).from_config(config)
@@ -177,7 +179,6 @@ class Decoder:
                    and getattr(top.cell.recurrent_activation, "__name__", "") in ("sigmoid", "hard_sigmoid"))
         self.plain_logsumexp = bool(bounded and (np.abs(kernel).sum(0) + np.abs(bias)).max() < _PLAIN_LOGSUMEXP_BOUND)
         # The fused kernel runs on the CPU only: where a GPU decodes, TensorFlow's ops stay on it.
-        self.on_cpu = not tf.config.list_logical_devices("GPU")
         self.best_word = self.lstm_cell = self.sample = None
         if self.on_cpu:
             from lstmq.shared.kernels import native_ops
@@ -576,7 +577,7 @@ class Decoder:
             take = tf.constant(position[row_prompt.reshape(-1)], tf.int32)
             states = tuple((tf.gather(tf.concat([piece[layer][0] for piece in pieces], 0), take),
                             tf.gather(tf.concat([piece[layer][1] for piece in pieces], 0), take))
-                           for layer in range(len(self.lstms)))
+                           for layer in range(len(self.units)))
             out_row, out_pos, out_token, out_logprob = (self._decode if scored else self._decode_ids)(
                 states, words[call].astype(np.int32), temperature[call], top_k[call], top_p[call], base[call],
                 np.int32(min(self.max_rows, len(call))))

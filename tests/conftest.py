@@ -48,6 +48,17 @@ def redis_server():
         yield server
 
 
+@pytest.fixture
+def store(redis_server):
+    """A Store on the module's redis-server, emptied before and after the test."""
+    from lstmq.shared.store import Store
+
+    store = Store.from_url(redis_server.url, ttl=3600)
+    store.redis.flushdb()
+    yield store
+    store.redis.flushdb()
+
+
 def clean_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("LSTMQ_")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"

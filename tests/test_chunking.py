@@ -1,16 +1,6 @@
 """Prompts per chunk by device kind (producer.submit.chunk_size_for), against a real redis-server."""
-import pytest
-
 from lstmq.producer.submit import chunk_size_for
 from lstmq.shared.config import load_settings
-from lstmq.shared.store import Store
-
-
-@pytest.fixture
-def store(redis_server):
-    store = Store.from_url(redis_server.url, ttl=3600)
-    store.redis.flushdb()
-    return store
 
 
 def beat(store, name, **info):

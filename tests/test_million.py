@@ -16,21 +16,13 @@ from lstmq.producer.collect import Output, errors_path
 from lstmq.producer.seeds import read_seeds
 from lstmq.shared.config import load_settings
 from lstmq.shared.messages import Dispatcher
-from lstmq.shared.store import JobKind, JobStatus, Store, keys
+from lstmq.shared.store import JobKind, JobStatus, keys
 from lstmq.shared.store.jobs import ChunkBuilder
 from lstmq.shared.text import Vocabulary
 
 SETTINGS = load_settings(environ={})
 GENERATION = SETTINGS.generation_params().replace(seed=1, words=1)
 REPOSITORY = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def store(redis_server):
-    store = Store.from_url(redis_server.url, ttl=3600)
-    store.redis.flushdb()
-    yield store
-    store.redis.flushdb()
 
 
 def make_job(store, chunks: int, per_chunk: int = 3):

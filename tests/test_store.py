@@ -9,20 +9,12 @@ import pytest
 from lstmq.shared.config import load_settings
 from lstmq.shared.errors import ArtifactCorrupt, InputError, JobBusy, JobNotFound, ModelNotFound
 from lstmq.shared.params import Checkpoint
-from lstmq.shared.store import JobKind, JobStatus, Store, keys, parse_model_spec
+from lstmq.shared.store import JobKind, JobStatus, keys, parse_model_spec
 from lstmq.shared.store.clock import iso_utc
 
 SETTINGS = load_settings(environ={})
 GENERATION = SETTINGS.generation_params().replace(seed=1)
 MODEL = SETTINGS.model_params()
-
-
-@pytest.fixture
-def store(redis_server):
-    store = Store.from_url(redis_server.url, ttl=3600)
-    store.redis.flushdb()
-    yield store
-    store.redis.flushdb()
 
 
 def test_blobs_are_content_addressed(store):

@@ -61,26 +61,38 @@ using ::tensorflow::TensorShape;
 
 constexpr int kLanes = 64;   // lanes of pass 1: kVectors x kWidth
 
-// exp(x) (Cephes' single-precision polynomial, about 1 ulp): exp(x) = 2^n exp(r), r = x - n ln 2
-// in [-ln2/2, ln2/2]. Below -87 the result is 0 (as float32's exp nearly is: at most 1.6e-38);
-// above 88 it is exp(88) (the callers never pass more).
-inline float exp_float(float x) {
-  const bool underflow = x < -87.0f;
-  x = underflow ? -87.0f : (x > 88.0f ? 88.0f : x);
+// Vectors of the GCC/Clang vector extensions, on whatever vector width the CPU has.
+typedef float Floats __attribute__((vector_size(64)));
+typedef int32_t Ints __attribute__((vector_size(64)));
+constexpr int kWidth = 16;     // floats per Floats
+
+// 2^n for a whole number n in [-126, 127], by building the float's exponent bits.
+inline float pow2(float n) { return __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23); }
+inline Floats pow2(Floats n) {
+  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
+  return reinterpret_cast<const Floats&>(bits);
+}
+
+// exp(x) of a float or of Floats (Cephes' single-precision polynomial, about 1 ulp): exp(x) =
+// 2^n exp(r), r = x - n ln 2 in [-ln2/2, ln2/2]. Below -87 the result is 0 (as float32's exp
+// nearly is: at most 1.6e-38); above 88 it is exp(88) (the callers never pass more).
+template <typename T>
+inline T exp_of(T x) {
+  const T zero = T{}, low = zero - 87.0f, high = zero + 88.0f;
+  const auto underflow = x < low;
+  x = underflow ? low : (x > high ? high : x);
   // n = x / ln 2 rounded to the nearest integer (adding and subtracting 1.5 * 2^23 rounds;
   // std::floor would not vectorize)
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = x - n * 0.693359375f;
+  const T n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  T r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
+  T p = r * 1.9875691500e-4f + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;   // 2^n
-  return underflow ? 0.0f : p * __builtin_bit_cast(float, bits);
+  return underflow ? zero : p * pow2(n);
 }
 
 // tanh (Cephes' single-precision tanhf: a polynomial below 0.625, else 1 - 2 / (exp(2|x|) + 1)).
@@ -93,43 +105,23 @@ inline float tanh_float(float x) {
   small = small * z + 1.33314422036e-1f;
   small = small * z - 3.33332819422e-1f;
   small = small * z * x + x;
-  const float e = exp_float(-2.0f * a);   // exp(-2|x|)
+  const float e = exp_of(-2.0f * a);   // exp(-2|x|)
   const float large = (1.0f - e) / (1.0f + e);
   return a < 0.625f ? small : (x < 0.0f ? -large : large);
 }
 
 inline float sigmoid_float(float x) {
-  const float e = exp_float(-std::fabs(x));   // exp(-|x|)
+  const float e = exp_of(-std::fabs(x));   // exp(-|x|)
   const float inverse = 1.0f / (1.0f + e);
   return x >= 0.0f ? inverse : e * inverse;
 }
 
 // Pass 1, streaming the row in from memory: in kVectors independent vector accumulators (one long
-// dependency chain would leave the vector units idle; GCC/Clang vector extensions keep them in
-// registers, on whatever vector width the CPU has), each lane's largest and second largest entry
-// and, with kExp, the sum of exp(logit) (safe without subtracting the maximum when the caller
-// knows every logit is bounded, see `bounded`).
-typedef float Floats __attribute__((vector_size(64)));
-typedef int32_t Ints __attribute__((vector_size(64)));
-constexpr int kWidth = 16;     // floats per Floats
+// dependency chain would leave the vector units idle; the vector extensions keep them in
+// registers), each lane's largest and second largest entry and, with kExp, the sum of exp(logit)
+// (safe without subtracting the maximum when the caller knows every logit is bounded, see
+// `bounded`).
 constexpr int kVectors = 4;    // independent accumulators
-
-inline Floats exp_floats(Floats x) {
-  const Floats zero = Floats{}, low = zero - 87.0f, high = zero + 88.0f;
-  const auto underflow = x < low;
-  x = underflow ? low : (x > high ? high : x);
-  const Floats n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  Floats r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  Floats p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
-  return underflow ? zero : p * reinterpret_cast<const Floats&>(bits);
-}
 
 template <bool kExp>
 void stream_row(const float* row, int64_t width, float* first_out, float* second_out, float* sum_out) {
@@ -146,7 +138,7 @@ void stream_row(const float* row, int64_t width, float* first_out, float* second
       const Floats lower = x < first[v] ? x : first[v];
       second[v] = lower > second[v] ? lower : second[v];
       first[v] = x > first[v] ? x : first[v];
-      if (kExp) sum[v] += exp_floats(x);
+      if (kExp) sum[v] += exp_of(x);
     }
   }
   for (int v = 0; v < kVectors; ++v)
@@ -161,7 +153,7 @@ void stream_row(const float* row, int64_t width, float* first_out, float* second
     const float lower = x < first_out[k] ? x : first_out[k];
     second_out[k] = lower > second_out[k] ? lower : second_out[k];
     first_out[k] = x > first_out[k] ? x : first_out[k];
-    if (kExp) sum_out[k] += exp_float(x);
+    if (kExp) sum_out[k] += exp_of(x);
   }
 }
 
@@ -202,7 +194,7 @@ void best_word(const float* row, int64_t width, float tolerance, bool scored, bo
     for (int k = 0; k < kLanes; ++k) sum += lanes_sum[k];
   } else if (scored) {   // pass 2 over the cached row: exp(logit - maximum) never overflows
 #pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < width; ++j) sum += exp_float(row[j] - maximum);
+    for (int64_t j = 0; j < width; ++j) sum += exp_of(row[j] - maximum);
   }
   *best = static_cast<int32_t>(index);
   *top = maximum;
@@ -423,7 +415,6 @@ struct Draw {
   int32_t top_k;
   bool natural;   // exp(logit) itself (T = 1 with bounded logits)
 
-  float weight(float logit) const { return natural ? exp_float(logit) : exp_float((logit - top) * inverse); }
 
   int32_t plain(std::vector<float>& weights, std::vector<float>& block_mass) const {
     const int32_t blocks = (columns + kBlock - 1) / kBlock;
@@ -432,11 +423,11 @@ struct Draw {
     float* w = weights.data();
     if (natural) {
 #pragma omp simd
-      for (int32_t j = 0; j < columns; ++j) w[j] = exp_float(row[j]);
+      for (int32_t j = 0; j < columns; ++j) w[j] = exp_of(row[j]);
     } else {
       const float t = top, inv = inverse;
 #pragma omp simd
-      for (int32_t j = 0; j < columns; ++j) w[j] = exp_float((row[j] - t) * inv);
+      for (int32_t j = 0; j < columns; ++j) w[j] = exp_of((row[j] - t) * inv);
     }
     for (int32_t b = 0; b < blocks; ++b) {
       float mass = 0.0f;
@@ -481,7 +472,7 @@ struct Draw {
       mass = 0.0f;
       const float t = top, inv = inverse;
 #pragma omp simd reduction(+ : mass)
-      for (int32_t j = 0; j < columns; ++j) mass += exp_float((row[j] - t) * inv);
+      for (int32_t j = 0; j < columns; ++j) mass += exp_of((row[j] - t) * inv);
     }
     int32_t count = top_k > 0 ? top_k : kNucleusCandidates;
     count = count < columns ? count : columns;
@@ -491,7 +482,7 @@ struct Draw {
       count = static_cast<int32_t>(candidates.size());
       weights.resize(count);
       float sum = 0.0f;
-      for (int32_t r = 0; r < count; ++r) sum += weights[r] = exp_float((candidates[r].first - top) * inverse);
+      for (int32_t r = 0; r < count; ++r) sum += weights[r] = exp_of((candidates[r].first - top) * inverse);
       const float limit = top_p * mass;
       // a nucleus whose kept ranks may continue past the candidates: rank the whole vocabulary
       if (nucleus && (top_k <= 0 || top_k > count) && sum < limit && count < columns) {
