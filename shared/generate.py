@@ -179,16 +179,28 @@ class Decoder:
                    and getattr(top.cell.recurrent_activation, "__name__", "") in ("sigmoid", "hard_sigmoid"))
         self.plain_logsumexp = bool(bounded and (np.abs(kernel).sum(0) + np.abs(bias)).max() < _PLAIN_LOGSUMEXP_BOUND)
         # The fused kernel runs on the CPU only: where a GPU decodes, TensorFlow's ops stay on it.
-        self.best_word = self.lstm_cell = self.sample = None
+        self.best_word = self.lstm_step = self.sample = self.dense_best = None
         if self.on_cpu:
-            from lstmq.shared.kernels import native_ops
+            from lstmq.shared.kernels import native_ops, pack_matrix, pack_panels
             ops = native_ops(native)
             if ops is not None:
+                width = int(ops.lstmq_panel_width())
                 self.best_word, self.sample = ops.lstmq_best_word, ops.lstmq_sample
-                # the fused cell computes Keras's default activations only
+                if self.plain_logsumexp:
+                    # the logits reduced in registers as they are computed (LstmqDenseBest); written
+                    # out as well in a step with sampling rows
+                    self.dense_best = ops.lstmq_dense_best
+                    self.panels = tf.constant(pack_panels(kernel, bias, special, width))
+                # the fused step computes Keras's default activations only
                 standard = all(getattr(activation, "__name__", "") == "tanh" and getattr(recurrent, "__name__", "") == "sigmoid"
                                for *_, activation, recurrent in self.cells)
-                self.lstm_cell = ops.lstmq_lstm_cell if standard else None
+                if standard:
+                    self.lstm_step = ops.lstmq_lstm_step
+                    # (the bottom layer's kernel is in its table: an empty one)
+                    self.packed_cells = [(tf.constant(np.zeros((0, 0, width), np.float32) if table is not None
+                                                      else pack_matrix(cell_kernel.numpy(), width)),
+                                          tf.constant(pack_matrix(recurrent.numpy(), width)))
+                                         for table, cell_kernel, recurrent, *_ in self.cells]
 
         state_specs = tuple((tf.TensorSpec((None, units), tf.float32), tf.TensorSpec((None, units), tf.float32))
                             for units in self.units)
@@ -236,11 +248,14 @@ class Decoder:
         import tensorflow as tf
 
         new_states, x = [], None
-        for (table, kernel, recurrent, bias, activation, recurrent_activation), (h, c) in zip(self.cells, states):
-            projected = tf.matmul(x, kernel) if table is None else tf.gather(table, token)
-            if self.lstm_cell is not None:
-                h, c = self.lstm_cell(projected, tf.matmul(h, recurrent), bias, c)
+        for number, ((table, kernel, recurrent, bias, activation, recurrent_activation), (h, c)) in enumerate(
+                zip(self.cells, states)):
+            if self.lstm_step is not None:   # the bottom layer's x W is a row of the table
+                packed_kernel, packed_recurrent = self.packed_cells[number]
+                h, c = self.lstm_step(x if table is None else tf.gather(table, token), h, c, packed_kernel,
+                                      packed_recurrent, bias, project=table is None)
             else:
+                projected = tf.matmul(x, kernel) if table is None else tf.gather(table, token)
                 z = projected + tf.matmul(h, recurrent) + bias   # Keras's order of additions
                 z_i, z_f, z_c, z_o = tf.split(z, 4, axis=1)
                 c = recurrent_activation(z_f) * c + recurrent_activation(z_i) * activation(z_c)
@@ -304,6 +319,35 @@ class Decoder:
 
     def _next_words(self, h, any_sampling, temperature, top_k, top_p, base, position, scored=True):
         """(token, its log-probability under the model, or 0 unless `scored`) for every row."""
+        import tensorflow as tf
+
+        if self.dense_best is None:
+            return self._words_from_logits(h, any_sampling, temperature, top_k, top_p, base, position, scored)
+        return tf.cond(any_sampling,
+                       lambda: self._fused_words(h, temperature, top_k, top_p, base, position, scored, sampling=True),
+                       lambda: self._fused_words(h, temperature, top_k, top_p, base, position, scored, sampling=False))
+
+    def _fused_words(self, h, temperature, top_k, top_p, base, position, scored, sampling):
+        """_words_from_logits with LstmqDenseBest: the logits are reduced in registers as they are
+        computed; a step with sampling rows also has them written out for LstmqSample. A greedy
+        row gets the same numbers either way: its word's logit is the row maximum (a near-tie row
+        recomputed the model's way may take another word within float32 rounding of it, 1e-6
+        relative), its normalizer the op's sum of exp(logit)."""
+        import tensorflow as tf
+
+        greedy, top, near, sumexp, logits = self.dense_best(h, self.panels, real=self.real_words, scored=scored,
+                                                            tolerance=_TIE_TOLERANCE, keep_logits=sampling)
+        if tf.reduce_any(near):
+            greedy = self._softmax_argmax(h, greedy, near)
+        chosen, choice = top, greedy
+        if sampling:
+            choice = self.sample(logits, top, temperature, top_k, top_p, self._uniforms(base, position), greedy,
+                                 columns=self.real_words, bounded=True)
+            chosen = tf.where(temperature > 0, tf.gather(logits, choice[:, None], batch_dims=1)[:, 0], top)
+        logprob = chosen - tf.math.log(sumexp) if scored else tf.zeros_like(top)
+        return choice + self.special, logprob
+
+    def _words_from_logits(self, h, any_sampling, temperature, top_k, top_p, base, position, scored=True):
         import tensorflow as tf
 
         with_one = tf.concat([h, tf.ones_like(h[:, :1])], axis=1)

@@ -60,21 +60,85 @@ def test_best_word_rejects_bad_shapes(ops):
         ops.lstmq_best_word(np.zeros((4, 0), np.float32))
 
 
-def test_lstm_cell_matches_keras_formula(ops):
+def keras_lstm_step(x, kernel, h, recurrent, bias, c):
+    """Keras's LSTMCell formula in float64: z = (x W + h U) + b (x W given as is when kernel is None)."""
+    z = (x if kernel is None else x @ kernel.astype(np.float64)) + h @ recurrent.astype(np.float64) + bias
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))   # noqa: E731
+    i, f, g, o = np.split(z, 4, axis=1)
+    c_new = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c_new), c_new
+
+
+@pytest.mark.parametrize("project", [False, True])
+def test_lstm_step_matches_keras_formula(ops, project):
+    """LstmqLstmStep against Keras's formula: a row count that is no whole number of tiles, units
+    that are no whole number of panels; with `project` the input is x and the kernel packed."""
+    from lstmq.shared.kernels import pack_matrix
+
     rng = np.random.default_rng(2)
-    rows, units = 77, 150
-    projected, recurrent = (rng.normal(0, 3, (rows, 4 * units)).astype(np.float32) for _ in range(2))
-    bias = rng.normal(0, 1, 4 * units).astype(np.float32)
+    rows, units, inputs = 77, 37, 29
+    width = int(ops.lstmq_panel_width())
+    h = np.tanh(rng.normal(0, 1, (rows, units))).astype(np.float32)
     c = rng.normal(0, 2, (rows, units)).astype(np.float32)
-    h_new, c_new = (t.numpy() for t in ops.lstmq_lstm_cell(projected, recurrent, bias, c))
-    z = projected + recurrent + bias
-    i, f, g, o = tf.split(z, 4, axis=1)
-    c_expected = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-    h_expected = tf.sigmoid(o) * tf.tanh(c_expected)
-    np.testing.assert_allclose(c_new, c_expected.numpy(), atol=2e-6)
-    np.testing.assert_allclose(h_new, h_expected.numpy(), atol=1e-6)
+    recurrent = rng.normal(0, 0.5, (units, 4 * units)).astype(np.float32)
+    bias = rng.normal(0, 1, 4 * units).astype(np.float32)
+    if project:
+        x = np.tanh(rng.normal(0, 1, (rows, inputs))).astype(np.float32)
+        kernel = rng.normal(0, 0.5, (inputs, 4 * units)).astype(np.float32)
+        packed_kernel = pack_matrix(kernel, width)
+    else:
+        x = rng.normal(0, 3, (rows, 4 * units)).astype(np.float32)
+        kernel, packed_kernel = None, np.zeros((0, 0, width), np.float32)
+    step = lambda x, h, c: [t.numpy() for t in ops.lstmq_lstm_step(   # noqa: E731
+        x, h, c, packed_kernel, pack_matrix(recurrent, width), bias, project=project)]
+    h_new, c_new = step(x, h, c)
+    h_expected, c_expected = keras_lstm_step(x, kernel, h, recurrent, bias, c)
+    np.testing.assert_allclose(c_new, c_expected, atol=1e-5)
+    np.testing.assert_allclose(h_new, h_expected, atol=1e-5)
+    # a row's state does not depend on its batch, to the bit
+    for subset in ([5], [0, 76], list(range(13))):
+        h_part, c_part = step(x[subset], h[subset], c[subset])
+        assert np.array_equal(h_part, h_new[subset]) and np.array_equal(c_part, c_new[subset])
     with pytest.raises(tf.errors.InvalidArgumentError):
-        ops.lstmq_lstm_cell(projected[:, :10], recurrent, bias, c)
+        ops.lstmq_lstm_step(x, h[:, :10], c, packed_kernel, pack_matrix(recurrent, width), bias, project=project)
+
+
+def test_dense_best_matches_the_logits(ops):
+    """LstmqDenseBest against the logits computed in float64: the first maximum among the real
+    words, the near-tie flag, the sum of exp over real words and special tokens; the logits it
+    writes in a sampling step; the same numbers for a row whatever its batch."""
+    from lstmq.shared.kernels import pack_panels
+
+    rng = np.random.default_rng(3)
+    rows, units, vocabulary, special = 53, 40, 1003, 4
+    width = int(ops.lstmq_panel_width())
+    kernel = rng.normal(0, 0.4, (units, vocabulary)).astype(np.float32)
+    bias = rng.normal(0, 0.5, vocabulary).astype(np.float32)
+    bias[1] = 30.0                               # a special token: counted in the sum, never chosen
+    kernel[:, 100] = kernel[:, 700] = kernel[:, 50]
+    bias[100] = bias[700] = bias[50] + 25.0      # an exact tie between real words 96 and 696: the first wins
+    h = np.tanh(rng.normal(0, 1, (rows, units))).astype(np.float32)
+    h[7] = 0.0                                   # the row's logits are the bias: 96 and 696 tie
+    panels = pack_panels(kernel, bias, special, width)
+    real = vocabulary - special
+    best, top, near, sumexp, logits = (t.numpy() for t in ops.lstmq_dense_best(h, panels, real=real, keep_logits=True))
+    exact = h.astype(np.float64) @ kernel + bias
+    words = exact[:, special:]
+    assert best.tolist() == np.argmax(words, axis=-1).tolist() or (best != np.argmax(words, axis=-1)).sum() <= near.sum()
+    assert best[7] == 96 and near[7]
+    np.testing.assert_allclose(top, words.max(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.log(sumexp), np.log(np.exp(exact).sum(-1)), atol=2e-5)
+    assert logits.shape == (rows, len(panels) * width)
+    np.testing.assert_allclose(logits[:, :real], words, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(top, logits[:, :real].max(-1)) and np.array_equal(best, logits[:, :real].argmax(-1))
+    # ids only: the same words, no sum, no logits
+    ids_best, ids_top, _, ids_sum, no_logits = (t.numpy() for t in ops.lstmq_dense_best(h, panels, real=real, scored=False))
+    assert np.array_equal(ids_best, best) and np.array_equal(ids_top, top) and not ids_sum.any() and no_logits.size == 0
+    for subset in ([7], [0, 52], list(range(17))):
+        part = [t.numpy() for t in ops.lstmq_dense_best(h[subset], panels, real=real)]
+        assert all(np.array_equal(a, b[subset]) for a, b in zip(part, (best, top, near, sumexp)))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        ops.lstmq_dense_best(h[:, :10], panels, real=real)
 
 
 def test_decoder_with_and_without_kernels(tiny_model):
@@ -86,8 +150,8 @@ def test_decoder_with_and_without_kernels(tiny_model):
     inference_model, vocabulary, prompts = tiny_model
     native = Decoder(inference_model, vocabulary, max_rows=8, native="on")
     plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
-    assert native.best_word is not None and native.lstm_cell is not None
-    assert plain.best_word is None and plain.lstm_cell is None
+    assert native.best_word is not None and native.lstm_step is not None and native.dense_best is not None
+    assert plain.best_word is None and plain.lstm_step is None and plain.dense_best is None
     params = load_settings(environ={}).generation_params().replace(temperature=0.0, seed=0)
     requests = [Request(ids=ids, params=params.replace(words=1 + index % 9), key=index) for index, ids in enumerate(prompts)]
     with_kernels, without = native.generate_scored(requests), plain.generate_scored(requests)

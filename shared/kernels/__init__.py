@@ -2,11 +2,13 @@
 
 TensorFlow's CPU ops take one pass over the (rows x vocabulary) logits in memory for each of the
 maximum, the argmax and the log-sum-exp, and its argmax is not vectorized; the fused kernel
-LstmqBestWord does all of it per row while the row is in cache, and LstmqLstmCell does an LSTM
-step's gates in one pass instead of a dozen elementwise ops (see next_word.cc). They are built
-with the C++ compiler against the installed TensorFlow's headers (tf.sysconfig) the first time a
-CPU decoder needs it, into a cache folder keyed by the source, TensorFlow's version and flags, the
-compiler and the CPU, so later processes load it at once:
+LstmqBestWord does all of it per row while the row is in cache; LstmqDenseBest does it while the
+logits are computed, never writing them out; LstmqLstmStep does an LSTM step, its matmuls
+included, in one pass instead of a dozen ops; all with a fixed arithmetic per row, whatever the
+batch (see next_word.cc). They are built with the C++ compiler against the installed
+TensorFlow's headers (tf.sysconfig) the first time a CPU decoder needs it, into a cache folder
+keyed by the source, TensorFlow's version and flags, the compiler and the CPU, so later processes
+load it at once:
 
     $LSTMQ_KERNEL_CACHE, else $XDG_CACHE_HOME/lstmq/kernels, else ~/.cache/lstmq/kernels
 
@@ -154,6 +156,33 @@ def load() -> Any:
             raise
         _loaded["module"] = module
         return module
+
+
+def pack_matrix(matrix, width: int):
+    """A [inputs, outputs] matrix in the tile layout of LstmqLstmStep and LstmqDenseBest: panels of
+    `width` output columns (LstmqPanelWidth), each [inputs, width] contiguous, the last padded
+    with zero columns; array [panels, inputs, width]."""
+    import numpy as np
+
+    inputs, outputs = matrix.shape
+    panels = -(-outputs // width)
+    full = np.zeros((inputs, panels * width), np.float32)
+    full[:, :outputs] = matrix
+    return np.ascontiguousarray(full.reshape(inputs, panels, width).transpose(1, 0, 2))
+
+
+def pack_panels(kernel, bias, special: int, width: int):
+    """The output layer's kernel [units, vocabulary] and bias in LstmqDenseBest's layout: columns
+    ordered real words (ids >= special), then the `special` tokens, then padding to whole panels
+    (kernel 0, bias -1e30: exp 0, never the maximum); pack_matrix of the kernel with the bias as
+    one more row, [panels, units + 1, width]."""
+    import numpy as np
+
+    units, vocabulary = kernel.shape
+    order = np.r_[np.arange(special, vocabulary), np.arange(special)]
+    packed = pack_matrix(np.concatenate([kernel[:, order], bias[None, order]]), width)
+    packed[-1, units, vocabulary - (len(packed) - 1) * width:] = -1e30   # the padding, all in the last panel
+    return packed
 
 
 def native_ops(mode: str = "auto") -> Any:

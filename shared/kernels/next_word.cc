@@ -14,10 +14,10 @@
 // its argmax is not vectorized; here one pass streams the row in, the exponentials are a
 // polynomial the compiler vectorizes, and the first maximum is found in the cached row.
 //
-// LstmqLstmCell: one step of an LSTM layer with Keras's default activations (tanh, sigmoid) and
-// gate order (i, f, c~, o): z = (x W + h U) + b, c' = sigmoid(f) c + sigmoid(i) tanh(c~),
-// h' = sigmoid(o) tanh(c'), from x W (`projected`) and h U (`recurrent`): one pass instead of a
-// dozen elementwise TensorFlow ops, each a pass over the batch.
+// LstmqDenseBest: LstmqBestWord's outputs straight from the top layer's h and the packed output
+// layer, the logits reduced in registers as they are computed, never written out (see below).
+//
+// LstmqLstmStep: one step of an LSTM layer, its matmuls included (see below).
 //
 // LstmqSample: the sampled word of every row with temperature > 0 (the others keep `greedy`),
 // drawn with the row's uniform u by inverse CDF, as shared/generate.py's TensorFlow version:
@@ -34,6 +34,7 @@
 // Rows are independent: a row's results never depend on the rest of the batch.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <functional>
 #include <utility>
@@ -68,9 +69,11 @@ constexpr int kWidth = 16;     // floats per Floats
 
 // 2^n for a whole number n in [-126, 127], by building the float's exponent bits.
 inline float pow2(float n) { return __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23); }
-inline Floats pow2(Floats n) {
-  const Ints bits = (__builtin_convertvector(n, Ints) + 127) << 23;
-  return reinterpret_cast<const Floats&>(bits);
+template <typename T>
+inline T pow2(T n) {   // of a vector of floats
+  using Bits = decltype(n < n);
+  const Bits bits = (__builtin_convertvector(n, Bits) + 127) << 23;
+  return (T)bits;
 }
 
 // exp(x) of a float or of Floats (Cephes' single-precision polynomial, about 1 ulp): exp(x) =
@@ -245,62 +248,382 @@ class BestWordOp : public OpKernel {
   float tolerance_;
 };
 
-class LstmCellOp : public OpKernel {
- public:
-  explicit LstmCellOp(OpKernelConstruction* context) : OpKernel(context) {}
+// LstmqDenseBest: LstmqBestWord's outputs straight from the top layer's h, without the logits
+// matrix: the logits h W + b are computed in register tiles of kTileRows rows x kPanel words and
+// reduced at once (first maximum per lane, runner-up, sum of exp(logit)), so they never travel
+// to memory and back, twice, as a matmul's output does. The caller packs W and b once:
+// panels[p, k, j] = W[k, p kPanel + j] for k < units, panels[p, units, j] = b[p kPanel + j], the
+// columns ordered real words first, then the special tokens (columns real .. real + special:
+// counted in sumexp, never chosen), then padding (W 0, b -1e30: exp 0, never chosen). sumexp is
+// sum_j exp(logit_j) over real words and special tokens (the caller uses this op only when every
+// logit is bounded, see LstmqBestWord's `bounded`), 0 unless `scored`. With `keep_logits` the
+// logits (bias added, in the panels' column order) are also written out, [rows, panels x width],
+// for a sampling step: its greedy rows then get the same numbers as in a greedy step, bit for
+// bit (otherwise [0, panels x width]).
+//
+// Every row's arithmetic is fixed (the same tile code, the same order of additions whatever the
+// batch): a row's logits never depend on the rows beside it, as those of a BLAS matmul may (one
+// row and many rows take different kernels), which would make a row's samples and
+// log-probabilities depend on its batch.
+// The tile's vectors: the CPU's widest (16 floats with AVX-512, else 8), a panel two of them wide.
+#if defined(__AVX512F__)
+typedef float Vec __attribute__((vector_size(64)));
+typedef int32_t VecInts __attribute__((vector_size(64)));
+constexpr int kTileRows = 12;              // 24 accumulators of 32 zmm registers
+#else
+typedef float Vec __attribute__((vector_size(32)));
+typedef int32_t VecInts __attribute__((vector_size(32)));
+constexpr int kTileRows = 6;               // 12 accumulators of 16 ymm registers
+#endif
+constexpr int kVecWidth = sizeof(Vec) / sizeof(float);
+constexpr int kPanel = 2 * kVecWidth;      // words per packed panel
+constexpr int64_t kChunkPanels = 512 / kPanel;   // panels reused from L2 by a group's tiles (~300 kB at 150 units)
 
-  void Compute(OpKernelContext* context) override {
-    const Tensor &projected = context->input(0), &recurrent = context->input(1), &bias = context->input(2),
-                 &state = context->input(3);
-    OP_REQUIRES(context, state.dims() == 2 && projected.dims() == 2 && recurrent.dims() == 2 && bias.dims() == 1,
-                absl::InvalidArgumentError("LstmqLstmCell: projected, recurrent, c are matrices, bias a vector"));
-    const int64_t rows = state.dim_size(0), units = state.dim_size(1);
-    OP_REQUIRES(context,
-                projected.dim_size(0) == rows && recurrent.dim_size(0) == rows && projected.dim_size(1) == 4 * units &&
-                    recurrent.dim_size(1) == 4 * units && bias.dim_size(0) == 4 * units,
-                absl::InvalidArgumentError("LstmqLstmCell: shapes must be [rows, 4 units], [rows, 4 units], "
-                                           "[4 units], [rows, units]"));
-    Tensor *h_out, *c_out;
-    OP_REQUIRES_OK(context, context->allocate_output(0, state.shape(), &h_out));
-    OP_REQUIRES_OK(context, context->allocate_output(1, state.shape(), &c_out));
-    const float *x = projected.flat<float>().data(), *u = recurrent.flat<float>().data(),
-                *b = bias.flat<float>().data(), *c = state.flat<float>().data();
-    float *h_new = h_out->flat<float>().data(), *c_new = c_out->flat<float>().data();
-    auto work = [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const float *xr = x + r * 4 * units, *ur = u + r * 4 * units, *cr = c + r * units;
-        float *hr = h_new + r * units, *nr = c_new + r * units;
-#pragma omp simd
-        for (int64_t k = 0; k < units; ++k) {
-          const float i = sigmoid_float((xr[k] + ur[k]) + b[k]);
-          const float f = sigmoid_float((xr[units + k] + ur[units + k]) + b[units + k]);
-          const float g = tanh_float((xr[2 * units + k] + ur[2 * units + k]) + b[2 * units + k]);
-          const float o = sigmoid_float((xr[3 * units + k] + ur[3 * units + k]) + b[3 * units + k]);
-          const float cell = f * cr[k] + i * g;
-          nr[k] = cell;
-          hr[k] = o * tanh_float(cell);
-        }
-      }
-    };
-    auto* threads = context->device()->tensorflow_cpu_worker_threads();
-    ::tensorflow::Shard(threads->num_threads, threads->workers, rows, /*cost_per_unit=*/units * 80, work);
-  }
+inline Vec fused_multiply_add(Vec a, Vec b, Vec c) {
+#if defined(__AVX512F__)
+  return (Vec)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  return (Vec)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#else
+  return a * b + c;
+#endif
+}
+
+struct LaneState {   // per row: each lane's largest and second largest logit, the first index of the largest, sum exp
+  Vec first, second, sum;
+  VecInts index;
 };
 
-REGISTER_OP("LstmqLstmCell")
-    .Input("projected: float")
-    .Input("recurrent: float")
-    .Input("bias: float")
-    .Input("c: float")
-    .Output("h_out: float")
-    .Output("c_out: float")
+inline void lane_update(LaneState& state, Vec x, VecInts column) {
+  const Vec lower = x < state.first ? x : state.first;
+  state.second = lower > state.second ? lower : state.second;
+  const VecInts greater = x > state.first;
+  state.first = greater ? x : state.first;
+  state.index = greater ? column : state.index;
+}
+
+inline Vec broadcast(const float* x) {
+#if defined(__AVX512F__)
+  return (Vec)_mm512_set1_ps(*x);
+#elif defined(__AVX__)
+  return (Vec)_mm256_broadcast_ss(x);
+#else
+  Vec v;
+  for (int k = 0; k < kVecWidth; ++k) v[k] = *x;
+  return v;
+#endif
+}
+
+// logits of kTileRows rows (h rows `h[r]`, `units` wide) x one panel, into out (without the
+// bias). The accumulators are locals, written out once: stores through a pointer could alias
+// the floats of h (a vector may alias its elements) and would be made at every step.
+inline void tile_panel(const float* const* h, const float* panel, int64_t units, Vec (*out)[2]) {
+  Vec acc[kTileRows][2];
+  for (int r = 0; r < kTileRows; ++r) acc[r][0] = acc[r][1] = Vec{};
+  const float* rows[kTileRows];
+  for (int r = 0; r < kTileRows; ++r) rows[r] = h[r];
+  for (int64_t k = 0; k < units; ++k) {
+    Vec w0, w1;
+    std::memcpy(&w0, panel + k * kPanel, sizeof w0);
+    std::memcpy(&w1, panel + k * kPanel + kVecWidth, sizeof w1);
+    for (int r = 0; r < kTileRows; ++r) {
+      const Vec a = broadcast(rows[r] + k);
+      acc[r][0] = fused_multiply_add(a, w0, acc[r][0]);
+      acc[r][1] = fused_multiply_add(a, w1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < kTileRows; ++r) {
+    out[r][0] = acc[r][0];
+    out[r][1] = acc[r][1];
+  }
+}
+
+// Calls body(first_row, end_row) for groups of whole tiles of rows, on TensorFlow's CPU threads:
+// each thread takes the next group from a shared counter, about four groups per thread, so that
+// a thread the operating system takes away for a moment (a worker's host thread on the same
+// cores) holds up one group, not a fixed share of the batch. At most `max_group_tiles` per group.
+template <typename Body>
+void for_row_groups(OpKernelContext* context, int64_t rows, int64_t max_group_tiles, Body body) {
+  auto* threads = context->device()->tensorflow_cpu_worker_threads();
+  const int64_t parallel = std::max(1, threads->num_threads);
+  const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+  const int64_t group_tiles = std::max<int64_t>(1, std::min<int64_t>(max_group_tiles, tiles / (4 * parallel)));
+  const int64_t groups = (tiles + group_tiles - 1) / group_tiles;
+  std::atomic<int64_t> next{0};
+  auto work = [&](int64_t, int64_t) {
+    for (int64_t group; (group = next.fetch_add(1)) < groups;) {
+      const int64_t first_row = group * group_tiles * kTileRows;
+      body(first_row, std::min(rows, first_row + group_tiles * kTileRows));
+    }
+  };
+  ::tensorflow::Shard(parallel, threads->workers, std::min(groups, parallel), /*cost_per_unit=*/int64_t{1} << 30, work);
+}
+
+// The h rows of the tile at `tile_row`; rows past the end repeat the last (their results dropped).
+inline void tile_rows(const float* data, int64_t width, int64_t rows, int64_t tile_row, const float** out) {
+  for (int r = 0; r < kTileRows; ++r) out[r] = data + std::min(tile_row + r, rows - 1) * width;
+}
+
+class DenseBestOp : public OpKernel {
+ public:
+  explicit DenseBestOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("real", &real_));
+    OP_REQUIRES_OK(context, context->GetAttr("scored", &scored_));
+    OP_REQUIRES_OK(context, context->GetAttr("tolerance", &tolerance_));
+    OP_REQUIRES_OK(context, context->GetAttr("keep_logits", &keep_logits_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor &h = context->input(0), &panels = context->input(1);
+    OP_REQUIRES(context, h.dims() == 2 && panels.dims() == 3 && panels.dim_size(2) == kPanel &&
+                             panels.dim_size(1) == h.dim_size(1) + 1,
+                absl::InvalidArgumentError("LstmqDenseBest: h must be [rows, units], panels [panels, units + 1, "
+                                           "LstmqPanelWidth()]"));
+    const int64_t rows = h.dim_size(0), units = h.dim_size(1), count = panels.dim_size(0);
+    OP_REQUIRES(context, real_ > 0 && real_ <= count * kPanel && count * kPanel < (int64_t{1} << 31),
+                absl::InvalidArgumentError("LstmqDenseBest: real must be 1 .. the panels' columns"));
+    Tensor *best, *top, *near, *sumexp;
+    const TensorShape shape({rows});
+    OP_REQUIRES_OK(context, context->allocate_output(0, shape, &best));
+    OP_REQUIRES_OK(context, context->allocate_output(1, shape, &top));
+    OP_REQUIRES_OK(context, context->allocate_output(2, shape, &near));
+    OP_REQUIRES_OK(context, context->allocate_output(3, shape, &sumexp));
+    Tensor* logits;
+    const int64_t width = count * kPanel;
+    OP_REQUIRES_OK(context, context->allocate_output(4, keep_logits_ ? TensorShape({rows, width}) : TensorShape({0, width}),
+                                                     &logits));
+    float* logits_data = keep_logits_ ? logits->flat<float>().data() : nullptr;
+    if (rows == 0) return;
+    const float* h_data = h.flat<float>().data();
+    const float* packed = panels.flat<float>().data();
+    int32_t* best_data = best->flat<int32_t>().data();
+    float* top_data = top->flat<float>().data();
+    bool* near_data = near->flat<bool>().data();
+    float* sumexp_data = sumexp->flat<float>().data();
+    const bool scored = scored_;
+    const float tolerance = tolerance_;
+    const int32_t real = real_;
+    const int64_t panel_size = (units + 1) * kPanel;
+    VecInts lane_column;
+    for (int k = 0; k < kVecWidth; ++k) lane_column[k] = k;
+    for_row_groups(context, rows, /*max_group_tiles=*/8, [&](int64_t first_row, int64_t end_row) {
+      std::vector<LaneState> states(end_row - first_row);
+      for (auto& state : states) {
+        state.first = state.second = Vec{} - INFINITY;
+        state.sum = Vec{};
+        state.index = VecInts{};
+      }
+      for (int64_t chunk = 0; chunk < count; chunk += kChunkPanels) {
+        const int64_t chunk_end = std::min(count, chunk + kChunkPanels);
+        for (int64_t tile_row = first_row; tile_row < end_row; tile_row += kTileRows) {
+          const float* h_rows[kTileRows];
+          tile_rows(h_data, units, rows, tile_row, h_rows);
+          const int valid = static_cast<int>(std::min<int64_t>(kTileRows, end_row - tile_row));
+          LaneState* tile_states = states.data() + (tile_row - first_row);
+          for (int64_t p = chunk; p < chunk_end; ++p) {
+            Vec acc[kTileRows][2];
+            const float* panel = packed + p * panel_size;
+            tile_panel(h_rows, panel, units, acc);
+            Vec b0, b1;
+            std::memcpy(&b0, panel + units * kPanel, sizeof b0);
+            std::memcpy(&b1, panel + units * kPanel + kVecWidth, sizeof b1);
+            const VecInts column0 = lane_column + static_cast<int32_t>(p * kPanel);
+            const VecInts column1 = column0 + kVecWidth;
+            const Vec none = Vec{} - INFINITY;
+            for (int r = 0; r < valid; ++r) {
+              Vec x0 = acc[r][0] + b0, x1 = acc[r][1] + b1;   // the model's order: matmul, then bias
+              LaneState& state = tile_states[r];
+              if (logits_data != nullptr) {
+                float* out = logits_data + (tile_row + r) * width + p * kPanel;
+                std::memcpy(out, &x0, sizeof x0);
+                std::memcpy(out + kVecWidth, &x1, sizeof x1);
+              }
+              if (scored) state.sum += exp_of(x0) + exp_of(x1);
+              x0 = column0 < real ? x0 : none;
+              x1 = column1 < real ? x1 : none;
+              lane_update(state, x0, column0);
+              lane_update(state, x1, column1);
+            }
+          }
+        }
+      }
+      for (int64_t row = first_row; row < end_row; ++row) {
+        const LaneState& state = states[row - first_row];
+        float maximum = -INFINITY, runner_up = -INFINITY, sum = 0.0f;
+        for (int k = 0; k < kVecWidth; ++k) {
+          for (const float x : {state.first[k], state.second[k]}) {
+            if (x > maximum) {
+              runner_up = maximum;
+              maximum = x;
+            } else if (x > runner_up) {
+              runner_up = x;
+            }
+          }
+          sum += state.sum[k];
+        }
+        int32_t index = real;
+        for (int k = 0; k < kVecWidth; ++k)
+          if (state.first[k] == maximum && state.index[k] < index) index = state.index[k];
+        best_data[row] = index < real ? index : 0;   // 0 for a row of NaN
+        top_data[row] = maximum;
+        near_data[row] = runner_up >= maximum - tolerance * (1.0f + std::fabs(maximum));
+        sumexp_data[row] = scored ? sum : 0.0f;
+      }
+    });
+  }
+
+ private:
+  int32_t real_;
+  bool scored_, keep_logits_;
+  float tolerance_;
+};
+
+REGISTER_OP("LstmqDenseBest")
+    .Input("h: float")
+    .Input("panels: float")
+    .Output("best: int32")
+    .Output("top: float")
+    .Output("near: bool")
+    .Output("sumexp: float")
+    .Output("logits: float")
+    .Attr("real: int")
+    .Attr("scored: bool = true")
+    .Attr("tolerance: float = 1e-6")
+    .Attr("keep_logits: bool = false")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(3));
-      c->set_output(1, c->input(3));
+      ::tensorflow::shape_inference::ShapeHandle h;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
+      auto rows = c->Vector(c->Dim(h, 0));
+      for (int i = 0; i < 4; ++i) c->set_output(i, rows);
+      c->set_output(4, c->Matrix(c->UnknownDim(), c->UnknownDim()));
       return absl::OkStatus();
     });
 
-REGISTER_KERNEL_BUILDER(Name("LstmqLstmCell").Device(::tensorflow::DEVICE_CPU), LstmCellOp);
+REGISTER_KERNEL_BUILDER(Name("LstmqDenseBest").Device(::tensorflow::DEVICE_CPU), DenseBestOp);
+
+// LstmqLstmStep: one step of an LSTM layer with Keras's default activations (tanh, sigmoid) and
+// gate order (i, f, c~, o): z = (x W + h U) + b, c' = sigmoid(f) c + sigmoid(i) tanh(c~),
+// h' = sigmoid(o) tanh(c'). h U (and, with `project`, x W) are computed by the tile code above
+// from packed panels (shared/kernels.pack_matrix: [panels, rows of U, width], columns padded to
+// whole panels), so that a row's state never depends on the rest of the batch; without `project`
+// the input is x W itself (the bottom layer's row of the embedding table). The gates are done in
+// one pass per row while its z is in cache, instead of a dozen elementwise TensorFlow ops.
+class LstmStepOp : public OpKernel {
+ public:
+  explicit LstmStepOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("project", &project_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor &input = context->input(0), &h = context->input(1), &c = context->input(2),
+                 &kernel = context->input(3), &recurrent = context->input(4), &bias = context->input(5);
+    OP_REQUIRES(context, input.dims() == 2 && h.dims() == 2 && c.dims() == 2 && recurrent.dims() == 3 &&
+                             kernel.dims() == 3 && bias.dims() == 1,
+                absl::InvalidArgumentError("LstmqLstmStep: input, h, c are matrices, kernel and recurrent packed "
+                                           "panels, bias a vector"));
+    const int64_t rows = h.dim_size(0), units = h.dim_size(1), gates = 4 * units;
+    const int64_t count = recurrent.dim_size(0), width = count * kPanel;
+    const int64_t inputs = project_ ? input.dim_size(1) : 0;
+    OP_REQUIRES(context,
+                c.dim_size(0) == rows && c.dim_size(1) == units && input.dim_size(0) == rows &&
+                    bias.dim_size(0) == gates && recurrent.dim_size(1) == units && recurrent.dim_size(2) == kPanel &&
+                    width >= gates && width < gates + kPanel &&
+                    (project_ ? kernel.dim_size(0) == count && kernel.dim_size(1) == inputs &&
+                                    kernel.dim_size(2) == kPanel
+                              : input.dim_size(1) == gates),
+                absl::InvalidArgumentError("LstmqLstmStep: shapes must be input [rows, 4 units] (or [rows, inputs] "
+                                           "with project), h and c [rows, units], kernel [panels, inputs, width], "
+                                           "recurrent [panels, units, width], bias [4 units]"));
+    Tensor *h_out, *c_out;
+    OP_REQUIRES_OK(context, context->allocate_output(0, h.shape(), &h_out));
+    OP_REQUIRES_OK(context, context->allocate_output(1, c.shape(), &c_out));
+    if (rows == 0) return;
+    const float *x = input.flat<float>().data(), *h_data = h.flat<float>().data(), *c_data = c.flat<float>().data(),
+                *w = project_ ? kernel.flat<float>().data() : nullptr, *u = recurrent.flat<float>().data(),
+                *b = bias.flat<float>().data();
+    float *h_new = h_out->flat<float>().data(), *c_new = c_out->flat<float>().data();
+    const bool project = project_;
+    for_row_groups(context, rows, /*max_group_tiles=*/4, [&](int64_t first_row, int64_t end_row) {
+      std::vector<float> z(kTileRows * width);
+      for (int64_t tile_row = first_row; tile_row < end_row; tile_row += kTileRows) {
+        const float *h_rows[kTileRows], *x_rows[kTileRows];
+        tile_rows(h_data, units, rows, tile_row, h_rows);
+        if (project) tile_rows(x, inputs, rows, tile_row, x_rows);
+        for (int64_t p = 0; p < count; ++p) {
+          Vec hu[kTileRows][2], xw[kTileRows][2];
+          tile_panel(h_rows, u + p * units * kPanel, units, hu);
+          if (project) tile_panel(x_rows, w + p * inputs * kPanel, inputs, xw);
+          for (int r = 0; r < kTileRows; ++r) {
+            if (project) {   // Keras's order: (x W + h U) + b
+              hu[r][0] = xw[r][0] + hu[r][0];
+              hu[r][1] = xw[r][1] + hu[r][1];
+            }
+            std::memcpy(&z[r * width + p * kPanel], &hu[r][0], sizeof(Vec));
+            std::memcpy(&z[r * width + p * kPanel + kVecWidth], &hu[r][1], sizeof(Vec));
+          }
+        }
+        const int64_t valid = std::min<int64_t>(kTileRows, end_row - tile_row);
+        for (int64_t r = 0; r < valid; ++r) {
+          const int64_t row = tile_row + r;
+          const float* zr = &z[r * width];
+          const float* xr = project ? nullptr : x + row * gates;
+          const float* cr = c_data + row * units;
+          float *hr = h_new + row * units, *nr = c_new + row * units;
+          auto gate = [&](int64_t k) { return (project ? zr[k] : xr[k] + zr[k]) + b[k]; };
+#pragma omp simd
+          for (int64_t k = 0; k < units; ++k) {
+            const float i = sigmoid_float(gate(k));
+            const float f = sigmoid_float(gate(units + k));
+            const float g = tanh_float(gate(2 * units + k));
+            const float o = sigmoid_float(gate(3 * units + k));
+            const float cell = f * cr[k] + i * g;
+            nr[k] = cell;
+            hr[k] = o * tanh_float(cell);
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  bool project_;
+};
+
+REGISTER_OP("LstmqLstmStep")
+    .Input("input: float")
+    .Input("h: float")
+    .Input("c: float")
+    .Input("kernel: float")
+    .Input("recurrent: float")
+    .Input("bias: float")
+    .Output("h_out: float")
+    .Output("c_out: float")
+    .Attr("project: bool = false")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->input(1));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("LstmqLstmStep").Device(::tensorflow::DEVICE_CPU), LstmStepOp);
+
+class PanelWidthOp : public OpKernel {   // the words per panel LstmqDenseBest takes (this CPU's)
+ public:
+  explicit PanelWidthOp(OpKernelConstruction* context) : OpKernel(context) {}
+  void Compute(OpKernelContext* context) override {
+    Tensor* width;
+    OP_REQUIRES_OK(context, context->allocate_output(0, TensorShape({}), &width));
+    width->scalar<int32_t>()() = kPanel;
+  }
+};
+
+REGISTER_OP("LstmqPanelWidth").Output("width: int32").SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+  c->set_output(0, c->Scalar());
+  return absl::OkStatus();
+});
+REGISTER_KERNEL_BUILDER(Name("LstmqPanelWidth").Device(::tensorflow::DEVICE_CPU), PanelWidthOp);
+
+
 
 constexpr int kBlock = 16;          // words per block of the plain draw's block sums
 constexpr int kNucleusCandidates = 64;
