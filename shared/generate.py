@@ -215,10 +215,12 @@ class Decoder:
             tf.TensorSpec((None,), tf.uint64),        # sampling stream state per row
             tf.TensorSpec((), tf.int32),              # rows in flight (slots)
         ]
-        # with and without the log-probabilities (generate() returns none: it skips their cost)
-        self._decode, self._decode_ids = (tf.function(functools.partial(self._decode_graph, scored=scored),
-                                                      reduce_retracing=True, input_signature=decode_signature)
-                                          for scored in (True, False))
+        # with and without the log-probabilities (generate() returns none: it skips their cost), and
+        # for calls with sampling rows or greedy rows only (no per-step test for sampling rows)
+        self._decoders = {(scored, sampling): tf.function(
+            functools.partial(self._decode_graph, scored=scored, sampling=sampling),
+            reduce_retracing=True, input_signature=decode_signature)
+            for scored in (True, False) for sampling in (True, False)}
 
     # -- compiled part -------------------------------------------------------------------------
     def _prefill_graph(self, ids):
@@ -264,7 +266,7 @@ class Decoder:
             x = h
         return tuple(new_states)
 
-    def _decode_graph(self, states0, words, temperature, top_k, top_p, base, slots, scored=True):
+    def _decode_graph(self, states0, words, temperature, top_k, top_p, base, slots, scored=True, sampling=True):
         import tensorflow as tf
 
         rows = tf.shape(words)[0]
@@ -277,7 +279,7 @@ class Decoder:
         slot_pos = tf.zeros([slots], tf.int32)
         # the slots' parameters, gathered when rows enter (not every step)
         params = tuple(tf.gather(values, slot_row) for values in row_params)
-        any_sampling = tf.reduce_any(params[1] > 0)
+        any_sampling = tf.reduce_any(params[1] > 0) if sampling else False
         states = tuple((h[:slots], c[:slots]) for h, c in states0)
         waiting = slots
         out_row = tf.TensorArray(tf.int32, size=0, dynamic_size=True, infer_shape=False, element_shape=[None])
@@ -313,7 +315,7 @@ class Decoder:
                     slot_row, slot_pos = tf.gather(slot_row, keep), tf.gather(slot_pos, keep)
                     params = tuple(tf.gather(values, keep) for values in params)
                     states = tuple((tf.gather(h, keep), tf.gather(c, keep)) for h, c in states)
-                any_sampling = tf.reduce_any(params[1] > 0)
+                any_sampling = tf.reduce_any(params[1] > 0) if sampling else False
             step += 1
         return out_row.concat(), out_pos.concat(), out_token.concat(), out_logprob.concat()
 
@@ -323,6 +325,8 @@ class Decoder:
 
         if self.dense_best is None:
             return self._words_from_logits(h, any_sampling, temperature, top_k, top_p, base, position, scored)
+        if any_sampling is False:   # a call with greedy rows only
+            return self._fused_words(h, temperature, top_k, top_p, base, position, scored, sampling=False)
         return tf.cond(any_sampling,
                        lambda: self._fused_words(h, temperature, top_k, top_p, base, position, scored, sampling=True),
                        lambda: self._fused_words(h, temperature, top_k, top_p, base, position, scored, sampling=False))
@@ -622,7 +626,7 @@ class Decoder:
             states = tuple((tf.gather(tf.concat([piece[layer][0] for piece in pieces], 0), take),
                             tf.gather(tf.concat([piece[layer][1] for piece in pieces], 0), take))
                            for layer in range(len(self.units)))
-            out_row, out_pos, out_token, out_logprob = (self._decode if scored else self._decode_ids)(
+            out_row, out_pos, out_token, out_logprob = self._decoders[scored, bool((temperature[call] > 0).any())](
                 states, words[call].astype(np.int32), temperature[call], top_k[call], top_p[call], base[call],
                 np.int32(min(self.max_rows, len(call))))
             out_row = call[out_row.numpy()]

@@ -174,14 +174,15 @@ def pack_matrix(matrix, width: int):
 def pack_panels(kernel, bias, special: int, width: int):
     """The output layer's kernel [units, vocabulary] and bias in LstmqDenseBest's layout: columns
     ordered real words (ids >= special), then the `special` tokens, then padding to whole panels
-    (kernel 0, bias -1e30: exp 0, never the maximum); pack_matrix of the kernel with the bias as
+    (kernel 0, bias -80: exp(-80) = 2e-35 is nothing beside the bounded logits' exp >= exp(-60),
+    and LstmqDenseBest never chooses a padding column); pack_matrix of the kernel with the bias as
     one more row, [panels, units + 1, width]."""
     import numpy as np
 
     units, vocabulary = kernel.shape
     order = np.r_[np.arange(special, vocabulary), np.arange(special)]
     packed = pack_matrix(np.concatenate([kernel[:, order], bias[None, order]]), width)
-    packed[-1, units, vocabulary - (len(packed) - 1) * width:] = -1e30   # the padding, all in the last panel
+    packed[-1, units, vocabulary - (len(packed) - 1) * width:] = -80.0   # the padding, all in the last panel
     return packed
 
 

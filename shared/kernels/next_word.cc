@@ -254,7 +254,7 @@ class BestWordOp : public OpKernel {
 // to memory and back, twice, as a matmul's output does. The caller packs W and b once:
 // panels[p, k, j] = W[k, p kPanel + j] for k < units, panels[p, units, j] = b[p kPanel + j], the
 // columns ordered real words first, then the special tokens (columns real .. real + special:
-// counted in sumexp, never chosen), then padding (W 0, b -1e30: exp 0, never chosen). sumexp is
+// counted in sumexp, never chosen), then padding (W 0, b -80: exp(-80) = 2e-35, never chosen). sumexp is
 // sum_j exp(logit_j) over real words and special tokens (the caller uses this op only when every
 // logit is bounded, see LstmqBestWord's `bounded`), 0 unless `scored`. With `keep_logits` the
 // logits (bias added, in the panels' column order) are also written out, [rows, panels x width],
@@ -287,6 +287,22 @@ inline Vec fused_multiply_add(Vec a, Vec b, Vec c) {
 #else
   return a * b + c;
 #endif
+}
+
+// exp(x) of a Vec for x in [-87, 87] only (no clamping: the caller's logits are bounded, its
+// padding is -80): exp_of's reduction, a degree-5 polynomial for exp(r) fitted for relative error
+// (at most 2.4e-7 over the range, against exp_of's 1 ulp), in fused multiply-adds; about two
+// thirds of exp_of's instructions, where the exponentials are a sixth of a greedy step's work.
+inline Vec exp_bounded(Vec x) {
+  const Vec n = fused_multiply_add(x, Vec{} + 1.44269504088896341f, Vec{} + 12582912.0f) - 12582912.0f;
+  Vec r = fused_multiply_add(n, Vec{} - 0.693359375f, x);
+  r = fused_multiply_add(n, Vec{} + 2.12194440e-4f, r);
+  Vec p = fused_multiply_add(r, Vec{} + 8.291719661e-3f, Vec{} + 4.191504947e-2f);
+  p = fused_multiply_add(p, r, Vec{} + 1.666766293e-1f);
+  p = fused_multiply_add(p, r, Vec{} + 4.999889889e-1f);
+  p = fused_multiply_add(p, r, Vec{} + 9.999996661e-1f);
+  p = fused_multiply_add(p, r, Vec{} + 1.000000071e+00f);
+  return p * pow2(n);
 }
 
 struct LaneState {   // per row: each lane's largest and second largest logit, the first index of the largest, sum exp
@@ -438,7 +454,7 @@ class DenseBestOp : public OpKernel {
                 std::memcpy(out, &x0, sizeof x0);
                 std::memcpy(out + kVecWidth, &x1, sizeof x1);
               }
-              if (scored) state.sum += exp_of(x0) + exp_of(x1);
+              if (scored) state.sum += exp_bounded(x0) + exp_bounded(x1);
               x0 = column0 < real ? x0 : none;
               x1 = column1 < real ? x1 : none;
               lane_update(state, x0, column0);
@@ -565,17 +581,23 @@ class LstmStepOp : public OpKernel {
         const int64_t valid = std::min<int64_t>(kTileRows, end_row - tile_row);
         for (int64_t r = 0; r < valid; ++r) {
           const int64_t row = tile_row + r;
-          const float* zr = &z[r * width];
-          const float* xr = project ? nullptr : x + row * gates;
+          float* zr = &z[r * width];
+          if (project) {
+#pragma omp simd
+            for (int64_t k = 0; k < gates; ++k) zr[k] += b[k];
+          } else {   // (x W + h U) + b
+            const float* xr = x + row * gates;
+#pragma omp simd
+            for (int64_t k = 0; k < gates; ++k) zr[k] = (xr[k] + zr[k]) + b[k];
+          }
           const float* cr = c_data + row * units;
           float *hr = h_new + row * units, *nr = c_new + row * units;
-          auto gate = [&](int64_t k) { return (project ? zr[k] : xr[k] + zr[k]) + b[k]; };
 #pragma omp simd
           for (int64_t k = 0; k < units; ++k) {
-            const float i = sigmoid_float(gate(k));
-            const float f = sigmoid_float(gate(units + k));
-            const float g = tanh_float(gate(2 * units + k));
-            const float o = sigmoid_float(gate(3 * units + k));
+            const float i = sigmoid_float(zr[k]);
+            const float f = sigmoid_float(zr[units + k]);
+            const float g = tanh_float(zr[2 * units + k]);
+            const float o = sigmoid_float(zr[3 * units + k]);
             const float cell = f * cr[k] + i * g;
             nr[k] = cell;
             hr[k] = o * tanh_float(cell);
