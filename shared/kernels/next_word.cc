@@ -60,12 +60,21 @@ using ::tensorflow::OpKernelContext;
 using ::tensorflow::Tensor;
 using ::tensorflow::TensorShape;
 
-constexpr int kLanes = 64;   // lanes of pass 1: kVectors x kWidth
-
-// Vectors of the GCC/Clang vector extensions, on whatever vector width the CPU has.
-typedef float Floats __attribute__((vector_size(64)));
-typedef int32_t Ints __attribute__((vector_size(64)));
-constexpr int kWidth = 16;     // floats per Floats
+// Vectors of the GCC/Clang vector extensions, of the CPU's widest registers (16 floats with
+// AVX-512, else 8: a wider type than the registers is split by the compiler, and where it runs
+// out of registers it falls back to scalar code).
+#if defined(__AVX512F__)
+typedef float Vec __attribute__((vector_size(64)));
+typedef int32_t VecInts __attribute__((vector_size(64)));
+constexpr int kTileRows = 12;              // LstmqDenseBest's tiles: 24 accumulators of 32 zmm registers
+#else
+typedef float Vec __attribute__((vector_size(32)));
+typedef int32_t VecInts __attribute__((vector_size(32)));
+constexpr int kTileRows = 6;               // 12 accumulators of 16 ymm registers
+#endif
+constexpr int kVecWidth = sizeof(Vec) / sizeof(float);
+constexpr int kLanes = 64;                 // lanes of pass 1: kVectors x kVecWidth
+constexpr int kVectors = kLanes / kVecWidth;   // independent accumulators
 
 // 2^n for a whole number n in [-126, 127], by building the float's exponent bits.
 inline float pow2(float n) { return __builtin_bit_cast(float, (static_cast<int32_t>(n) + 127) << 23); }
@@ -76,7 +85,7 @@ inline T pow2(T n) {   // of a vector of floats
   return (T)bits;
 }
 
-// exp(x) of a float or of Floats (Cephes' single-precision polynomial, about 1 ulp): exp(x) =
+// exp(x) of a float or of a Vec (Cephes' single-precision polynomial, about 1 ulp): exp(x) =
 // 2^n exp(r), r = x - n ln 2 in [-ln2/2, ln2/2]. Below -87 the result is 0 (as float32's exp
 // nearly is: at most 1.6e-38); above 88 it is exp(88) (the callers never pass more).
 template <typename T>
@@ -124,31 +133,30 @@ inline float sigmoid_float(float x) {
 // registers), each lane's largest and second largest entry and, with kExp, the sum of exp(logit)
 // (safe without subtracting the maximum when the caller knows every logit is bounded, see
 // `bounded`).
-constexpr int kVectors = 4;    // independent accumulators
 
 template <bool kExp>
 void stream_row(const float* row, int64_t width, float* first_out, float* second_out, float* sum_out) {
-  Floats first[kVectors], second[kVectors], sum[kVectors];
+  Vec first[kVectors], second[kVectors], sum[kVectors];
   for (int v = 0; v < kVectors; ++v) {
-    first[v] = second[v] = Floats{} - INFINITY;
-    sum[v] = Floats{};
+    first[v] = second[v] = Vec{} - INFINITY;
+    sum[v] = Vec{};
   }
-  const int64_t step = kVectors * kWidth, whole = width - width % step;
+  const int64_t step = kVectors * kVecWidth, whole = width - width % step;
   for (int64_t start = 0; start < whole; start += step) {
     for (int v = 0; v < kVectors; ++v) {
-      Floats x;
-      std::memcpy(&x, row + start + v * kWidth, sizeof x);
-      const Floats lower = x < first[v] ? x : first[v];
+      Vec x;
+      std::memcpy(&x, row + start + v * kVecWidth, sizeof x);
+      const Vec lower = x < first[v] ? x : first[v];
       second[v] = lower > second[v] ? lower : second[v];
       first[v] = x > first[v] ? x : first[v];
       if (kExp) sum[v] += exp_of(x);
     }
   }
   for (int v = 0; v < kVectors; ++v)
-    for (int k = 0; k < kWidth; ++k) {
-      first_out[v * kWidth + k] = first[v][k];
-      second_out[v * kWidth + k] = second[v][k];
-      sum_out[v * kWidth + k] = sum[v][k];
+    for (int k = 0; k < kVecWidth; ++k) {
+      first_out[v * kVecWidth + k] = first[v][k];
+      second_out[v * kVecWidth + k] = second[v][k];
+      sum_out[v * kVecWidth + k] = sum[v][k];
     }
   for (int64_t j = whole; j < width; ++j) {
     const int k = static_cast<int>(j - whole);
@@ -265,17 +273,6 @@ class BestWordOp : public OpKernel {
 // batch): a row's logits never depend on the rows beside it, as those of a BLAS matmul may (one
 // row and many rows take different kernels), which would make a row's samples and
 // log-probabilities depend on its batch.
-// The tile's vectors: the CPU's widest (16 floats with AVX-512, else 8), a panel two of them wide.
-#if defined(__AVX512F__)
-typedef float Vec __attribute__((vector_size(64)));
-typedef int32_t VecInts __attribute__((vector_size(64)));
-constexpr int kTileRows = 12;              // 24 accumulators of 32 zmm registers
-#else
-typedef float Vec __attribute__((vector_size(32)));
-typedef int32_t VecInts __attribute__((vector_size(32)));
-constexpr int kTileRows = 6;               // 12 accumulators of 16 ymm registers
-#endif
-constexpr int kVecWidth = sizeof(Vec) / sizeof(float);
 constexpr int kPanel = 2 * kVecWidth;      // words per packed panel
 constexpr int64_t kChunkPanels = 512 / kPanel;   // panels reused from L2 by a group's tiles (~300 kB at 150 units)
 
@@ -690,11 +687,8 @@ struct Largest {
       // the lanes' two largest logits: 2 kLanes distinct logits from one streaming pass
       float top2[2 * kLanes], unused[kLanes];
       stream_row<false>(row, columns, top2, top2 + kLanes, unused);
-      int32_t lane_ids[2 * kLanes], lane_ranks[2 * kLanes];
-      for (int32_t k = 0; k < 2 * kLanes; ++k) lane_ids[k] = k;
-      rank_small(top2, lane_ids, 2 * kLanes, lane_ranks);
-      for (int32_t k = 0; k < 2 * kLanes; ++k)
-        if (lane_ranks[k] == count - 1) bound = top2[k];
+      std::nth_element(top2, top2 + (count - 1), top2 + 2 * kLanes, std::greater<float>());
+      bound = top2[count - 1];
     } else if (count < blocks) {
       maxima.resize(blocks);
       for (int32_t b = 0; b < blocks; ++b) {
@@ -753,6 +747,30 @@ struct Largest {
   }
 };
 
+// sum_j exp((row[j] - top) * inverse) over the first `columns` entries (exp(row[j]) itself when
+// `natural`), in Vec lanes (the scalar loop's exp_of does not vectorize); with `out`, each term is
+// stored there too.
+inline float exp_terms(const float* row, int32_t columns, float top, float inverse, bool natural, float* out) {
+  Vec sums = Vec{};
+  const Vec shift = Vec{} + top, scale = Vec{} + inverse;
+  int32_t j = 0;
+  for (; j + kVecWidth <= columns; j += kVecWidth) {
+    Vec x;
+    std::memcpy(&x, row + j, sizeof x);
+    const Vec term = exp_of(natural ? x : (x - shift) * scale);
+    if (out != nullptr) std::memcpy(out + j, &term, sizeof term);
+    sums += term;
+  }
+  float sum = 0.0f;
+  for (int k = 0; k < kVecWidth; ++k) sum += sums[k];
+  for (; j < columns; ++j) {
+    const float term = exp_of(natural ? row[j] : (row[j] - top) * inverse);
+    if (out != nullptr) out[j] = term;
+    sum += term;
+  }
+  return sum;
+}
+
 struct Draw {
   const float* row;
   int32_t columns;
@@ -766,17 +784,17 @@ struct Draw {
     weights.assign(static_cast<size_t>(blocks) * kBlock, 0.0f);
     block_mass.assign(blocks, 0.0f);
     float* w = weights.data();
-    if (natural) {
-#pragma omp simd
-      for (int32_t j = 0; j < columns; ++j) w[j] = exp_of(row[j]);
-    } else {
-      const float t = top, inv = inverse;
-#pragma omp simd
-      for (int32_t j = 0; j < columns; ++j) w[j] = exp_of((row[j] - t) * inv);
-    }
-    for (int32_t b = 0; b < blocks; ++b) {
+    exp_terms(row, columns, top, inverse, natural, w);
+    static_assert(kBlock % kVecWidth == 0, "a block is whole vectors");
+    for (int32_t b = 0; b < blocks; ++b) {   // in vector lanes: a chain of scalar additions is slower
+      Vec lanes = Vec{};
+      for (int k = 0; k < kBlock; k += kVecWidth) {
+        Vec v;
+        std::memcpy(&v, w + b * kBlock + k, sizeof v);
+        lanes += v;
+      }
       float mass = 0.0f;
-      for (int k = 0; k < kBlock; ++k) mass += w[b * kBlock + k];
+      for (int k = 0; k < kVecWidth; ++k) mass += lanes[k];
       block_mass[b] = mass;
     }
     float total = 0.0f;
@@ -814,10 +832,7 @@ struct Draw {
     const bool nucleus = top_p < 1.0f;
     float mass = 1.0f;
     if (nucleus) {   // the whole vocabulary's mass at this temperature
-      mass = 0.0f;
-      const float t = top, inv = inverse;
-#pragma omp simd reduction(+ : mass)
-      for (int32_t j = 0; j < columns; ++j) mass += exp_of((row[j] - t) * inv);
+      mass = exp_terms(row, columns, top, inverse, false, nullptr);
     }
     int32_t count = top_k > 0 ? top_k : kNucleusCandidates;
     count = count < columns ? count : columns;
