@@ -352,7 +352,7 @@ inline void tile_panel(const float* const* h, const float* panel, int64_t units,
 }
 
 // Calls body(first_row, end_row) for groups of whole tiles of rows, on TensorFlow's CPU threads:
-// each thread takes the next group from a shared counter, about four groups per thread, so that
+// each thread takes the next group from a shared counter, about eight groups per thread, so that
 // a thread the operating system takes away for a moment (a worker's host thread on the same
 // cores) holds up one group, not a fixed share of the batch. At most `max_group_tiles` per group.
 template <typename Body>
@@ -360,7 +360,7 @@ void for_row_groups(OpKernelContext* context, int64_t rows, int64_t max_group_ti
   auto* threads = context->device()->tensorflow_cpu_worker_threads();
   const int64_t parallel = std::max(1, threads->num_threads);
   const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
-  const int64_t group_tiles = std::max<int64_t>(1, std::min<int64_t>(max_group_tiles, tiles / (4 * parallel)));
+  const int64_t group_tiles = std::max<int64_t>(1, std::min<int64_t>(max_group_tiles, tiles / (8 * parallel)));
   const int64_t groups = (tiles + group_tiles - 1) / group_tiles;
   std::atomic<int64_t> next{0};
   auto work = [&](int64_t, int64_t) {
