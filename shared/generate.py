@@ -240,22 +240,26 @@ class Decoder:
         rows = tf.shape(ids)[0]
         states = tuple((tf.zeros([rows, units]), tf.zeros([rows, units])) for units in self.units)
         for position in tf.range(tf.shape(ids)[1]):
+            if self.lstm_step is not None:   # the fused step keeps a padded row's state itself
+                states = self._cells(ids[:, position], states, masked=True)
+                continue
             stepped = self._cells(ids[:, position], states)
             keep = mask[:, position][:, None]
             states = tuple((tf.where(keep, h, h0), tf.where(keep, c, c0)) for (h, c), (h0, c0) in zip(stepped, states))
         return states
 
-    def _cells(self, token, states):
-        """One step of every LSTM layer, bottom first, on the chosen tokens."""
+    def _cells(self, token, states, masked=False):
+        """One step of every LSTM layer, bottom first, on the chosen tokens (with `masked`, the
+        fused step's rows whose token is padding keep their state)."""
         import tensorflow as tf
 
         new_states, x = [], None
         for number, ((table, kernel, recurrent, bias, activation, recurrent_activation), (h, c)) in enumerate(
                 zip(self.cells, states)):
-            if self.lstm_step is not None:   # the bottom layer's x W is a row of the table
+            if self.lstm_step is not None:   # the bottom layer's x W is its token's row of the table
                 packed_kernel, packed_recurrent = self.packed_cells[number]
-                h, c = self.lstm_step(x if table is None else tf.gather(table, token), h, c, packed_kernel,
-                                      packed_recurrent, bias, project=table is None)
+                h, c = self.lstm_step(x if table is None else table, token, h, c, packed_kernel, packed_recurrent, bias,
+                                      project=table is None, masked=masked)
             else:
                 projected = tf.matmul(x, kernel) if table is None else tf.gather(table, token)
                 z = projected + tf.matmul(h, recurrent) + bias   # Keras's order of additions

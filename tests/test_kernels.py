@@ -82,25 +82,38 @@ def test_lstm_step_matches_keras_formula(ops, project):
     c = rng.normal(0, 2, (rows, units)).astype(np.float32)
     recurrent = rng.normal(0, 0.5, (units, 4 * units)).astype(np.float32)
     bias = rng.normal(0, 1, 4 * units).astype(np.float32)
+    tokens = rng.integers(0, 11, rows).astype(np.int32)   # 0 is padding
     if project:
         x = np.tanh(rng.normal(0, 1, (rows, inputs))).astype(np.float32)
         kernel = rng.normal(0, 0.5, (inputs, 4 * units)).astype(np.float32)
         packed_kernel = pack_matrix(kernel, width)
+        table, rows_x = x, x
     else:
-        x = rng.normal(0, 3, (rows, 4 * units)).astype(np.float32)
+        table = rng.normal(0, 3, (11, 4 * units)).astype(np.float32)   # x W of each of 11 words
         kernel, packed_kernel = None, np.zeros((0, 0, width), np.float32)
-    step = lambda x, h, c: [t.numpy() for t in ops.lstmq_lstm_step(   # noqa: E731
-        x, h, c, packed_kernel, pack_matrix(recurrent, width), bias, project=project)]
-    h_new, c_new = step(x, h, c)
-    h_expected, c_expected = keras_lstm_step(x, kernel, h, recurrent, bias, c)
+        rows_x = table[tokens]
+    step = lambda x, tokens, h, c, masked=False: [t.numpy() for t in ops.lstmq_lstm_step(   # noqa: E731
+        x, tokens, h, c, packed_kernel, pack_matrix(recurrent, width), bias, project=project, masked=masked)]
+    h_new, c_new = step(table, tokens, h, c)
+    h_expected, c_expected = keras_lstm_step(rows_x, kernel, h, recurrent, bias, c)
     np.testing.assert_allclose(c_new, c_expected, atol=1e-5)
     np.testing.assert_allclose(h_new, h_expected, atol=1e-5)
     # a row's state does not depend on its batch, to the bit
     for subset in ([5], [0, 76], list(range(13))):
-        h_part, c_part = step(x[subset], h[subset], c[subset])
+        h_part, c_part = step(x[subset] if project else table, tokens[subset], h[subset], c[subset])
         assert np.array_equal(h_part, h_new[subset]) and np.array_equal(c_part, c_new[subset])
+    # masked: rows whose token is padding keep their state, the others step as before
+    h_masked, c_masked = step(table, tokens, h, c, masked=True)
+    padded = tokens == 0
+    assert padded.any() and (~padded).any()
+    assert np.array_equal(h_masked[padded], h[padded]) and np.array_equal(c_masked[padded], c[padded])
+    assert np.array_equal(h_masked[~padded], h_new[~padded]) and np.array_equal(c_masked[~padded], c_new[~padded])
     with pytest.raises(tf.errors.InvalidArgumentError):
-        ops.lstmq_lstm_step(x, h[:, :10], c, packed_kernel, pack_matrix(recurrent, width), bias, project=project)
+        ops.lstmq_lstm_step(table, tokens, h[:, :10], c, packed_kernel, pack_matrix(recurrent, width), bias,
+                            project=project)
+    if not project:   # a token past the table is refused, not read
+        with pytest.raises(tf.errors.InvalidArgumentError, match="outside the table"):
+            step(table, np.full(rows, 11, np.int32), h, c)
 
 
 def test_dense_best_matches_the_logits(ops):

@@ -187,9 +187,10 @@ def pack_panels(kernel, bias, special: int, width: int):
 
 
 def native_ops(mode: str = "auto") -> Any:
-    """The loaded module (ops lstmq_best_word and lstmq_lstm_cell) for a CPU decoder, or None
-    when the kernels are off or (mode `auto`) cannot be built. `mode`: the native_kernels setting,
-    auto | on | off; `on` raises KernelUnavailable instead of falling back."""
+    """The loaded module (ops lstmq_best_word, lstmq_dense_best, lstmq_lstm_step, lstmq_sample,
+    lstmq_panel_width) for a CPU decoder, or None when the kernels are off or (mode `auto`) cannot
+    be built. `mode`: the native_kernels setting, auto | on | off; `on` raises KernelUnavailable
+    instead of falling back."""
     if mode == "off":
         return None
     try:

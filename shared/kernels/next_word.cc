@@ -46,6 +46,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -519,34 +520,48 @@ REGISTER_KERNEL_BUILDER(Name("LstmqDenseBest").Device(::tensorflow::DEVICE_CPU),
 // h' = sigmoid(o) tanh(c'). h U (and, with `project`, x W) are computed by the tile code above
 // from packed panels (shared/kernels.pack_matrix: [panels, rows of U, width], columns padded to
 // whole panels), so that a row's state never depends on the rest of the batch; without `project`
-// the input is x W itself (the bottom layer's row of the embedding table). The gates are done in
-// one pass per row while its z is in cache, instead of a dozen elementwise TensorFlow ops.
+// the input is the bottom layer's table of x W for every word, [vocabulary, 4 units], and each
+// row takes the row of its token. With `masked`, a row whose token is 0 (padding, in a prompt
+// shorter than the longest) keeps its state. The gather, the gates and the masking are done in
+// one pass per row while its z is in cache, instead of a dozen TensorFlow ops.
 class LstmStepOp : public OpKernel {
  public:
   explicit LstmStepOp(OpKernelConstruction* context) : OpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("project", &project_));
+    OP_REQUIRES_OK(context, context->GetAttr("masked", &masked_));
   }
 
   void Compute(OpKernelContext* context) override {
-    const Tensor &input = context->input(0), &h = context->input(1), &c = context->input(2),
-                 &kernel = context->input(3), &recurrent = context->input(4), &bias = context->input(5);
+    const Tensor &input = context->input(0), &tokens = context->input(1), &h = context->input(2),
+                 &c = context->input(3), &kernel = context->input(4), &recurrent = context->input(5),
+                 &bias = context->input(6);
     OP_REQUIRES(context, input.dims() == 2 && h.dims() == 2 && c.dims() == 2 && recurrent.dims() == 3 &&
-                             kernel.dims() == 3 && bias.dims() == 1,
-                absl::InvalidArgumentError("LstmqLstmStep: input, h, c are matrices, kernel and recurrent packed "
-                                           "panels, bias a vector"));
+                             kernel.dims() == 3 && bias.dims() == 1 && tokens.dims() == 1,
+                absl::InvalidArgumentError("LstmqLstmStep: input, h, c are matrices, tokens a vector, kernel and "
+                                           "recurrent packed panels, bias a vector"));
     const int64_t rows = h.dim_size(0), units = h.dim_size(1), gates = 4 * units;
     const int64_t count = recurrent.dim_size(0), width = count * kPanel;
     const int64_t inputs = project_ ? input.dim_size(1) : 0;
     OP_REQUIRES(context,
-                c.dim_size(0) == rows && c.dim_size(1) == units && input.dim_size(0) == rows &&
+                c.dim_size(0) == rows && c.dim_size(1) == units && tokens.dim_size(0) == rows &&
+                    (!project_ || input.dim_size(0) == rows) &&
                     bias.dim_size(0) == gates && recurrent.dim_size(1) == units && recurrent.dim_size(2) == kPanel &&
                     width >= gates && width < gates + kPanel &&
                     (project_ ? kernel.dim_size(0) == count && kernel.dim_size(1) == inputs &&
                                     kernel.dim_size(2) == kPanel
                               : input.dim_size(1) == gates),
-                absl::InvalidArgumentError("LstmqLstmStep: shapes must be input [rows, 4 units] (or [rows, inputs] "
-                                           "with project), h and c [rows, units], kernel [panels, inputs, width], "
-                                           "recurrent [panels, units, width], bias [4 units]"));
+                absl::InvalidArgumentError("LstmqLstmStep: shapes must be input [vocabulary, 4 units] (or [rows, "
+                                           "inputs] with project), tokens [rows], h and c [rows, units], kernel "
+                                           "[panels, inputs, width], recurrent [panels, units, width], bias "
+                                           "[4 units]"));
+    const int32_t* token = tokens.flat<int32_t>().data();
+    if (!project_) {
+      const int64_t vocabulary = input.dim_size(0);
+      for (int64_t row = 0; row < rows; ++row)
+        OP_REQUIRES(context, token[row] >= 0 && token[row] < vocabulary,
+                    absl::InvalidArgumentError(absl::StrCat("LstmqLstmStep: token ", token[row], " of row ", row,
+                                                            " is outside the table's ", vocabulary, " rows")));
+    }
     Tensor *h_out, *c_out;
     OP_REQUIRES_OK(context, context->allocate_output(0, h.shape(), &h_out));
     OP_REQUIRES_OK(context, context->allocate_output(1, c.shape(), &c_out));
@@ -555,7 +570,7 @@ class LstmStepOp : public OpKernel {
                 *w = project_ ? kernel.flat<float>().data() : nullptr, *u = recurrent.flat<float>().data(),
                 *b = bias.flat<float>().data();
     float *h_new = h_out->flat<float>().data(), *c_new = c_out->flat<float>().data();
-    const bool project = project_;
+    const bool project = project_, masked = masked_;
     for_row_groups(context, rows, /*max_group_tiles=*/4, [&](int64_t first_row, int64_t end_row) {
       std::vector<float> z(kTileRows * width);
       for (int64_t tile_row = first_row; tile_row < end_row; tile_row += kTileRows) {
@@ -578,12 +593,17 @@ class LstmStepOp : public OpKernel {
         const int64_t valid = std::min<int64_t>(kTileRows, end_row - tile_row);
         for (int64_t r = 0; r < valid; ++r) {
           const int64_t row = tile_row + r;
+          if (masked && token[row] == 0) {   // padding: the state stays
+            std::memcpy(h_new + row * units, h_data + row * units, units * sizeof(float));
+            std::memcpy(c_new + row * units, c_data + row * units, units * sizeof(float));
+            continue;
+          }
           float* zr = &z[r * width];
           if (project) {
 #pragma omp simd
             for (int64_t k = 0; k < gates; ++k) zr[k] += b[k];
           } else {   // (x W + h U) + b
-            const float* xr = x + row * gates;
+            const float* xr = x + static_cast<int64_t>(token[row]) * gates;
 #pragma omp simd
             for (int64_t k = 0; k < gates; ++k) zr[k] = (xr[k] + zr[k]) + b[k];
           }
@@ -605,11 +625,12 @@ class LstmStepOp : public OpKernel {
   }
 
  private:
-  bool project_;
+  bool project_, masked_;
 };
 
 REGISTER_OP("LstmqLstmStep")
     .Input("input: float")
+    .Input("tokens: int32")
     .Input("h: float")
     .Input("c: float")
     .Input("kernel: float")
@@ -618,9 +639,10 @@ REGISTER_OP("LstmqLstmStep")
     .Output("h_out: float")
     .Output("c_out: float")
     .Attr("project: bool = false")
+    .Attr("masked: bool = false")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->input(1));
-      c->set_output(1, c->input(1));
+      c->set_output(0, c->input(2));
+      c->set_output(1, c->input(2));
       return absl::OkStatus();
     });
 
