@@ -169,6 +169,29 @@ void stream_row(const float* row, int64_t width, float* first_out, float* second
   }
 }
 
+// The row's maximum and runner-up from the lanes' largest and second largest entries (the row's
+// two largest are among them), and whether the runner-up is a near tie: within
+// `tolerance * (1 + |maximum|)` of the maximum (LstmqBestWord's `near`).
+struct TopTwo {
+  float maximum = -INFINITY, runner_up = -INFINITY;
+  bool near(float tolerance) const { return runner_up >= maximum - tolerance * (1.0f + std::fabs(maximum)); }
+};
+
+inline TopTwo top_two(const float* first, const float* second, int lanes) {
+  TopTwo top;
+  for (int k = 0; k < lanes; ++k) {
+    for (const float x : {first[k], second[k]}) {
+      if (x > top.maximum) {
+        top.runner_up = top.maximum;
+        top.maximum = x;
+      } else if (x > top.runner_up) {
+        top.runner_up = x;
+      }
+    }
+  }
+  return top;
+}
+
 void best_word(const float* row, int64_t width, float tolerance, bool scored, bool bounded,
                int32_t* best, float* top, bool* near, float* sumexp) {
   float first[kLanes], second[kLanes], lanes_sum[kLanes];
@@ -177,18 +200,8 @@ void best_word(const float* row, int64_t width, float tolerance, bool scored, bo
   } else {
     stream_row<false>(row, width, first, second, lanes_sum);
   }
-  // the two largest entries of the row: the two largest of the lanes' two largest
-  float maximum = -INFINITY, runner_up = -INFINITY;
-  for (int k = 0; k < kLanes; ++k) {
-    for (const float x : {first[k], second[k]}) {
-      if (x > maximum) {
-        runner_up = maximum;
-        maximum = x;
-      } else if (x > runner_up) {
-        runner_up = x;
-      }
-    }
-  }
+  const TopTwo row_top = top_two(first, second, kLanes);
+  const float maximum = row_top.maximum;
   // the first index holding the maximum: entry j went to lane j % kLanes, so only the lanes whose
   // largest entry is the maximum (one, unless there is a tie) are searched, in the cached row
   int64_t index = width;
@@ -210,7 +223,7 @@ void best_word(const float* row, int64_t width, float tolerance, bool scored, bo
   }
   *best = static_cast<int32_t>(index);
   *top = maximum;
-  *near = runner_up >= maximum - tolerance * (1.0f + std::fabs(maximum));
+  *near = row_top.near(tolerance);
   *sumexp = sum;
 }
 
@@ -463,24 +476,18 @@ class DenseBestOp : public OpKernel {
       }
       for (int64_t row = first_row; row < end_row; ++row) {
         const LaneState& state = states[row - first_row];
-        float maximum = -INFINITY, runner_up = -INFINITY, sum = 0.0f;
-        for (int k = 0; k < kVecWidth; ++k) {
-          for (const float x : {state.first[k], state.second[k]}) {
-            if (x > maximum) {
-              runner_up = maximum;
-              maximum = x;
-            } else if (x > runner_up) {
-              runner_up = x;
-            }
-          }
-          sum += state.sum[k];
-        }
+        float first[kVecWidth], second[kVecWidth], sum = 0.0f;
+        std::memcpy(first, &state.first, sizeof first);
+        std::memcpy(second, &state.second, sizeof second);
+        const TopTwo row_top = top_two(first, second, kVecWidth);
+        const float maximum = row_top.maximum;
+        for (int k = 0; k < kVecWidth; ++k) sum += state.sum[k];
         int32_t index = real;
         for (int k = 0; k < kVecWidth; ++k)
           if (state.first[k] == maximum && state.index[k] < index) index = state.index[k];
         best_data[row] = index < real ? index : 0;   // 0 for a row of NaN
         top_data[row] = maximum;
-        near_data[row] = runner_up >= maximum - tolerance * (1.0f + std::fabs(maximum));
+        near_data[row] = row_top.near(tolerance);
         sumexp_data[row] = scored ? sum : 0.0f;
       }
     });
