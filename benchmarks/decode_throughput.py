@@ -127,6 +127,9 @@ def main() -> None:
     from lstmq.shared.generate import Decoder, Request, reference_greedy
     from lstmq.shared.model import build_models
     from lstmq.shared.text import Vocabulary
+    from lstmq.worker.runtime import configure_threads
+
+    configure_threads(tf, load_settings())   # TensorFlow's threads as a worker sets them (tf_threads, tf_inter_op_threads)
 
     path = devstack.corpus_path()
     text = path.read_text(encoding="utf-8")

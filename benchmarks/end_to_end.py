@@ -215,7 +215,13 @@ def main() -> int:
     arguments = parse_arguments()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from lstmq.shared.config import load_settings
     from lstmq.shared.devstack import LocalStack
+    from lstmq.worker.runtime import configure_threads
+
+    configure_threads(tf, load_settings())   # the in-process baselines: TensorFlow's threads as the worker sets them
 
     corpus = devstack.corpus_path()
     text = corpus.read_text(encoding="utf-8")

@@ -79,6 +79,7 @@ SCHEMA: dict[str, Field] = {
     "decode_batch_size": Field(int, 1, 1_000_000),
     "decode_batch_size_gpu": Field(int, 1, 1_000_000),
     "tf_threads": Field(int, 1, 1024, nullable=True),
+    "tf_inter_op_threads": Field(int, 1, 1024, nullable=True),
     "native_kernels": Field(str, choices=("auto", "on", "off")),
     "metrics_port": Field(int, 1, 65535, nullable=True),
 }

@@ -50,3 +50,28 @@ def test_what_the_launcher_puts_in_a_workers_environment_is_no_setting_error(mon
         for _, env in commands(gpus=gpus, workers=workers):
             settings = load_settings(environ={key: value for key, value in env.items() if key.startswith("LSTMQ_")})
             assert settings.tf_threads == (int(env["LSTMQ_TF_THREADS"]) if "LSTMQ_TF_THREADS" in env else None)
+
+
+def run_configure_threads(environ):
+    """TensorFlow's (inter-op, intra-op) thread counts after configure_threads in a fresh process
+    (they can be set only before TensorFlow starts); 0 is TensorFlow's own choice."""
+    import subprocess
+    import sys
+
+    code = ("import tensorflow as tf\n"
+            "from lstmq.shared.config import load_settings\n"
+            "from lstmq.worker.runtime import configure_threads\n"
+            "gpus = configure_threads(tf, load_settings())\n"
+            "print(len(gpus), tf.config.threading.get_inter_op_parallelism_threads(),"
+            " tf.config.threading.get_intra_op_parallelism_threads())\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LSTMQ_")}
+    env.update(environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return tuple(int(value) for value in result.stdout.split()[-3:])
+
+
+def test_a_cpu_worker_runs_one_inter_op_thread_unless_told_otherwise():
+    assert run_configure_threads({}) == (0, 1, 0)   # no GPU; 1 inter-op thread; every core inside ops
+    assert run_configure_threads({"LSTMQ_TF_THREADS": "2"}) == (0, 1, 2)
+    assert run_configure_threads({"LSTMQ_TF_THREADS": "2", "LSTMQ_TF_INTER_OP_THREADS": "3"}) == (0, 3, 2)

@@ -181,16 +181,30 @@ def describe() -> str:
     return f"worker {STATE.name} device {STATE.device}: "
 
 
+def configure_threads(tf, settings: Settings) -> list:
+    """Apply the tf_threads and tf_inter_op_threads settings, before TensorFlow runs anything
+    (listing the physical devices does not start it); returns the GPUs. Intra-op threads (inside
+    one op): tf_threads, else TensorFlow's choice (every core). Inter-op threads (ops run side by
+    side): tf_inter_op_threads; unset, 1 on a CPU worker (a decoding step is a chain of ops, each
+    parallel inside: more threads only take turns on the same cores), and tf_threads or
+    TensorFlow's choice on a GPU worker."""
+    gpus = tf.config.list_physical_devices("GPU")
+    intra = settings.tf_threads
+    inter = settings.tf_inter_op_threads or (intra if gpus else 1)
+    if intra:   # several workers on one machine share its cores
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return gpus
+
+
 def init_process() -> None:
     """Set up the device and the store in the process that runs tasks."""
     import tensorflow as tf
 
     settings = ensure_settings()
     threads = settings.tf_threads
-    if threads:   # before TensorFlow runs anything; several workers on one machine share its cores
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus = configure_threads(tf, settings)
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")
@@ -200,7 +214,9 @@ def init_process() -> None:
     else:
         detail = f"CPU only, CUDA_VISIBLE_DEVICES={visible}"
     rows = settings.decode_batch_size_gpu if gpus else settings.decode_batch_size
+    inter = tf.config.threading.get_inter_op_parallelism_threads()
     detail += (f", {threads} TensorFlow thread(s)" if threads else ", TensorFlow's own thread count") + \
+        (f" ({inter} inter-op)" if inter else "") + \
         f", decoding {rows} rows per call"
     STATE.store = Store.from_settings(settings)
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, rows, settings.native_kernels)
