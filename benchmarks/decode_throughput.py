@@ -5,9 +5,13 @@ context for every word). lstmq's Decoder reads each prompt once, then carries th
 emits one word for every row of a batch per step inside one compiled tf.function.
 
 Both run in this process on the same network (the seed's size: the vocabulary of the whole corpus,
-about 8,201 ids, Embedding(100) -> LSTM(150) -> Dense(vocab)) with random, untrained weights:
-throughput does not depend on what the weights are. The result is a RATIO measured in one run, on
-whatever machine runs it; wall times are printed for reading, never checked.
+about 8,201 ids, Embedding(100) -> LSTM(150) -> Dense(vocab)), trained first for --trained-epochs
+(1) with lstmq's own training (about 11 s an epoch on 2 cores): the weights matter to the decoder's
+speed. Untrained (--trained-epochs 0) the logits lie so close together that in about 60% of the
+steps at 256 rows some row's two best words are within float32 rounding of each other, and the
+decoder recomputes that row the model's own way (a matmul over the whole vocabulary); a model
+trained for two epochs had no such row in 30,720 (rows x steps). The result is a RATIO measured in
+one run, on whatever machine runs it; wall times are printed for reading, never checked.
 
     python benchmarks/decode_throughput.py [--prompts 256] [--words 7] [--batch-sizes 1,32,256,1024]
                                            [--baseline-prompts 8] [--repeats 5] [--sampling]
@@ -69,21 +73,47 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--mixed", action="store_true",
                         help="also time mixed lengths (1..59 words) against a uniform 30 words, same prompts")
     parser.add_argument("--mixed-batch-size", type=int, default=1024, help="decoder batch size for --mixed (default 1024)")
+    parser.add_argument("--trained-epochs", type=int, default=1,
+                        help="train the network this many epochs on the corpus first (default 1; 0: random weights)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run (well under a minute on 2 cores) that prints every table")
+                        help="a smoke run (well under a minute on 2 cores, random weights) that prints every table")
     arguments = parser.parse_args()
     if arguments.quick:
         arguments.prompts, arguments.baseline_prompts, arguments.repeats = 64, 2, 2
         arguments.batch_sizes, arguments.bound_batch_sizes = "1,64", "256"
         arguments.bound_words, arguments.sampling, arguments.mixed, arguments.mixed_batch_size = 8, True, True, 128
+        arguments.trained_epochs = 0
     arguments.batch_sizes = [int(size) for size in str(arguments.batch_sizes).split(",") if size.strip()]
     arguments.bound_batch_sizes = [int(size) for size in str(arguments.bound_batch_sizes).split(",") if size.strip()]
+    if arguments.trained_epochs < 0:
+        parser.error("--trained-epochs must be >= 0")
     for name in ("prompts", "words", "baseline_prompts", "repeats", "bound_words", "mixed_batch_size"):
         if getattr(arguments, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not arguments.batch_sizes or min(arguments.batch_sizes) < 1:
         parser.error("--batch-sizes must be positive integers")
     return arguments
+
+
+def trained_model(text: str, epochs: int):
+    """(vocabulary, inference model, description) of the seed's network trained `epochs` epochs
+    on `text` with lstmq's training and its default settings."""
+    import hashlib
+
+    from lstmq.shared.config import load_settings
+    from lstmq.shared.model import load_keras_bytes, read_artifact
+    from lstmq.shared.text import Vocabulary
+    from lstmq.shared.train import train
+
+    params = load_settings(environ={}).model_params().replace(
+        embedding_dim=EMBEDDING_DIM, lstm_units=LSTM_UNITS, lstm_layers=1, max_vocab=0, epochs=epochs,
+        early_stopping_patience=0, shuffle_seed=RANDOM_SEED)
+    started = time.perf_counter()
+    result = train(text, params, hashlib.sha256(text.encode("utf-8")).hexdigest(), samples_each_epoch=False)
+    model_bytes, tokens, _ = read_artifact(result.artifact)
+    seconds = time.perf_counter() - started
+    return (Vocabulary(tokens), load_keras_bytes(model_bytes),
+            f"trained {epochs} epoch(s) in {seconds:.0f} s (validation perplexity {result.metrics['val_perplexity']:.0f})")
 
 
 def choose_prompts(text: str, vocabulary, count: int) -> list[list[int]]:
@@ -133,14 +163,19 @@ def main() -> None:
 
     path = devstack.corpus_path()
     text = path.read_text(encoding="utf-8")
-    vocabulary = Vocabulary.from_text(text)
+    if arguments.trained_epochs:
+        vocabulary, inference_model, weights = trained_model(text, arguments.trained_epochs)
+    else:
+        vocabulary = Vocabulary.from_text(text)
+        keras.utils.set_random_seed(RANDOM_SEED)
+        _, inference_model = build_models(len(vocabulary), EMBEDDING_DIM, LSTM_UNITS)
+        weights = "random weights"
     keras.utils.set_random_seed(RANDOM_SEED)
-    _, inference_model = build_models(len(vocabulary), EMBEDDING_DIM, LSTM_UNITS)
     prompts = choose_prompts(text, vocabulary, arguments.prompts)
     baseline_prompts = prompts[: arguments.baseline_prompts]
     words = arguments.words
     print(f"corpus {path} ({len(text):,} characters), vocabulary {len(vocabulary):,} ids, "
-          f"network Embedding({EMBEDDING_DIM}) -> LSTM({LSTM_UNITS}) -> Dense({len(vocabulary)}), random weights")
+          f"network Embedding({EMBEDDING_DIM}) -> LSTM({LSTM_UNITS}) -> Dense({len(vocabulary)}), {weights}")
     print(f"{len(prompts)} prompts of {PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words, {words} words each; "
           f"seed baselines on the first {len(baseline_prompts)}; fastest of {arguments.repeats} timings; "
           f"TensorFlow {tf.__version__} on {platform.machine()}, {os.cpu_count()} CPUs", flush=True)
@@ -208,7 +243,7 @@ def main() -> None:
         print_mixed_table(mixed_rows)
     print(json.dumps({
         "benchmark": "decode_throughput", "prompts": len(prompts), "words": words,
-        "baseline_prompts": len(baseline_prompts), "vocabulary": len(vocabulary),
+        "baseline_prompts": len(baseline_prompts), "vocabulary": len(vocabulary), "weights": weights,
         "seed_loop_words_per_second": round(seed_loop_rate, 1),
         "seed_predict_words_per_second": round(predict_rate, 1) if predict_rate else None,
         "decoder": rows, "bound": bound_rows, "mixed": mixed_rows,
