@@ -230,8 +230,8 @@ class Decoder:
         position leaves a row's state as it was (the model's masking)."""
         import tensorflow as tf
 
-        mask = tf.not_equal(ids, PAD_ID)
         if not self.on_cpu:
+            mask = tf.not_equal(ids, PAD_ID)
             sequence, states = self.embedding(ids), []
             for lstm in self.lstms:
                 sequence, h, c = lstm(sequence, mask=mask)
@@ -240,32 +240,30 @@ class Decoder:
         rows = tf.shape(ids)[0]
         states = tuple((tf.zeros([rows, units]), tf.zeros([rows, units])) for units in self.units)
         for position in tf.range(tf.shape(ids)[1]):
-            if self.lstm_step is not None:   # the fused step keeps a padded row's state itself
-                states = self._cells(ids[:, position], states, masked=True)
-                continue
-            stepped = self._cells(ids[:, position], states)
-            keep = mask[:, position][:, None]
-            states = tuple((tf.where(keep, h, h0), tf.where(keep, c, c0)) for (h, c), (h0, c0) in zip(stepped, states))
+            states = self._cells(ids[:, position], states, masked=True)
         return states
 
     def _cells(self, token, states, masked=False):
-        """One step of every LSTM layer, bottom first, on the chosen tokens (with `masked`, the
-        fused step's rows whose token is padding keep their state)."""
+        """One step of every LSTM layer, bottom first, on the chosen tokens (with `masked`, rows
+        whose token is padding keep their state: the model's masking, for the prefill)."""
         import tensorflow as tf
 
         new_states, x = [], None
-        for number, ((table, kernel, recurrent, bias, activation, recurrent_activation), (h, c)) in enumerate(
+        keep = tf.not_equal(token, PAD_ID)[:, None] if masked and self.lstm_step is None else None
+        for number, ((table, kernel, recurrent, bias, activation, recurrent_activation), (h0, c0)) in enumerate(
                 zip(self.cells, states)):
             if self.lstm_step is not None:   # the bottom layer's x W is its token's row of the table
                 packed_kernel, packed_recurrent = self.packed_cells[number]
-                h, c = self.lstm_step(x if table is None else table, token, h, c, packed_kernel, packed_recurrent, bias,
-                                      project=table is None, masked=masked)
+                h, c = self.lstm_step(x if table is None else table, token, h0, c0, packed_kernel, packed_recurrent,
+                                      bias, project=table is None, masked=masked)
             else:
                 projected = tf.matmul(x, kernel) if table is None else tf.gather(table, token)
-                z = projected + tf.matmul(h, recurrent) + bias   # Keras's order of additions
+                z = projected + tf.matmul(h0, recurrent) + bias   # Keras's order of additions
                 z_i, z_f, z_c, z_o = tf.split(z, 4, axis=1)
-                c = recurrent_activation(z_f) * c + recurrent_activation(z_i) * activation(z_c)
+                c = recurrent_activation(z_f) * c0 + recurrent_activation(z_i) * activation(z_c)
                 h = recurrent_activation(z_o) * activation(c)
+                if keep is not None:   # (the fused step keeps a padded row's state itself)
+                    h, c = tf.where(keep, h, h0), tf.where(keep, c, c0)
             new_states.append((h, c))
             x = h
         return tuple(new_states)
