@@ -179,7 +179,7 @@ class Decoder:
                    and getattr(top.cell.recurrent_activation, "__name__", "") in ("sigmoid", "hard_sigmoid"))
         self.plain_logsumexp = bool(bounded and (np.abs(kernel).sum(0) + np.abs(bias)).max() < _PLAIN_LOGSUMEXP_BOUND)
         # The fused kernel runs on the CPU only: where a GPU decodes, TensorFlow's ops stay on it.
-        self.best_word = self.lstm_step = self.sample = self.dense_best = None
+        self.best_word = self.lstm_step = self.sample = self.dense_best = self.dense_sample = None
         if self.on_cpu:
             from lstmq.shared.kernels import native_ops, pack_matrix, pack_panels
             ops = native_ops(native)
@@ -187,9 +187,9 @@ class Decoder:
                 width = int(ops.lstmq_panel_width())
                 self.best_word, self.sample = ops.lstmq_best_word, ops.lstmq_sample
                 if self.plain_logsumexp:
-                    # the logits reduced in registers as they are computed (LstmqDenseBest); written
-                    # out as well in a step with sampling rows
-                    self.dense_best = ops.lstmq_dense_best
+                    # the logits reduced in registers as they are computed (LstmqDenseBest); in a
+                    # step with sampling rows, the draws made from them in the same op (LstmqDenseSample)
+                    self.dense_best, self.dense_sample = ops.lstmq_dense_best, ops.lstmq_dense_sample
                     self.panels = tf.constant(pack_panels(kernel, bias, special, width))
                 # the fused step computes Keras's default activations only
                 standard = all(getattr(activation, "__name__", "") == "tanh" and getattr(recurrent, "__name__", "") == "sigmoid"
@@ -335,21 +335,25 @@ class Decoder:
 
     def _fused_words(self, h, temperature, top_k, top_p, base, position, scored, sampling):
         """_words_from_logits with LstmqDenseBest: the logits are reduced in registers as they are
-        computed; a step with sampling rows also has them written out for LstmqSample. A greedy
+        computed; in a step with sampling rows LstmqDenseSample also draws their words. A greedy
         row gets the same numbers either way: its word's logit is the row maximum (a near-tie row
         recomputed the model's way may take another word within float32 rounding of it, 1e-6
         relative), its normalizer the op's sum of exp(logit)."""
         import tensorflow as tf
 
-        greedy, top, near, sumexp, logits = self.dense_best(h, self.panels, real=self.real_words, scored=scored,
-                                                            tolerance=_TIE_TOLERANCE, keep_logits=sampling)
-        if tf.reduce_any(near):
-            greedy = self._softmax_argmax(h, greedy, near)
-        chosen, choice = top, greedy
-        if sampling:
-            choice = self.sample(logits, top, temperature, top_k, top_p, self._uniforms(base, position), greedy,
-                                 columns=self.real_words, bounded=True)
-            chosen = tf.where(temperature > 0, tf.gather(logits, choice[:, None], batch_dims=1)[:, 0], top)
+        if sampling:   # the draw inside the op, from each row's logits while they are in cache
+            greedy, top, near, sumexp, _, choice, chosen = self.dense_sample(
+                h, self.panels, temperature, top_k, top_p, base, position, real=self.real_words, scored=scored,
+                tolerance=_TIE_TOLERANCE)
+            if tf.reduce_any(near):
+                greedy = self._softmax_argmax(h, greedy, near)
+                choice = tf.where(temperature > 0, choice, greedy)
+        else:
+            greedy, top, near, sumexp, _ = self.dense_best(h, self.panels, real=self.real_words, scored=scored,
+                                                           tolerance=_TIE_TOLERANCE)
+            if tf.reduce_any(near):
+                greedy = self._softmax_argmax(h, greedy, near)
+            chosen, choice = top, greedy
         logprob = chosen - tf.math.log(sumexp) if scored else tf.zeros_like(top)
         return choice + self.special, logprob
 

@@ -154,6 +154,47 @@ def test_dense_best_matches_the_logits(ops):
         ops.lstmq_dense_best(h[:, :10], panels, real=real)
 
 
+def test_dense_sample_draws_as_lstmq_sample(ops):
+    """LstmqDenseSample: its greedy outputs are LstmqDenseBest's; a sampling row's word is
+    LstmqSample's draw on the same logits with the row's uniform from shared.generate's stream
+    (row_uniforms: the numbers of the TensorFlow path), its `chosen` that word's logit; a greedy
+    row keeps `best` and `top`; a row's draw never depends on its batch."""
+    from lstmq.shared.generate import row_uniforms, stream_bases
+    from lstmq.shared.kernels import pack_panels
+
+    rng = np.random.default_rng(5)
+    rows, units, vocabulary, special = 61, 40, 1503, 4
+    width = int(ops.lstmq_panel_width())
+    kernel = rng.normal(0, 0.3, (units, vocabulary)).astype(np.float32)
+    bias = rng.normal(0, 0.5, vocabulary).astype(np.float32)
+    h = np.tanh(rng.normal(0, 1, (rows, units))).astype(np.float32)
+    panels = pack_panels(kernel, bias, special, width)
+    real = vocabulary - special
+    temperature = rng.choice([0.0, 0.5, 1.0, 1.7], rows).astype(np.float32)
+    top_k = rng.choice([0, 0, 1, 3, 10, 40, 100], rows).astype(np.int32)
+    top_p = rng.choice([1.0, 1.0, 0.9, 0.5, 0.05], rows).astype(np.float32)
+    base = stream_bases(np.full(rows, 11), np.arange(rows), np.zeros(rows, np.int64))
+    position = rng.integers(0, 30, rows).astype(np.int32)
+    outputs = [t.numpy() for t in ops.lstmq_dense_sample(h, panels, temperature, top_k, top_p, base, position,
+                                                           real=real, keep_logits=True)]
+    best, top, near, sumexp, logits, choice, chosen = outputs
+    for mine, theirs in zip(outputs[:5], ops.lstmq_dense_best(h, panels, real=real, keep_logits=True)):
+        assert np.array_equal(mine, theirs.numpy())
+    uniform = np.array([row_uniforms(11, row, 0, position[row] + 1)[-1] for row in range(rows)], np.float32)
+    expected = ops.lstmq_sample(logits, top, temperature, top_k, top_p, uniform, best, columns=real, bounded=True).numpy()
+    assert np.array_equal(choice, expected)
+    assert np.array_equal(chosen, logits[np.arange(rows), choice])
+    greedy = temperature == 0
+    assert greedy.any() and (~greedy).any() and (choice[~greedy] != best[~greedy]).any()
+    assert np.array_equal(choice[greedy], best[greedy]) and np.array_equal(chosen[greedy], top[greedy])
+    for subset in ([3], [0, 60], list(range(13, 40))):
+        part = [t.numpy() for t in ops.lstmq_dense_sample(h[subset], panels, temperature[subset], top_k[subset],
+                                                            top_p[subset], base[subset], position[subset], real=real)]
+        assert np.array_equal(part[5], choice[subset]) and np.array_equal(part[6], chosen[subset])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="vector of rows"):
+        ops.lstmq_dense_sample(h, panels, temperature[:-1], top_k, top_p, base, position, real=real)
+
+
 def test_decoder_with_and_without_kernels(tiny_model):
     """The same greedy words and log-probabilities within float32 rounding, for prompts of
     mixed lengths and words."""

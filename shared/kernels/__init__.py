@@ -187,7 +187,7 @@ def pack_panels(kernel, bias, special: int, width: int):
 
 
 def native_ops(mode: str = "auto") -> Any:
-    """The loaded module (ops lstmq_best_word, lstmq_dense_best, lstmq_lstm_step, lstmq_sample,
+    """The loaded module (ops lstmq_best_word, lstmq_dense_best, lstmq_dense_sample, lstmq_lstm_step, lstmq_sample,
     lstmq_panel_width) for a CPU decoder, or None when the kernels are off or (mode `auto`) cannot
     be built. `mode`: the native_kernels setting, auto | on | off; `on` raises KernelUnavailable
     instead of falling back."""

@@ -17,6 +17,9 @@
 // LstmqDenseBest: LstmqBestWord's outputs straight from the top layer's h and the packed output
 // layer, the logits reduced in registers as they are computed, never written out (see below).
 //
+// LstmqDenseSample: LstmqDenseBest and LstmqSample's draw in one op, each row's uniform hashed in
+// the op (see below).
+//
 // LstmqLstmStep: one step of an LSTM layer, its matmuls included (see below).
 //
 // LstmqSample: the sampled word of every row with temperature > 0 (the others keep `greedy`),
@@ -391,9 +394,23 @@ inline void tile_rows(const float* data, int64_t width, int64_t rows, int64_t ti
   for (int r = 0; r < kTileRows; ++r) out[r] = data + std::min(tile_row + r, rows - 1) * width;
 }
 
+// LstmqDenseSample's per-row inputs and outputs (see sample_rows, after LstmqSample's code).
+struct SampleRows {
+  const float *temperature, *top_p;
+  const int32_t *top_k, *position;
+  const uint64_t* base;
+  int32_t* choice;
+  float* chosen;
+};
+
+// The choice and its logit of rows first_row .. end_row - 1, whose logits (real words first) are
+// at logits + (row - first_row) * stride: a sampling row's draw, a greedy row's `best` and `top`.
+void sample_rows(const SampleRows& sample, int64_t first_row, int64_t end_row, const float* logits, int64_t stride,
+                 int32_t columns, const int32_t* best, const float* top);
+
 class DenseBestOp : public OpKernel {
  public:
-  explicit DenseBestOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit DenseBestOp(OpKernelConstruction* context, bool sampling = false) : OpKernel(context), sampling_(sampling) {
     OP_REQUIRES_OK(context, context->GetAttr("real", &real_));
     OP_REQUIRES_OK(context, context->GetAttr("scored", &scored_));
     OP_REQUIRES_OK(context, context->GetAttr("tolerance", &tolerance_));
@@ -420,6 +437,19 @@ class DenseBestOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(4, keep_logits_ ? TensorShape({rows, width}) : TensorShape({0, width}),
                                                      &logits));
     float* logits_data = keep_logits_ ? logits->flat<float>().data() : nullptr;
+    SampleRows sample{};
+    if (sampling_) {
+      for (int input = 2; input < 7; ++input)
+        OP_REQUIRES(context, context->input(input).dims() == 1 && context->input(input).dim_size(0) == rows,
+                    absl::InvalidArgumentError("LstmqDenseSample: every per-row input must be a vector of rows"));
+      Tensor *choice, *chosen;
+      OP_REQUIRES_OK(context, context->allocate_output(5, shape, &choice));
+      OP_REQUIRES_OK(context, context->allocate_output(6, shape, &chosen));
+      sample = {context->input(2).flat<float>().data(), context->input(4).flat<float>().data(),
+                context->input(3).flat<int32_t>().data(), context->input(6).flat<int32_t>().data(),
+                context->input(5).flat<uint64_t>().data(), choice->flat<int32_t>().data(),
+                chosen->flat<float>().data()};
+    }
     if (rows == 0) return;
     const float* h_data = h.flat<float>().data();
     const float* packed = panels.flat<float>().data();
@@ -433,8 +463,19 @@ class DenseBestOp : public OpKernel {
     const int64_t panel_size = (units + 1) * kPanel;
     VecInts lane_column;
     for (int k = 0; k < kVecWidth; ++k) lane_column[k] = k;
+    const bool sampling = sampling_;
     for_row_groups(context, rows, /*max_group_tiles=*/8, [&](int64_t first_row, int64_t end_row) {
       std::vector<LaneState> states(end_row - first_row);
+      // where the group's logits go: the output, or for sampling a buffer of this thread's, which
+      // a group of rows fills and sample_rows reads while it is still in cache
+      thread_local std::vector<float> buffer;
+      float* group_logits = nullptr;
+      if (logits_data != nullptr) {
+        group_logits = logits_data + first_row * width;
+      } else if (sampling) {
+        buffer.resize(static_cast<size_t>(end_row - first_row) * width);
+        group_logits = buffer.data();
+      }
       for (auto& state : states) {
         state.first = state.second = Vec{} - INFINITY;
         state.sum = Vec{};
@@ -460,8 +501,8 @@ class DenseBestOp : public OpKernel {
             for (int r = 0; r < valid; ++r) {
               Vec x0 = acc[r][0] + b0, x1 = acc[r][1] + b1;   // the model's order: matmul, then bias
               LaneState& state = tile_states[r];
-              if (logits_data != nullptr) {
-                float* out = logits_data + (tile_row + r) * width + p * kPanel;
+              if (group_logits != nullptr) {
+                float* out = group_logits + (tile_row - first_row + r) * width + p * kPanel;
                 std::memcpy(out, &x0, sizeof x0);
                 std::memcpy(out + kVecWidth, &x1, sizeof x1);
               }
@@ -490,13 +531,27 @@ class DenseBestOp : public OpKernel {
         near_data[row] = row_top.near(tolerance);
         sumexp_data[row] = scored ? sum : 0.0f;
       }
+      if (sampling) sample_rows(sample, first_row, end_row, group_logits, width, real, best_data, top_data);
     });
   }
 
  private:
   int32_t real_;
   bool scored_, keep_logits_;
+  const bool sampling_;
   float tolerance_;
+};
+
+// LstmqDenseSample: LstmqDenseBest with LstmqSample's draw, row by row as a group of rows' logits
+// are done (from a per-thread buffer in cache, not a [rows, width] matrix written and read back by
+// another op), and each row's uniform hashed here from its stream state and position (the
+// SplitMix64 of shared/generate.py's _uniforms, the same numbers). Its outputs: LstmqDenseBest's,
+// then `choice` (the sampled word of a row with temperature > 0, else `best`) and `chosen` (its
+// logit; `top` for a greedy row). The caller replaces a near-tie greedy row's choice when it
+// recomputes that row.
+class DenseSampleOp : public DenseBestOp {
+ public:
+  explicit DenseSampleOp(OpKernelConstruction* context) : DenseBestOp(context, /*sampling=*/true) {}
 };
 
 REGISTER_OP("LstmqDenseBest")
@@ -521,6 +576,38 @@ REGISTER_OP("LstmqDenseBest")
     });
 
 REGISTER_KERNEL_BUILDER(Name("LstmqDenseBest").Device(::tensorflow::DEVICE_CPU), DenseBestOp);
+
+REGISTER_OP("LstmqDenseSample")
+    .Input("h: float")
+    .Input("panels: float")
+    .Input("temperature: float")
+    .Input("top_k: int32")
+    .Input("top_p: float")
+    .Input("base: uint64")
+    .Input("position: int32")
+    .Output("best: int32")
+    .Output("top: float")
+    .Output("near: bool")
+    .Output("sumexp: float")
+    .Output("logits: float")
+    .Output("choice: int32")
+    .Output("chosen: float")
+    .Attr("real: int")
+    .Attr("scored: bool = true")
+    .Attr("tolerance: float = 1e-6")
+    .Attr("keep_logits: bool = false")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      ::tensorflow::shape_inference::ShapeHandle h;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
+      auto rows = c->Vector(c->Dim(h, 0));
+      for (int i = 0; i < 4; ++i) c->set_output(i, rows);
+      c->set_output(4, c->Matrix(c->UnknownDim(), c->UnknownDim()));
+      c->set_output(5, rows);
+      c->set_output(6, rows);
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("LstmqDenseSample").Device(::tensorflow::DEVICE_CPU), DenseSampleOp);
 
 // LstmqLstmStep: one step of an LSTM layer with Keras's default activations (tanh, sigmoid) and
 // gate order (i, f, c~, o): z = (x W + h U) + b, c' = sigmoid(f) c + sigmoid(i) tanh(c~),
@@ -974,6 +1061,40 @@ REGISTER_OP("LstmqSample")
     });
 
 REGISTER_KERNEL_BUILDER(Name("LstmqSample").Device(::tensorflow::DEVICE_CPU), SampleOp);
+
+// The uniform in [0, 1) of a row's stream state and word position: SplitMix64's output for
+// counter position + 1, its top 24 bits (shared/generate.py's _uniforms and row_uniforms).
+inline float stream_uniform(uint64_t base, int32_t position) {
+  uint64_t z = base + (static_cast<uint64_t>(static_cast<int64_t>(position)) + 1) * 0x9E3779B97F4A7C15ULL;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z ^= z >> 31;
+  return static_cast<float>(z >> 40) * 0x1p-24f;
+}
+
+void sample_rows(const SampleRows& sample, int64_t first_row, int64_t end_row, const float* logits, int64_t stride,
+                 int32_t columns, const int32_t* best, const float* top) {
+  std::vector<std::pair<float, int32_t>> candidates;
+  std::vector<float> weights, block_mass;
+  Largest largest;
+  for (int64_t i = first_row; i < end_row; ++i) {
+    const float temperature = sample.temperature[i];
+    if (!(temperature > 0.0f)) {
+      sample.choice[i] = best[i];
+      sample.chosen[i] = top[i];
+      continue;
+    }
+    const float* row = logits + (i - first_row) * stride;
+    const int32_t top_k = sample.top_k[i];
+    const float top_p = sample.top_p[i];
+    const bool plain = top_k <= 0 && top_p >= 1.0f;
+    const Draw draw{row, columns, top[i], 1.0f / temperature, stream_uniform(sample.base[i], sample.position[i]),
+                    top_p, top_k, /*natural=*/plain && temperature == 1.0f};
+    const int32_t choice = plain ? draw.plain(weights, block_mass) : draw.ranked(candidates, weights, largest);
+    sample.choice[i] = choice;
+    sample.chosen[i] = row[choice];
+  }
+}
 
 REGISTER_OP("LstmqBestWord")
     .Input("logits: float")
