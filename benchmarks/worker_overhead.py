@@ -102,7 +102,7 @@ def main() -> None:
     import tensorflow as tf
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.execute import prepare_chunk, run_generate_chunk
+    from lstmq.shared.execute import ChunkPlan, run_generate_chunk
     from lstmq.shared.messages import JobKind, PromptItem
     from lstmq.shared.store import Store
     from lstmq.worker.runtime import ModelCache
@@ -141,7 +141,7 @@ def main() -> None:
                 if best is None or task < best[0]:
                     best = (task, timed.seconds)
             task, decode = best
-            _, requests, _ = prepare_chunk(items, loaded.decoder.vocabulary, settings)
+            requests, _ = ChunkPlan(store.jobs.chunk_input(job, 1), loaded.decoder.vocabulary, settings).prepare(0, size)
             alone = min(_time(lambda: timed.decoder.continuations_scored(requests)) for _ in range(2))
             words = size * arguments.words
             rows.append([f"{size:,}", f"{task:.3f}", f"{decode:.3f}", f"{(task - decode) / size * 1e6:.1f}",

@@ -19,11 +19,11 @@ import redis
 
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError, LstmqError
-from lstmq.shared.messages import JobKind, PromptItem
-from lstmq.shared.params import SAMPLING_STREAM
+from lstmq.shared.messages import JobKind
+from lstmq.shared.params import SAMPLING_STREAM, prompt_key
 from lstmq.shared.store import JobRecord, JobStatus, Store
 from lstmq.shared.store.health import is_out_of_memory, out_of_memory
-from lstmq.shared.store.jobs import TRAIN
+from lstmq.shared.store.jobs import TRAIN, ChunkInput, ChunkResult
 
 log = logging.getLogger("lstmq.jobs")
 TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -248,11 +248,11 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
     if taken != "ok":
         log.info("job %s is %s; skipping chunk %d", job_id, taken, chunk)
         return {"job": job_id, "chunk": chunk, "skipped": True}
-    items: list[Any] | None = None
+    items: ChunkInput | None = None
     with Lease(store, job_id, chunk, settings.lease_seconds, worker):
         try:
             try:
-                items = store.jobs.chunk(job_id, chunk)
+                items = store.jobs.chunk_input(job_id, chunk)
             except LookupError as error:
                 raise InputError(f"chunk {chunk}: its input is gone ({error})") from None
             loaded = models.get(record.model_name, record.version)
@@ -290,34 +290,107 @@ def host_thread() -> ThreadPoolExecutor:
     return _HOST
 
 
-def decode_items(items: list[Any], decoder, settings: Settings) -> tuple[list[dict[str, Any]], int]:
-    """Per item, its result ({"error"} or {"unknown", "samples", "logprobs"}), and the words generated.
+def decode_items(chunk: ChunkInput | list[Any], decoder, settings: Settings) -> tuple[ChunkResult, int]:
+    """A chunk's results as columns (ChunkResult: per item its samples and log-probabilities, its
+    unknown words, or its error), and the words generated. `chunk`: its prompts as columns, as
+    the worker reads them (or item dicts, as an earlier lstmq stored them).
 
     The chunk is decoded in slices. While the decoder (TensorFlow, which releases the GIL) runs
-    slice k, the host thread checks and tokenizes slice k+1 and turns slice k-1's output into
-    result records, so that a big chunk's host work hides behind its decoding. A slice holds
+    slice k, the host thread checks and tokenizes slice k+1 and appends slice k-1's output to the
+    result columns, so that a big chunk's host work hides behind its decoding. A slice holds
     decode_batch_size (max_rows) to 4 x that many prompts, aiming at 4 slices per chunk: the
     decoder refills the rows of prompts that finished early from those still waiting (mixed
-    lengths), which works best with more prompts than rows."""
+    lengths), which works best with more prompts than rows. No dict is made per prompt: on a
+    CPU worker the host thread takes its time from the decoder's cores."""
+    if not isinstance(chunk, ChunkInput):
+        chunk = ChunkInput.from_items(chunk)
+    plan = ChunkPlan(chunk, decoder.vocabulary, settings)
     rows = max(1, decoder.max_rows)
-    step = max(rows, min(4 * rows, -(-len(items) // 4)))
-    slices = [items[start:start + step] for start in range(0, len(items), step)] or [[]]
+    count = len(chunk)
+    step = max(rows, min(4 * rows, -(-count // 4)))
+    bounds = [(start, min(count, start + step)) for start in range(0, count, step)] or [(0, 0)]
     host = host_thread()
-    prepared = host.submit(prepare_chunk, slices[0], decoder.vocabulary, settings)
+    prepared = host.submit(plan.prepare, *bounds[0])
     finishing = None
-    results: list[dict[str, Any]] = []
     words = 0
-    for index in range(len(slices)):
-        slots, requests, positions = prepared.result()
-        if index + 1 < len(slices):
-            prepared = host.submit(prepare_chunk, slices[index + 1], decoder.vocabulary, settings)
+    for index in range(len(bounds)):
+        requests, positions = prepared.result()
+        if index + 1 < len(bounds):
+            prepared = host.submit(plan.prepare, *bounds[index + 1])
         scored = decode_splitting(decoder, requests)
         if finishing is not None:
-            results.extend(finishing.result())
-        finishing = host.submit(fill_results, slots, positions, scored)
+            finishing.result()
+        finishing = host.submit(plan.finish, positions, scored)
         words += sum(request.words * request.n for request in requests)
-    results.extend(finishing.result())
-    return results, words
+    finishing.result()
+    return plan.result(), words
+
+
+class ChunkPlan:
+    """The host side of one chunk: prepare() checks and tokenizes a slice of its prompts into
+    decoder requests, finish() appends a slice's decoded samples to the result columns, in order."""
+
+    def __init__(self, chunk: ChunkInput, vocabulary, settings: Settings):
+        self.chunk, self.vocabulary = chunk, vocabulary
+        self.check = params_checker(settings.limits())
+        try:   # the chunk's parameters, checked once (most prompts have no others)
+            self.defaults: Any = self.check(chunk.defaults)
+        except InputError as error:
+            self.defaults = error
+        self.errors: dict[int, str] = dict(chunk.invalid)
+        self.unknown: dict[int, list[str]] = {}
+        self.counts = [0] * len(chunk)
+        self.samples: list[str] = []
+        self.logprobs: list[float] = []
+
+    def prepare(self, start: int, end: int) -> tuple[list[Any], list[int]]:
+        """The requests of prompts start .. end-1 that can be decoded, with their positions; the
+        others' errors are recorded."""
+        from lstmq.shared.generate import Request
+
+        chunk, errors, unknown_words = self.chunk, self.errors, self.unknown
+        prompts, ids, overrides, defaults = chunk.prompts, chunk.ids, chunk.overrides, self.defaults
+        encode = self.vocabulary.encode
+        requests, positions = [], []
+        for position in range(start, end):
+            if position in errors:
+                continue
+            prompt = prompts[position]
+            try:
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise InputError("field 'prompt' must be a non-empty string")
+                override = overrides.get(position)
+                if override is None:
+                    params = defaults
+                elif isinstance(override, dict):
+                    params = self.check({**chunk.defaults, **override})
+                else:
+                    params = self.check(override)   # not a mapping: its InputError
+                if isinstance(params, InputError):
+                    raise params
+                tokens, unknown = encode(prompt)
+                if not tokens:
+                    raise InputError("prompt has no words")
+                key = prompt_key(ids[position])
+            except InputError as error:
+                errors[position] = str(error)
+                continue
+            if unknown:
+                unknown_words[position] = unknown
+            positions.append(position)
+            requests.append(Request(ids=tokens, params=params, key=key))
+        return requests, positions
+
+    def finish(self, positions: list[int], scored) -> None:
+        samples, logprobs, counts = self.samples, self.logprobs, self.counts
+        for position, item_samples in zip(positions, scored):
+            for text, logprob in item_samples:
+                samples.append(text)
+                logprobs.append(round(logprob, 5))
+            counts[position] = len(item_samples)
+
+    def result(self) -> ChunkResult:
+        return ChunkResult(self.samples, self.counts, self.logprobs, self.unknown, self.errors)
 
 
 def decode_splitting(decoder, requests: list[Any]) -> list[Any]:
@@ -335,39 +408,6 @@ def decode_splitting(decoder, requests: list[Any]) -> list[Any]:
         log.warning("%d prompts do not fit in the device's memory at once (%s); decoding them in two halves",
                     len(requests), str(error).splitlines()[0][:200])
         return decode_splitting(decoder, requests[:half]) + decode_splitting(decoder, requests[half:])
-
-
-def fill_results(slots: list[dict[str, Any]], positions: list[int], scored) -> list[dict[str, Any]]:
-    for position, samples in zip(positions, scored):
-        slot = slots[position]
-        slot["samples"] = [text for text, _ in samples]
-        slot["logprobs"] = [round(logprob, 5) for _, logprob in samples]
-    return slots
-
-
-def prepare_chunk(items: list[Any], vocabulary, settings: Settings):
-    """Per item: a result slot ({"error"} for an item that cannot be used, {"unknown"} otherwise),
-    and the decoder requests with their positions. Items of a chunk mostly share their parameters:
-    each distinct set is checked once."""
-    from lstmq.shared.generate import Request
-
-    limits = settings.limits()
-    results: list[dict[str, Any]] = []
-    requests, positions = [], []
-    check_params = params_checker(limits)
-    for position, raw in enumerate(items):
-        try:
-            item = PromptItem.parse(raw, limits, check_params)
-            ids, unknown = vocabulary.encode(item.prompt)
-            if not ids:
-                raise InputError("prompt has no words")
-        except InputError as error:
-            results.append({"error": str(error)})
-            continue
-        results.append({"unknown": unknown})
-        positions.append(position)
-        requests.append(Request(ids=ids, params=item.params, key=item.key))
-    return results, requests, positions
 
 
 def params_checker(limits) -> Callable[[Any], Any]:

@@ -9,15 +9,15 @@ generate chunk. Everything else (corpus, prompts, parameters, results) lives in 
 Celery and kombu are imported only when a dispatcher or a queue declaration is made."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from lstmq.shared.config import Settings
-from lstmq.shared.errors import BadMessage, InputError
-from lstmq.shared.params import GenerationParams, Limits, check_generation_params
+from lstmq.shared.errors import BadMessage
+from lstmq.shared.params import GenerationParams
 
 
 class JobKind(str, Enum):
@@ -146,21 +146,3 @@ class PromptItem:
     def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "id": self.id, "prompt": self.prompt, "key": self.key,
                 "params": self.params.to_dict()}
-
-    @classmethod
-    def parse(cls, item: Any, limits: Limits,
-              check_params: Callable[[Any], GenerationParams] | None = None) -> PromptItem:
-        """Check a stored item as the worker reads it; InputError names what is wrong.
-        `check_params(values)`, if given, checks the item's parameters in place of
-        check_generation_params(values, limits) (a chunk checks each distinct set once)."""
-        if not isinstance(item, dict):
-            raise InputError(f"chunk item must be an object, got {type(item).__name__}")
-        prompt = item.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("field 'prompt' must be a non-empty string")
-        key = item.get("key")
-        if not isinstance(key, int) or isinstance(key, bool):
-            raise InputError("field 'key' must be an integer")
-        values = item.get("params") or {}
-        params = check_params(values) if check_params else check_generation_params(values, limits)
-        return cls(line=item.get("line", 0), id=item.get("id"), prompt=prompt, key=key, params=params)

@@ -50,7 +50,8 @@ def items(settings, count):
 def test_slices_are_decoded_in_order_and_every_item_has_its_outcome(setting, vocabulary):
     decoder = StandInDecoder(vocabulary, max_rows=3)
     chunk = items(setting, 10)
-    results, words = decode_items(chunk, decoder, setting)
+    result, words = decode_items(chunk, decoder, setting)
+    results = result.results()
     assert decoder.calls == [2, 3, 2]   # slices of 3 items, less the unusable ones (the last slice: none)
     assert len(results) == 10
     assert results[0] == {"unknown": [], "samples": ["door the"], "logprobs": [-1.5]}
@@ -63,7 +64,7 @@ def test_slices_are_decoded_in_order_and_every_item_has_its_outcome(setting, voc
 def test_a_batch_too_big_for_the_device_is_split_and_nothing_is_lost(setting, vocabulary):
     decoder = StandInDecoder(vocabulary, max_rows=64, fits=5)
     chunk = [item for item in items(setting, 41)[:40] if item["prompt"]]
-    results, _ = decode_items(chunk, decoder, setting)
+    results = decode_items(chunk, decoder, setting)[0].results()
     assert [result["samples"] for result in results] == \
         [[" ".join(reversed(item["prompt"].split()))] for item in chunk]
     assert max(size for size in decoder.calls if size <= 5) <= 5 and decoder.calls[0] == 30
@@ -79,5 +80,33 @@ def test_parameter_sets_are_told_apart_by_type_too(setting, vocabulary):
     """A chunk checks each distinct parameter set once; `true` is not `1` there either."""
     chunk = items(setting, 2)[:2]
     chunk[1]["params"] = {**chunk[0]["params"], "n": True}
-    results, _ = decode_items(chunk, StandInDecoder(vocabulary, max_rows=8), setting)
+    results = decode_items(chunk, StandInDecoder(vocabulary, max_rows=8), setting)[0].results()
     assert "samples" in results[0] and "field 'n'" in results[1]["error"]
+
+
+def test_a_chunk_in_columns_gives_its_results_in_columns(setting, vocabulary):
+    """What a worker reads (ChunkInput: the job's parameters once, a few overrides) gives columns
+    (ChunkResult) with each item's samples, unknown words or error in its place; an entry of an
+    earlier lstmq's item list that is not an object is that item's error, the rest decoded."""
+    from lstmq.shared.store.jobs import ChunkInput, ChunkResult
+
+    defaults = setting.generation_params().replace(words=3, seed=7).to_dict()
+    chunk = ChunkInput(list(range(1, 8)), list(range(1, 8)),
+                       ["the door", "holmes moriarty", "   ", "said", "the door", "door", "said the"], defaults,
+                       {1: {"n": 2, "temperature": 0.5}, 4: {"words": -1}, 5: "not a mapping"})
+    decoder = StandInDecoder(vocabulary, max_rows=2)
+    result, words = decode_items(chunk, decoder, setting)
+    assert isinstance(result, ChunkResult)
+    assert decoder.calls == [2, 1, 1]   # slices of 2 items less the unusable ones (the third: none, no call)
+    assert result.samples == ["door the", "<unk> holmes", "<unk> holmes", "said", "the said"]
+    assert result.counts == [1, 2, 0, 1, 0, 0, 1] and result.logprobs == [-1.5] * 5
+    assert result.unknown == {1: ["moriarty"]}
+    assert result.errors[2] == "field 'prompt' must be a non-empty string" and "field 'words'" in result.errors[4]
+    assert set(result.errors) == {2, 4, 5} and words == 3 * 5
+    assert ChunkResult.decode(result.encode()).results() == result.results()
+
+    good = items(setting, 4)
+    legacy = [good[0], 42, good[1]]
+    results = decode_items(legacy, decoder, setting)[0].results()
+    assert results[1] == {"error": "chunk item must be an object, got int"}
+    assert results[0]["samples"] == ["door the"] and results[2]["samples"] == ["said holmes"]

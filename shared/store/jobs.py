@@ -211,14 +211,16 @@ def _unpack(raw: bytes) -> Any:
 
 class ChunkInput:
     """A chunk's prompts as columns: lines, ids, prompts, and each prompt's parameters (the
-    chunk's defaults unless `overrides` has the position)."""
+    chunk's defaults unless `overrides` has the position). `invalid`: position -> why, for the
+    entries of an item list that were not items at all (from_items)."""
 
-    __slots__ = ("lines", "ids", "prompts", "defaults", "overrides")
+    __slots__ = ("lines", "ids", "prompts", "defaults", "overrides", "invalid")
 
     def __init__(self, lines: list[int], ids: list[Any], prompts: list[str], defaults: dict[str, Any],
-                 overrides: dict[int, dict[str, Any]]):
+                 overrides: dict[int, dict[str, Any]], invalid: dict[int, str] | None = None):
         self.lines, self.ids, self.prompts = lines, ids, prompts
         self.defaults, self.overrides = defaults, overrides
+        self.invalid = invalid or {}
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -234,11 +236,15 @@ class ChunkInput:
                 for position, (line, identifier, prompt) in enumerate(zip(self.lines, self.ids, self.prompts))]
 
     @classmethod
-    def from_items(cls, items: list[dict[str, Any]]) -> ChunkInput:
-        """From item dicts (a JSON chunk of an earlier lstmq): each item's parameters as given."""
+    def from_items(cls, items: list[Any]) -> ChunkInput:
+        """From item dicts (a JSON chunk of an earlier lstmq): each item's parameters as given, its
+        key prompt_key(id) (as such a chunk's keys were); an entry that is not a dict is `invalid`."""
+        invalid = {position: f"chunk item must be an object, got {type(item).__name__}"
+                   for position, item in enumerate(items) if not isinstance(item, dict)}
+        items = [{} if position in invalid else item for position, item in enumerate(items)]
         return cls([item.get("line") for item in items], [item.get("id") for item in items],
                    [item.get("prompt") for item in items], {},
-                   {position: item.get("params") or {} for position, item in enumerate(items)})
+                   {position: item.get("params") or {} for position, item in enumerate(items)}, invalid)
 
     @classmethod
     def decode(cls, raw: bytes) -> ChunkInput:
