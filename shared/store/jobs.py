@@ -230,7 +230,7 @@ class ChunkInput:
         return self.defaults if override is None else {**self.defaults, **override}
 
     def items(self) -> list[dict[str, Any]]:
-        """One dict per prompt, the shape PromptItem.parse reads: line, id, prompt, key, params."""
+        """One dict per prompt (PromptItem.to_dict()'s shape): line, id, prompt, key, params."""
         return [{"line": line, "id": identifier, "prompt": prompt, "key": prompt_key(identifier),
                  "params": self.params(position)}
                 for position, (line, identifier, prompt) in enumerate(zip(self.lines, self.ids, self.prompts))]
