@@ -14,13 +14,15 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, corpus_slice, tmp_path):
-    stack = Stack(redis_server.url, write_config(tmp_path / "settings.yaml", shutdown_timeout=3))
+    # one chunk far longer than shutdown_timeout on any machine: 3,000 prompts x 1,000 words in
+    # calls of 64 rows (47,000 small steps; 1,500 prompts in calls of 1,024 rows took 3.2 s on a fast CPU)
+    stack = Stack(redis_server.url, write_config(tmp_path / "settings.yaml", shutdown_timeout=3, decode_batch_size=64))
     worker = stack.worker(tmp_path / "first.log")
     try:
         model = stack.train(corpus_slice, "stop")
-        seeds = seeds_file(tmp_path / "seeds.txt", 1500)
+        seeds = seeds_file(tmp_path / "seeds.txt", 3000)
         job = json.loads(stack.cli("generate", seeds, "--model", model, "--detach", "--json", "--words", "1000",
-                                   "--chunk-size", "1500").stdout)["job"]      # one long chunk
+                                   "--chunk-size", "3000").stdout)["job"]
         wait_for(lambda: stack.store.jobs.leases(job), timeout=60, interval=0.02, what="the chunk in work")
         stopped = time.monotonic()
         os.kill(worker.process.pid, signal.SIGTERM)
@@ -37,7 +39,7 @@ def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, corpus_slice, 
     try:
         out = tmp_path / "out.jsonl"
         stack.cli("collect", job, "-o", out, "--timeout", "240", timeout=300)
-        assert [line["id"] for line in read_jsonl(out)] == list(range(1, 1501))
+        assert [line["id"] for line in read_jsonl(out)] == list(range(1, 3001))
         assert stack.job(job).lease_lapses == 1
     finally:
         replacement.stop()
