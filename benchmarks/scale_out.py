@@ -1,22 +1,31 @@
 """Scale-out: N CPU workers on N cores against one worker, through the real parts.
 
 Each configuration runs `lstmq-worker --cpu --workers N --tf-threads T` (real Celery workers, each
-on its own share of the cores) against one throwaway redis-server, and `lstmq generate` of the
+on its own share of the cores) on N of the machine's cores (the launcher's CPU affinity: one
+worker on one core, not a single-thread worker beside a free core for its host thread and Celery
+process), against one throwaway redis-server, and `lstmq generate` of the
 same prompts with the seed-size network (the whole corpus's vocabulary, random weights,
 registered as bench@1). Throughput is the job's own: generated words over the time from its first
-chunk's start to its end (the job record), so that submission and collection are not counted.
+chunk's start to its end (the job record), so that submission and collection are not counted. By
+default the job is submitted with --detach and collected once it has ended: on a machine whose
+every core runs a worker, a producer writing the output meanwhile takes its CPU time from the
+workers (on 2 cores, about 6 us per line of a 7-word job, some 5 % of both cores at two workers'
+pace), which a fleet's producer on its own machine does not. `--producer attached` measures that.
 Every worker is warmed up first (a job of many small chunks, until each worker has served one).
 
 The result is a RATIO measured in one run: N workers' words/s over one worker's (target >= 0.9 N),
-each with the same TensorFlow threads per worker; one worker with every core is printed too.
+each with the same TensorFlow threads per worker; one worker with every core is printed too. The
+producer and redis-server may use every core (with N = all cores, they share the workers').
 
-    python benchmarks/scale_out.py [--prompts 16384] [--words 7] [--workers 1,2] [--tf-threads 1] [--quick]
+    python benchmarks/scale_out.py [--prompts 65536] [--words 7] [--workers 1,2] [--tf-threads 1]
+                                   [--producer detached|attached] [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -34,11 +43,17 @@ from worker_overhead import corpus_prompts, register_random_model  # noqa: E402
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=16384, help="prompts per timed job (default 16384)")
+    parser.add_argument("--prompts", type=int, default=65536,
+                        help="prompts per timed job (default 65536: a job of seconds, where the first chunks' "
+                             "slower start weighs little)")
     parser.add_argument("--words", type=int, default=7, help="words per prompt (default 7)")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, the first is the baseline")
     parser.add_argument("--tf-threads", type=int, default=1, help="TensorFlow threads per worker (default 1)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="prompts per chunk (default 1024)")
+    parser.add_argument("--producer", choices=("detached", "attached"), default="detached",
+                        help="detached (default): `lstmq generate --detach`, then `lstmq collect` once the job has "
+                             "ended, so that collecting does not share the workers' cores while they are timed; "
+                             "attached: `lstmq generate` waits and writes the output beside the workers")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2,048 prompts, chunks of 256")
     arguments = parser.parse_args()
     if arguments.quick:
@@ -62,7 +77,15 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
                       warm: Path, arguments) -> dict:
     log = directory / f"worker-{workers}-{threads}.log"
     args = ["--cpu", "--workers", str(workers)] + (["--tf-threads", str(threads)] if threads else [])
-    with devstack.LocalStack(log, broker=broker, worker_args=tuple(args)) as stack:
+    cores = sorted(os.sched_getaffinity(0))
+    with contextlib.ExitStack() as exits:
+        # N workers of T threads on N x T cores (the reference, TensorFlow's own threads: every core); the launcher
+        # inherits this process's affinity, which is restored at once for the producer
+        os.sched_setaffinity(0, cores[:workers * threads] if threads else cores)
+        try:
+            stack = exits.enter_context(devstack.LocalStack(log, broker=broker, worker_args=tuple(args)))
+        finally:
+            os.sched_setaffinity(0, cores)
         deadline = time.monotonic() + 300
         while len(store.workers.live()) < workers:
             if time.monotonic() > deadline:
@@ -80,10 +103,18 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
                 raise SystemExit(f"not every worker loaded the model:\n{stack.log_tail()}")
         out = directory / f"out-{workers}-{threads}.jsonl"
         started = time.perf_counter()
-        summary = json.loads(lstmq(broker, "generate", seeds, "--model", "bench@1", "-o", out, "--words",
-                                   arguments.words, "--chunk-size", arguments.chunk_size, "--json").stdout)
+        job_options = ("--model", "bench@1", "--words", arguments.words, "--chunk-size", arguments.chunk_size, "--json")
+        if arguments.producer == "attached":
+            job = json.loads(lstmq(broker, "generate", seeds, "-o", out, *job_options).stdout)["job"]
+        else:   # submit, wait for the job's end here (a read of its record every 0.2 s), then collect
+            job = json.loads(lstmq(broker, "generate", seeds, "--detach", *job_options).stdout)["job"]
+            while not store.jobs.get(job).status.finished:
+                if time.perf_counter() - started > 900:
+                    raise SystemExit(f"job {job} did not finish in 900 s:\n{stack.log_tail()}")
+                time.sleep(0.2)
+            lstmq(broker, "collect", job, "-o", out)
         wall = time.perf_counter() - started
-        record = store.jobs.get(summary["job"])
+        record = store.jobs.get(job)
         lines = sum(1 for _ in out.open(encoding="utf-8"))
         if lines != arguments.prompts:
             raise SystemExit(f"{out} holds {lines} lines, expected {arguments.prompts}")
@@ -102,7 +133,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} cores; {arguments.prompts:,} prompts x {arguments.words} words, chunks of {arguments.chunk_size}; "
           f"workers {arguments.workers} with {arguments.tf_threads} TensorFlow thread(s) each, and 1 worker with "
-          f"TensorFlow's own thread count", flush=True)
+          f"TensorFlow's own thread count; producer {arguments.producer}", flush=True)
     results = []
     with tempfile.TemporaryDirectory() as temporary, devstack.LocalRedis() as server:
         directory = Path(temporary)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from lstmq.shared.errors import InputError
 from lstmq.shared.messages import PromptItem
 from lstmq.shared.params import GenerationParams, Limits, check_generation_params, prompt_key
-from lstmq.shared.text import FILTERS
+from lstmq.shared.text import has_words
 
 SUFFIXES = (".txt", ".jsonl")
 JSONL_FIELDS = ("id", "prompt", *GenerationParams.keys())
@@ -126,7 +126,7 @@ def _read_txt(stream, name: str, params_for: _ParamsChecker, limits: Limits) -> 
             continue
         if not prompt:
             continue
-        if len(prompt) > max_prompt_chars or not _has_words(prompt):
+        if len(prompt) > max_prompt_chars or not has_words(prompt):
             yield SeedError(name, number, number, _prompt_error(prompt, limits))
             continue
         params = params_for.defaults
@@ -215,14 +215,6 @@ class _ParamsChecker:
         if isinstance(checked, str):
             raise InputError(checked)
         return checked
-
-
-_WORD_SEPARATORS = str.maketrans({character: " " for character in FILTERS})
-
-
-def _has_words(prompt: str) -> bool:
-    """Whether words(prompt) is not empty, without building the list."""
-    return bool(prompt.translate(_WORD_SEPARATORS).strip(" "))
 
 
 def _prompt_error(prompt: str, limits: Limits) -> str:
@@ -329,5 +321,5 @@ def _check_prompt_field(record: dict[str, Any]) -> str:
 def _check_prompt(prompt: str, limits: Limits) -> None:
     if len(prompt) > limits.max_prompt_chars:
         raise InputError(f"prompt is {len(prompt)} characters, over max_prompt_chars ({limits.max_prompt_chars})")
-    if not _has_words(prompt):
+    if not has_words(prompt):
         raise InputError("prompt has no words (only spaces or punctuation)")

@@ -1,6 +1,6 @@
 import pytest
 
-from lstmq.shared.text import PAD_ID, UNK_ID, Vocabulary, pad_right, training_sequences, words
+from lstmq.shared.text import FILTERS, PAD_ID, UNK_ID, Vocabulary, has_words, pad_right, training_sequences, words
 
 
 def test_words_follow_keras_tokenizer_rules():
@@ -8,6 +8,25 @@ def test_words_follow_keras_tokenizer_rules():
     assert words("I'll close the DOOR, if--you please!") == ["i'll", "close", "the", "door", "if", "you", "please"]
     assert words("  tabs\tand\nnewlines  ") == ["tabs", "and", "newlines"]
     assert words("...!?") == []
+
+
+def test_words_are_keras_words_for_any_text(corpus_text):
+    """words() replaces the filters in the UTF-8 bytes: the same words as replacing them in the
+    text (Keras' way), for every corpus line and for text that is not ASCII, with lone
+    surrogates, or with whitespace other than spaces (not a separator for Keras)."""
+    table = str.maketrans({character: " " for character in FILTERS})
+
+    def keras(text):
+        return [word for word in text.lower().translate(table).split(" ") if word]
+
+    odd = ["Ünïcödé — “quotes” café\tdéjà-vu\n¡hola!", "a\u00a0b\u2003c\rd", "ǅ İstanbul STRASSE ß",
+           "x\ud800y", "\ud83d\ude00 emoji 😀, fine.", "", "  ", "...!!!", "it's o'clock", "\x00\x7f\x80"]
+    for text in [*corpus_text.split("\n"), *odd]:
+        assert words(text) == keras(text), text
+        assert has_words(text) == bool(keras(text)), text
+    vocabulary = Vocabulary(["<pad>", "<unk>", "the", "café", "<pad>x"])
+    assert vocabulary.encode("The café, <pad> <unk> THE") == ([2, 3, 1, 1, 2], ["pad", "unk"])
+    assert vocabulary.encode("the the") == ([2, 2], [])
 
 
 def test_vocabulary_order_is_count_then_first_appearance():
