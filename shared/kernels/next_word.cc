@@ -554,6 +554,17 @@ class DenseSampleOp : public DenseBestOp {
   explicit DenseSampleOp(OpKernelConstruction* context) : DenseBestOp(context, /*sampling=*/true) {}
 };
 
+// The output shapes of LstmqDenseBest and LstmqDenseSample: a vector of rows each, but the logits
+// (output 4), a matrix.
+absl::Status dense_shapes(::tensorflow::shape_inference::InferenceContext* c) {
+  ::tensorflow::shape_inference::ShapeHandle h;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
+  auto rows = c->Vector(c->Dim(h, 0));
+  for (int i = 0; i < c->num_outputs(); ++i)
+    c->set_output(i, i == 4 ? c->Matrix(c->UnknownDim(), c->UnknownDim()) : rows);
+  return absl::OkStatus();
+}
+
 REGISTER_OP("LstmqDenseBest")
     .Input("h: float")
     .Input("panels: float")
@@ -566,14 +577,7 @@ REGISTER_OP("LstmqDenseBest")
     .Attr("scored: bool = true")
     .Attr("tolerance: float = 1e-6")
     .Attr("keep_logits: bool = false")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      ::tensorflow::shape_inference::ShapeHandle h;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
-      auto rows = c->Vector(c->Dim(h, 0));
-      for (int i = 0; i < 4; ++i) c->set_output(i, rows);
-      c->set_output(4, c->Matrix(c->UnknownDim(), c->UnknownDim()));
-      return absl::OkStatus();
-    });
+    .SetShapeFn(dense_shapes);
 
 REGISTER_KERNEL_BUILDER(Name("LstmqDenseBest").Device(::tensorflow::DEVICE_CPU), DenseBestOp);
 
@@ -596,16 +600,7 @@ REGISTER_OP("LstmqDenseSample")
     .Attr("scored: bool = true")
     .Attr("tolerance: float = 1e-6")
     .Attr("keep_logits: bool = false")
-    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
-      ::tensorflow::shape_inference::ShapeHandle h;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &h));
-      auto rows = c->Vector(c->Dim(h, 0));
-      for (int i = 0; i < 4; ++i) c->set_output(i, rows);
-      c->set_output(4, c->Matrix(c->UnknownDim(), c->UnknownDim()));
-      c->set_output(5, rows);
-      c->set_output(6, rows);
-      return absl::OkStatus();
-    });
+    .SetShapeFn(dense_shapes);
 
 REGISTER_KERNEL_BUILDER(Name("LstmqDenseSample").Device(::tensorflow::DEVICE_CPU), DenseSampleOp);
 
