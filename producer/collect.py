@@ -29,6 +29,7 @@ from lstmq.shared.store.jobs import ChunkInput, ChunkResult
 STDOUT = "-"                   # -o -: the results go to standard output
 NO_WORKER_NOTICE_S = 10.0      # a waiting CLI says within this long that no worker consumes the queue
 UNREACHABLE_POLL_MAX_S = 5.0   # polling slows down to this while Redis is unreachable
+WATCH_INTERVAL_S = 0.5         # a waiting CLI's recovery and live-worker checks, however often it polls
 OUTPUT_PARAMS = tuple(key for key in GenerationParams.keys() if key != "seed")   # the seed has its own field
 WRITE_BUFFER_BYTES = 1 << 20   # output files are written in blocks this large
 TEMPLATE_CACHE_LIMIT = 4096    # distinct (parameters, sample) line tails remembered while writing
@@ -98,6 +99,7 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
     watch = Watch(store, dispatcher, settings, record)
     deadline = None if timeout is None else time.monotonic() + timeout
     pause = settings.poll_interval
+    watch_due = 0.0   # the Watch's checks (recovery, live workers) run at most every WATCH_INTERVAL_S
     try:
         while True:
             try:
@@ -107,7 +109,9 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
                     return record
                 if on_poll is not None:
                     on_poll(record)
-                watch.check(record)
+                if time.monotonic() >= watch_due:
+                    watch.check(record)
+                    watch_due = time.monotonic() + WATCH_INTERVAL_S
                 watch.reachable()
                 pause = settings.poll_interval
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
