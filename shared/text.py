@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:   # numpy is imported where a matrix is made: the producer never needs it
+    import numpy as np
 
 # Keras Tokenizer's default `filters` (note: no apostrophe).
 FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
@@ -95,6 +97,8 @@ def training_sequences(text: str, vocabulary: Vocabulary, window: int) -> list[l
 
 def pad_right(sequences: Sequence[Sequence[int]], length: int | None = None) -> np.ndarray:
     """int32 matrix, each row a sequence followed by PAD_ID (the model masks padding)."""
+    import numpy as np
+
     length = max((len(sequence) for sequence in sequences), default=0) if length is None else length
     matrix = np.full((len(sequences), length), PAD_ID, dtype=np.int32)
     for row, sequence in enumerate(sequences):
