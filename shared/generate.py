@@ -222,6 +222,12 @@ class Decoder:
             reduce_retracing=True, input_signature=decode_signature)
             for scored in (True, False) for sampling in (True, False)}
 
+    def tracing_count(self) -> int:
+        """How many graphs the decoder's compiled functions have traced so far (one per new kind
+        of call: scored or not, with sampling rows or not)."""
+        return self._prefill.experimental_get_tracing_count() + sum(
+            function.experimental_get_tracing_count() for function in self._decoders.values())
+
     # -- compiled part -------------------------------------------------------------------------
     def _prefill_graph(self, ids):
         """Every row's (h, c) per layer after its prompt. On a GPU, Keras's LSTM layers read the

@@ -110,3 +110,29 @@ def test_a_chunk_in_columns_gives_its_results_in_columns(setting, vocabulary):
     results = decode_items(legacy, decoder, setting)[0].results()
     assert results[1] == {"error": "chunk item must be an object, got int"}
     assert results[0]["samples"] == ["door the"] and results[2]["samples"] == ["said holmes"]
+
+
+def test_settle_heap_freezes_what_lives_and_frees_what_was_dropped():
+    """settle_heap() moves the live objects out of the collector's way (gc.freeze), and the next
+    call collects a frozen object that became garbage since (a model dropped from the cache)."""
+    import gc
+    import weakref
+
+    from lstmq.shared.execute import settle_heap
+
+    class Model:
+        pass
+
+    model = Model()
+    model.self = model                      # a reference cycle, as a Keras model has
+    alive = weakref.ref(model)
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        del model
+        gc.collect()
+        assert alive() is not None          # frozen: full collections leave it alone
+        settle_heap()
+        assert alive() is None              # unfrozen, collected
+    finally:
+        gc.unfreeze()

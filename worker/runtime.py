@@ -51,13 +51,18 @@ class ModelCache:
             return self._get(name, version)
 
     def warm(self, name: str, version: int) -> LoadedModel:
-        """Load a version and trace its decoder once, so the first chunk that needs it does not wait."""
+        """Load a version and trace its decoder once (the call a greedy chunk makes), so the first
+        chunk that needs it does not wait."""
+        from lstmq.shared.execute import settle_heap
         from lstmq.shared.generate import Request
 
         with self.lock:
             loaded = self._get(name, version)
             params = ensure_settings().generation_params().replace(words=1, n=1, seed=0, temperature=0.0)
-            loaded.decoder.generate([Request(ids=[2], params=params, key=0)])
+            traced = loaded.decoder.tracing_count()
+            loaded.decoder.continuations_scored([Request(ids=[2], params=params, key=0)])
+            if loaded.decoder.tracing_count() != traced:
+                settle_heap()
             return loaded
 
     def _get(self, name: str, version: int) -> LoadedModel:
@@ -77,6 +82,8 @@ class ModelCache:
         while len(self.models) > self.size:
             dropped, _ = self.models.popitem(last=False)
             log.info("dropped model %s@%s from the cache", *dropped)
+        from lstmq.shared.execute import settle_heap
+        settle_heap()   # the model's objects live as long as it is cached; a dropped one's are collected
         log.info("loaded model %s (vocab %d words) in %.2fs, %s", loaded.label, len(vocabulary), time.monotonic() - started,
                  "decoding with lstmq's native kernels" if decoder.best_word is not None else "decoding with TensorFlow's ops")
         return loaded
