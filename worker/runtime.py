@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from lstmq.shared.config import Settings
+from lstmq.shared.execute import settle_heap
 from lstmq.shared.messages import Dispatcher
 from lstmq.shared.recovery import recover_quietly
 from lstmq.shared.store import Store
@@ -53,7 +54,6 @@ class ModelCache:
     def warm(self, name: str, version: int) -> LoadedModel:
         """Load a version and trace its decoder once (the call a greedy chunk makes), so the first
         chunk that needs it does not wait."""
-        from lstmq.shared.execute import settle_heap
         from lstmq.shared.generate import Request
 
         with self.lock:
@@ -82,7 +82,6 @@ class ModelCache:
         while len(self.models) > self.size:
             dropped, _ = self.models.popitem(last=False)
             log.info("dropped model %s@%s from the cache", *dropped)
-        from lstmq.shared.execute import settle_heap
         settle_heap()   # the model's objects live as long as it is cached; a dropped one's are collected
         log.info("loaded model %s (vocab %d words) in %.2fs, %s", loaded.label, len(vocabulary), time.monotonic() - started,
                  "decoding with lstmq's native kernels" if decoder.best_word is not None else "decoding with TensorFlow's ops")
