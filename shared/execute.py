@@ -11,7 +11,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -258,10 +259,8 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
             loaded = models.get(record.model_name, record.version)
             if record.sampling_stream != SAMPLING_STREAM:   # once per job: which stream its samples come from
                 store.jobs.update(job_id, sampling_stream=SAMPLING_STREAM)
-            traced = loaded.decoder.tracing_count()
-            results, words = decode_items(items, loaded.decoder, settings)
-            if loaded.decoder.tracing_count() != traced:   # new graphs: long-lived, out of the collector's way
-                settle_heap()
+            with settled_if_traced(loaded.decoder):
+                results, words = decode_items(items, loaded.decoder, settings)
             try:
                 first = store.jobs.save_result(job_id, chunk, results, words)
             except redis.exceptions.ResponseError as error:   # OutOfMemoryError is one
@@ -293,6 +292,16 @@ def settle_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
+
+@contextmanager
+def settled_if_traced(decoder) -> Iterator[None]:
+    """settle_heap() after the block if the decoder traced new graphs in it (they live as long as
+    the model)."""
+    traced = decoder.tracing_count()
+    yield
+    if decoder.tracing_count() != traced:
+        settle_heap()
 
 
 _HOST: ThreadPoolExecutor | None = None   # this process's host-side thread (see decode_items)

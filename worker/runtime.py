@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from lstmq.shared.config import Settings
-from lstmq.shared.execute import settle_heap
+from lstmq.shared.execute import settle_heap, settled_if_traced
 from lstmq.shared.messages import Dispatcher
 from lstmq.shared.recovery import recover_quietly
 from lstmq.shared.store import Store
@@ -59,10 +59,8 @@ class ModelCache:
         with self.lock:
             loaded = self._get(name, version)
             params = ensure_settings().generation_params().replace(words=1, n=1, seed=0, temperature=0.0)
-            traced = loaded.decoder.tracing_count()
-            loaded.decoder.continuations_scored([Request(ids=[2], params=params, key=0)])
-            if loaded.decoder.tracing_count() != traced:
-                settle_heap()
+            with settled_if_traced(loaded.decoder):
+                loaded.decoder.continuations_scored([Request(ids=[2], params=params, key=0)])
             return loaded
 
     def _get(self, name: str, version: int) -> LoadedModel:
