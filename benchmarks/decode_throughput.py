@@ -40,8 +40,8 @@ import time
 from collections.abc import Callable
 
 import numpy as np
-from lstmq.shared import devstack
-import tables
+from tests import devstack
+from benchmarks import tables
 
 
 # Model size of the seed notebook (and lstmq's default configuration).
@@ -101,9 +101,10 @@ def trained_model(text: str, epochs: int):
     import hashlib
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.model import load_keras_bytes, read_artifact
+    from lstmq.shared.artifact import read_artifact
+    from lstmq.worker.engine.network import load_keras_bytes
     from lstmq.shared.text import Vocabulary
-    from lstmq.shared.train import train
+    from lstmq.worker.engine.training import train
 
     params = load_settings(environ={}).model_params().replace(
         embedding_dim=EMBEDDING_DIM, lstm_units=LSTM_UNITS, lstm_layers=1, max_vocab=0, epochs=epochs,
@@ -154,8 +155,9 @@ def main() -> None:
     import tensorflow as tf
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request, reference_greedy
-    from lstmq.shared.model import build_models
+    from lstmq.worker.engine.decoder import Decoder, Request
+    from tests.oracle import reference_greedy
+    from lstmq.worker.engine.network import build_models
     from lstmq.shared.text import Vocabulary
     from lstmq.worker.runtime import configure_threads
 
@@ -274,7 +276,7 @@ def dense_bound(inference_model, batch_size: int, steps: int) -> Callable[[], ob
     step depends on the previous one's argmax, so nothing is hoisted)."""
     import tensorflow as tf
 
-    from lstmq.shared.model import decoding_layers
+    from lstmq.worker.engine.network import decoding_layers
 
     kernel = tf.constant(decoding_layers(inference_model).logits.get_weights()[0])
     rng = np.random.default_rng(RANDOM_SEED)
@@ -297,7 +299,7 @@ def measure_bound(arguments, text, vocabulary, inference_model, batch_size: int)
     """Decoder words/s against the dense bound at one batch size: a full batch of prompts,
     --bound-words each; bound and decoder timings interleaved, fastest of --repeats each."""
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request
+    from lstmq.worker.engine.decoder import Decoder, Request
 
     words = arguments.bound_words
     prompts = choose_prompts(text, vocabulary, batch_size)
@@ -346,7 +348,7 @@ def measure_mixed(arguments, text, vocabulary, inference_model, batch_size: int,
     """Greedy words/s of `count` prompts asking for 1..59 words against the same prompts at 30
     words each (about the same total), interleaved, fastest of --repeats each."""
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request
+    from lstmq.worker.engine.decoder import Decoder, Request
 
     prompts = choose_prompts(text, vocabulary, count)
     low, high = MIXED_WORDS

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from lstmq.shared import devstack
+from tests import devstack
 
 
 SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
@@ -159,7 +159,7 @@ def worker_log_figures(log: Path, job_id: str) -> dict[str, Any]:
 def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int) -> dict[str, Any]:
     import keras
 
-    from lstmq.shared.generate import reference_greedy
+    from tests.oracle import reference_greedy
     from lstmq.shared.text import Vocabulary
 
     started = time.perf_counter()
@@ -191,7 +191,7 @@ def in_process_decoder(export_dir: Path, prompts: list[str], words: int) -> dict
     import keras
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request
+    from lstmq.worker.engine.decoder import Decoder, Request
     from lstmq.shared.text import Vocabulary
 
     import tensorflow as tf
@@ -218,7 +218,7 @@ def main() -> int:
     import tensorflow as tf
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.devstack import LocalStack
+    from tests.devstack import LocalStack
     from lstmq.worker.runtime import configure_threads
 
     configure_threads(tf, load_settings())   # the in-process baselines: TensorFlow's threads as the worker sets them

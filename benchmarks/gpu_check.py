@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from lstmq.shared import devstack
+from tests import devstack
 
 CORPUS = devstack.corpus_path()
 
@@ -45,11 +45,14 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from lstmq.shared import model as model_module
+    from lstmq.worker.engine import network as model_module
+
+    from lstmq.shared import artifact as artifact_module
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request, reference_greedy
+    from lstmq.worker.engine.decoder import Decoder, Request
+    from tests.oracle import reference_greedy
     from lstmq.shared.text import Vocabulary, training_sequences
-    from lstmq.shared.train import SequenceBatches, train
+    from lstmq.worker.engine.training import SequenceBatches, train
 
     report: dict = {"tensorflow": tf.__version__, "keras": keras.__version__}
     gpus = tf.config.list_physical_devices("GPU")
@@ -89,7 +92,7 @@ def main() -> None:
                        "val_perplexity": result.metrics["val_perplexity"]}
     print(json.dumps({"train": report["train"]}), flush=True)
 
-    model_bytes, tokens, _ = model_module.read_artifact(result.artifact)
+    model_bytes, tokens, _ = artifact_module.read_artifact(result.artifact)
     trained = model_module.load_keras_bytes(model_bytes)
     vocabulary = Vocabulary(tokens)
     rng = np.random.default_rng(0)

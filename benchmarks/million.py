@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lstmq.shared import devstack
+from tests import devstack
 
 MODEL_NAME = "million"
 CORPUS_LINES = (60, 1560)          # the slice of the corpus the tiny model is trained on

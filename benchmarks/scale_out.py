@@ -36,9 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import tables  # noqa: E402
-from lstmq.shared import devstack  # noqa: E402
-from worker_overhead import corpus_prompts, register_random_model  # noqa: E402
+from benchmarks import tables  # noqa: E402
+from tests import devstack  # noqa: E402
+from benchmarks.worker_overhead import corpus_prompts, register_random_model  # noqa: E402
 
 
 def parse_arguments() -> argparse.Namespace:

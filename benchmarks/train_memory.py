@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lstmq.shared import devstack
-import tables
+from tests import devstack
+from benchmarks import tables
 
 
 # The seed notebook's network and fit settings.
@@ -125,8 +125,8 @@ def run_seed(text: str, epochs: int) -> dict:
 def run_lstmq(text: str, epochs: int) -> dict:
     """shared.train.train with the default settings but `epochs`."""
     from lstmq.shared.config import load_settings
-    from lstmq.shared.model import read_artifact
-    from lstmq.shared.train import train
+    from lstmq.shared.artifact import read_artifact
+    from lstmq.worker.engine.training import train
 
     started = time.monotonic()
     params = load_settings().model_params().replace(epochs=epochs)

@@ -46,8 +46,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lstmq.shared import devstack
-import tables
+from tests import devstack
+from benchmarks import tables
 
 SEED_CONTEXT = 17
 SEED_BATCH_SIZE = 32
@@ -109,7 +109,7 @@ class Data:
     """The slice's vocabulary, lstmq's training and held-out sequences, and the seed's examples."""
 
     def __init__(self, text: str, params):
-        from lstmq.shared.train import prepare
+        from lstmq.worker.engine.training import prepare
 
         started = time.monotonic()
         self.vocabulary, self.training, self.validation = prepare(text, params)
@@ -280,8 +280,8 @@ def run_lstmq(data: Data, params, seconds: float, gradient_batches: int = GRADIE
     import keras
     import tensorflow as tf
 
-    from lstmq.shared import model as model_module
-    from lstmq.shared.train import make_optimizer
+    from lstmq.worker.engine import network as model_module
+    from lstmq.worker.engine.training import make_optimizer
 
     started = time.monotonic()
     keras.utils.set_random_seed(params.shuffle_seed)
@@ -384,7 +384,7 @@ def print_equal_time(reports: list[dict], seconds: float) -> dict:
 # --- the whole corpus: one epoch each, in its own process ----------------------------------------
 def full_lstmq() -> dict:
     import tensorflow  # noqa: F401
-    from lstmq.shared.train import train
+    from lstmq.worker.engine.training import train
 
     text = read_corpus(0)
     params = default_params().replace(epochs=1)

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-import tables  # noqa: E402
-from lstmq.shared import devstack  # noqa: E402
+from benchmarks import tables  # noqa: E402
+from tests import devstack  # noqa: E402
 
 RANDOM_SEED = 1234
 
@@ -53,7 +53,8 @@ def register_random_model(store, text: str) -> tuple[str, int]:
 
     from lstmq.shared.config import load_settings
     from lstmq.shared.messages import JobKind
-    from lstmq.shared.model import build_models, pack_artifact, save_keras_bytes
+    from lstmq.shared.artifact import pack_artifact
+    from lstmq.worker.engine.network import build_models, save_keras_bytes
     from lstmq.shared.store import sha256
     from lstmq.shared.text import Vocabulary
 
@@ -102,7 +103,7 @@ def main() -> None:
     import tensorflow as tf
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.execute import ChunkPlan, run_generate_chunk
+    from lstmq.worker.jobs.chunks import ChunkPlan, run_generate_chunk
     from lstmq.shared.messages import JobKind, PromptItem
     from lstmq.shared.store import Store
     from lstmq.worker.runtime import ModelCache

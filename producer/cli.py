@@ -458,7 +458,7 @@ def status(job, limit, as_json, config_file, broker):
         render.echo_json([record.to_json() for record in records])
     else:
         from lstmq.shared.messages import QUEUES
-        click.echo(f"{render.queues_line(store.queues(QUEUES))}; live workers: {len(store.workers.live())}")
+        click.echo(f"{render.queues_line(store.queues.report(QUEUES))}; live workers: {len(store.workers.live())}")
         stalled = {record.id: len(store.jobs.lapsed(record.id)) for record in records if not record.status.finished}
         click.echo(render.job_table(records, stalled))
 
@@ -478,7 +478,7 @@ def workers(as_json, config_file, broker):
     if as_json:
         render.echo_json([render.worker_json(worker) for worker in live])
     else:
-        click.echo(render.workers_table(live, store.queues(QUEUES)))
+        click.echo(render.workers_table(live, store.queues.report(QUEUES)))
 
 
 @main.command()
@@ -495,10 +495,10 @@ def queues(as_json, newest, purge_dead_letters, config_file, broker):
     from lstmq.shared.messages import QUEUES
 
     store = open_store(settings_for(config_file, broker_url=broker))
-    report = store.queues(QUEUES, newest)
+    report = store.queues.report(QUEUES, newest)
     if purge_dead_letters:
         for queue in report:
-            queue["purged"] = store.jobs.purge_dead_letters(queue["queue"])
+            queue["purged"] = store.queues.purge_dead_letters(queue["queue"])
     if as_json:
         render.echo_json(report)
         return
@@ -622,7 +622,7 @@ def models_rm(spec, as_json, config_file, broker):
 def models_export(spec, directory, as_json, config_file, broker):
     """Write a version's model.keras, vocab.json and meta.json into DIRECTORY."""
     from lstmq.producer import render
-    from lstmq.shared.model import export_artifact
+    from lstmq.shared.artifact import export_artifact
 
     registry = open_store(settings_for(config_file, broker_url=broker)).registry
     name, version = registry.resolve(spec)

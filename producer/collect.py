@@ -24,7 +24,7 @@ from lstmq.shared.params import GenerationParams
 from lstmq.shared.recovery import recover
 from lstmq.shared.redact import redact, redact_url
 from lstmq.shared.store import JobKind, JobRecord, JobStatus, Store
-from lstmq.shared.store.jobs import ChunkInput, ChunkResult
+from lstmq.shared.store.chunks import ChunkInput, ChunkResult
 
 STDOUT = "-"                   # -o -: the results go to standard output
 NO_WORKER_NOTICE_S = 10.0      # a waiting CLI says within this long that no worker consumes the queue

@@ -17,8 +17,8 @@ from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError
 from lstmq.shared.messages import ROUTES, Dispatcher, JobKind
 from lstmq.shared.store import JobStatus, Store, check_model_name
-from lstmq.shared.store.jobs import ChunkBuilder
-from lstmq.shared.model import read_artifact
+from lstmq.shared.store.chunks import ChunkBuilder
+from lstmq.shared.artifact import read_artifact
 from lstmq.shared.params import GenerationParams
 from lstmq.shared.text import Vocabulary, words
 

@@ -1,2 +1,3 @@
-"""Code shared by the producer and the workers. Only modules that need TensorFlow import it
-(model.py, train.py, generate.py), and only inside the processes that run tasks."""
+"""The contract: what the producer and the workers both use. Settings, parameters, the task
+contract (messages), the tokenizer, the model artifact format, the store, errors, redaction and
+recovery. Nothing here needs TensorFlow (tests/test_imports.py checks every import statically)."""

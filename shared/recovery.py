@@ -85,7 +85,7 @@ def recover(store: Store, dispatcher: Dispatcher, redispatch_limit: int, job_ids
 
 
 def adopt_orphans(store: Store, record) -> None:
-    if store.jobs.leases(record.id) or store.jobs.queue_length(ROUTES[record.kind].queue) > 0:
+    if store.jobs.leases(record.id) or store.queues.queue_length(ROUTES[record.kind].queue) > 0:
         return   # work in progress, or messages still waiting their turn
     if record.kind is JobKind.TRAIN:
         if store.training.lock_holder(record.id) is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lstmq.shared.devstack import CORPUS_ENV, LocalRedis, corpus_path
+from tests.devstack import CORPUS_ENV, LocalRedis, corpus_path
 
 BIN = Path(sys.executable).parent
 CORPUS = corpus_path()

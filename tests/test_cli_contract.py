@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
+from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
 
 pytestmark = pytest.mark.integration
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "json"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WorkerProcess, lstmq, read_jsonl, wait_for
+from tests.conftest import WorkerProcess, lstmq, read_jsonl, wait_for
 
 pytestmark = pytest.mark.integration
 

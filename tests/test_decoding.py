@@ -6,11 +6,14 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from lstmq.shared import model as model_module  # noqa: E402
-from lstmq.shared import generate as generate_module  # noqa: E402
-from lstmq.shared.generate import Decoder, reference_greedy, row_uniforms  # noqa: E402
+from lstmq.shared import artifact as artifact_module  # noqa: E402
 from lstmq.shared.config import load_settings  # noqa: E402
 from lstmq.shared.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
+from lstmq.worker.engine import batching, selection, stream  # noqa: E402
+from lstmq.worker.engine import network as model_module  # noqa: E402
+from lstmq.worker.engine.decoder import Decoder  # noqa: E402
+from lstmq.worker.engine.stream import row_uniforms  # noqa: E402
+from tests.oracle import reference_greedy  # noqa: E402
 
 VOCAB_SIZE = 400
 WINDOW = 17
@@ -28,20 +31,20 @@ def random_model():
 
 @pytest.fixture(scope="module")
 def trained_model(corpus_text):
-    from lstmq.shared.train import train
+    from lstmq.worker.engine.training import train
 
     text = "\n".join(corpus_text.split("\n")[60:1060])
     params = load_settings(environ={}).model_params().replace(embedding_dim=24, lstm_units=32, epochs=1, batch_size=32,
                                                               early_stopping_patience=0)
     result = train(text, params, "test")
-    model_bytes, tokens, meta = model_module.read_artifact(result.artifact)
+    model_bytes, tokens, meta = artifact_module.read_artifact(result.artifact)
     return model_module.load_keras_bytes(model_bytes), Vocabulary(tokens), meta
 
 
 def Request(ids, key=0, **params):   # noqa: N802 (reads like the class it builds)
     """A decoder request with the default settings' parameters, seed 0, and these changes."""
     defaults = load_settings(environ={}).generation_params().replace(seed=0)
-    return generate_module.Request(ids=ids, params=defaults.replace(**params), key=key)
+    return batching.Request(ids=ids, params=defaults.replace(**params), key=key)
 
 
 def random_prompts(count, seed, low=1, high=40):
@@ -169,8 +172,8 @@ def test_row_uniforms_are_a_stateless_stream():
 
 def test_exported_model_opens_with_plain_keras(random_model, tmp_path):
     inference, vocabulary = random_model
-    artifact = model_module.pack_artifact(model_module.save_keras_bytes(inference), vocabulary.tokens, {"x": 1})
-    files = model_module.export_artifact(artifact, tmp_path / "export")
+    artifact = artifact_module.pack_artifact(model_module.save_keras_bytes(inference), vocabulary.tokens, {"x": 1})
+    files = artifact_module.export_artifact(artifact, tmp_path / "export")
     assert [path.name for path in files] == ["model.keras", "vocab.json", "meta.json"]
     reopened = keras.saving.load_model(tmp_path / "export" / "model.keras")
     batch = np.array([[5, 6, 7, 0, 0]], np.int32)
@@ -243,9 +246,9 @@ def test_the_compiled_loop_draws_the_row_uniforms_stream():
 
     assert SAMPLING_STREAM == 2
     seeds, keys, samples = [0, 1, 2**63 - 1, 5], [0, 2**63 - 1, 7, 5], [0, 3, 99, 0]
-    bases = generate_module.stream_bases(np.array(seeds), np.array(keys), np.array(samples))
+    bases = stream.stream_bases(np.array(seeds), np.array(keys), np.array(samples))
     for step in (0, 1, 17):
-        computed = Decoder._uniforms(None, tf.constant(bases), tf.fill([len(seeds)], step)).numpy()
+        computed = stream.tf_uniforms(tf.constant(bases), tf.fill([len(seeds)], step)).numpy()
         expected = [row_uniforms(s, k, n, step + 1)[step] for s, k, n in zip(seeds, keys, samples)]
         assert np.array_equal(computed, np.asarray(expected, np.float32))
 
@@ -276,7 +279,7 @@ def test_a_nucleus_larger_than_the_candidates_is_ranked_whole(random_model):
     probabilities = np.exp(scaled - scaled.max()) / np.exp(scaled - scaled.max()).sum()
     order = np.argsort(-probabilities, kind="stable")
     nucleus = int(np.searchsorted(np.cumsum(probabilities[order]), top_p)) + 1
-    assert nucleus > generate_module.NUCLEUS_CANDIDATES   # the fallback is exercised
+    assert nucleus > selection.NUCLEUS_CANDIDATES   # the fallback is exercised
     decoder = Decoder(inference, vocabulary, max_rows=1024)
     request = Request(ids=prompt, key=3, words=1, n=400, seed=9, temperature=temperature, top_p=top_p)
     alone = decoder.generate([request])[0]
@@ -327,10 +330,10 @@ def test_blockwise_candidates_are_the_top_k(count):
 
     blocks = 513
     rng = np.random.default_rng(count)
-    logits = np.round(rng.normal(size=(37, blocks * generate_module.BLOCK)), 1).astype(np.float32)  # many ties
+    logits = np.round(rng.normal(size=(37, blocks * selection.BLOCK)), 1).astype(np.float32)  # many ties
     logits[3] = 0.5   # a row of equal values
     fake = types.SimpleNamespace(blocks=blocks)
-    values, ids = Decoder._candidates(fake, tf.constant(logits), tf.constant(count))
+    values, ids = selection.WordSelection._candidates(fake, tf.constant(logits), tf.constant(count))
     expected_values, expected_ids = tf.math.top_k(logits, k=count)
     assert np.array_equal(values.numpy(), expected_values.numpy())
     assert np.array_equal(ids.numpy(), expected_ids.numpy())

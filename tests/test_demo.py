@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from lstmq.producer.demo import CORPUS_SHA256, fetch_corpus
+from examples.demo import CORPUS_SHA256, fetch_corpus
 
 pytest.importorskip("keras")
 

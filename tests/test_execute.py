@@ -1,11 +1,12 @@
-"""The worker-side chunk pipeline (shared.execute): pipelined slices, parameter checks once per
+"""The worker-side chunk pipeline (worker.jobs.chunks): pipelined slices, parameter checks once per
 set, and a batch too big for the device split and retried. Unit tests with a stand-in decoder; the
 real decoder and worker run in tests/test_integration.py."""
 import pytest
 
 from lstmq.shared.config import load_settings
-from lstmq.shared.execute import decode_items
+from lstmq.worker.jobs.chunks import decode_items
 from lstmq.shared.messages import PromptItem
+from lstmq.shared.store.chunks import ChunkInput, ChunkResult, encode_items
 from lstmq.shared.text import Vocabulary
 
 
@@ -47,10 +48,15 @@ def items(settings, count):
     return made
 
 
+def columns(item_dicts):
+    """The chunk as a worker reads it from the store."""
+    return ChunkInput.decode(encode_items(item_dicts))
+
+
 def test_slices_are_decoded_in_order_and_every_item_has_its_outcome(setting, vocabulary):
     decoder = StandInDecoder(vocabulary, max_rows=3)
     chunk = items(setting, 10)
-    result, words = decode_items(chunk, decoder, setting)
+    result, words = decode_items(columns(chunk), decoder, setting)
     results = result.results()
     assert decoder.calls == [2, 3, 2]   # slices of 3 items, less the unusable ones (the last slice: none)
     assert len(results) == 10
@@ -64,7 +70,7 @@ def test_slices_are_decoded_in_order_and_every_item_has_its_outcome(setting, voc
 def test_a_batch_too_big_for_the_device_is_split_and_nothing_is_lost(setting, vocabulary):
     decoder = StandInDecoder(vocabulary, max_rows=64, fits=5)
     chunk = [item for item in items(setting, 41)[:40] if item["prompt"]]
-    results = decode_items(chunk, decoder, setting)[0].results()
+    results = decode_items(columns(chunk), decoder, setting)[0].results()
     assert [result["samples"] for result in results] == \
         [[" ".join(reversed(item["prompt"].split()))] for item in chunk]
     assert max(size for size in decoder.calls if size <= 5) <= 5 and decoder.calls[0] == 30
@@ -73,22 +79,20 @@ def test_a_batch_too_big_for_the_device_is_split_and_nothing_is_lost(setting, vo
 def test_a_single_prompt_that_does_not_fit_fails_the_chunk(setting, vocabulary):
     decoder = StandInDecoder(vocabulary, max_rows=8, fits=0)
     with pytest.raises(ResourceExhaustedError):
-        decode_items(items(setting, 2), decoder, setting)
+        decode_items(columns(items(setting, 2)), decoder, setting)
 
 
 def test_parameter_sets_are_told_apart_by_type_too(setting, vocabulary):
     """A chunk checks each distinct parameter set once; `true` is not `1` there either."""
     chunk = items(setting, 2)[:2]
     chunk[1]["params"] = {**chunk[0]["params"], "n": True}
-    results = decode_items(chunk, StandInDecoder(vocabulary, max_rows=8), setting)[0].results()
+    results = decode_items(columns(chunk), StandInDecoder(vocabulary, max_rows=8), setting)[0].results()
     assert "samples" in results[0] and "field 'n'" in results[1]["error"]
 
 
 def test_a_chunk_in_columns_gives_its_results_in_columns(setting, vocabulary):
     """What a worker reads (ChunkInput: the job's parameters once, a few overrides) gives columns
-    (ChunkResult) with each item's samples, unknown words or error in its place; an entry of an
-    earlier lstmq's item list that is not an object is that item's error, the rest decoded."""
-    from lstmq.shared.store.jobs import ChunkInput, ChunkResult
+    (ChunkResult) with each item's samples, unknown words or error in its place."""
 
     defaults = setting.generation_params().replace(words=3, seed=7).to_dict()
     chunk = ChunkInput(list(range(1, 8)), list(range(1, 8)),
@@ -105,12 +109,6 @@ def test_a_chunk_in_columns_gives_its_results_in_columns(setting, vocabulary):
     assert set(result.errors) == {2, 4, 5} and words == 3 * 5
     assert ChunkResult.decode(result.encode()).results() == result.results()
 
-    good = items(setting, 4)
-    legacy = [good[0], 42, good[1]]
-    results = decode_items(legacy, decoder, setting)[0].results()
-    assert results[1] == {"error": "chunk item must be an object, got int"}
-    assert results[0]["samples"] == ["door the"] and results[2]["samples"] == ["said holmes"]
-
 
 def test_settle_heap_freezes_what_lives_and_frees_what_was_dropped():
     """settle_heap() moves the live objects out of the collector's way (gc.freeze), and the next
@@ -118,7 +116,7 @@ def test_settle_heap_freezes_what_lives_and_frees_what_was_dropped():
     import gc
     import weakref
 
-    from lstmq.shared.execute import settle_heap
+    from lstmq.worker.runtime import settle_heap
 
     class Model:
         pass

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
-from lstmq.shared.devstack import free_port
+from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
+from tests.devstack import free_port
 from lstmq.shared.messages import ROUTES, JobKind
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
+from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ def test_generate_txt_with_bad_lines(trained, cli, tmp_path):
 
 def test_greedy_output_equals_the_seed_loop_on_the_exported_model(trained, cli, tmp_path):
     keras = pytest.importorskip("keras")
-    from lstmq.shared.generate import reference_greedy
+    from tests.oracle import reference_greedy
     from lstmq.shared.text import Vocabulary
 
     export = tmp_path / "export"
@@ -247,7 +247,7 @@ def test_messages_are_json_and_carry_only_ids(small_config):
     import redis
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.devstack import LocalRedis
+    from tests.devstack import LocalRedis
     from lstmq.shared.messages import Dispatcher
 
     with LocalRedis() as server:   # no worker here: the message stays on the queue to be read
@@ -262,11 +262,15 @@ def test_messages_are_json_and_carry_only_ids(small_config):
 
 
 def test_tensorflow_stays_out_of_the_producer_and_the_prefork_parent(worker):
-    code = ("import sys, lstmq.producer.cli, lstmq.producer.collect, lstmq.producer.seeds, lstmq.producer.demo, "
-            "lstmq.producer.submit, lstmq.producer.render, lstmq.worker.app, lstmq.worker.tasks, lstmq.worker.launch, "
-            "lstmq.worker.run, lstmq.shared.store, lstmq.shared.execute, lstmq.shared.messages, lstmq.shared.config, "
-            "lstmq.shared.params, lstmq.shared.devstack; "
-            "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    # every module of the contract, the producer and the Celery side (the engine aside) imports
+    # without TensorFlow (tests/test_imports.py checks the import statements; this, what runs)
+    modules = ["lstmq.worker.app", "lstmq.worker.tasks", "lstmq.worker.launch", "lstmq.worker.run",
+               "lstmq.worker.runtime", "lstmq.worker.transport", "lstmq.worker.metrics", "lstmq.worker.jobs.leases",
+               "lstmq.worker.jobs.training", "lstmq.worker.jobs.chunks", "lstmq.worker.engine"]
+    for side in ("shared", "producer"):
+        modules += [f"lstmq.{side}." + ".".join(path.with_suffix("").relative_to(side).parts)
+                    for path in sorted(Path(side).rglob("*.py")) if path.name != "__init__.py"]
+    code = f"import sys, {', '.join(modules)}; sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], env=clean_env()).returncode == 0
     # launcher -> Celery main process (prefork parent) -> pool process
     children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -399,7 +403,7 @@ def read_jsonl_one(cli, seeds, model, tmp_path):
 
 def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, worker):
     """Heartbeats every lease_seconds/3 (10 s): the view is at most that old."""
-    from conftest import wait_for
+    from tests.conftest import wait_for
 
     def seen():
         live = json.loads(cli("workers", "--json").stdout)
@@ -421,7 +425,7 @@ def test_a_moved_alias_is_warmed_up_and_a_failed_load_is_recorded(trained, cli, 
                                                                   tmp_path):
     """Workers load a newly promoted version before a job needs it (within a heartbeat, 10 s);
     a version that fails to load is recorded and the loaded ones go on serving."""
-    from conftest import wait_for
+    from tests.conftest import wait_for
 
     from lstmq.shared.store import Store, keys
 

@@ -13,7 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from lstmq.shared.kernels import KernelUnavailable, native_ops   # noqa: E402
+from lstmq.worker.engine.kernels import KernelUnavailable, native_ops   # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def keras_lstm_step(x, kernel, h, recurrent, bias, c):
 def test_lstm_step_matches_keras_formula(ops, project):
     """LstmqLstmStep against Keras's formula: a row count that is no whole number of tiles, units
     that are no whole number of panels; with `project` the input is x and the kernel packed."""
-    from lstmq.shared.kernels import pack_matrix
+    from lstmq.worker.engine.kernels import pack_matrix
 
     rng = np.random.default_rng(2)
     rows, units, inputs = 77, 37, 29
@@ -120,7 +120,7 @@ def test_dense_best_matches_the_logits(ops):
     """LstmqDenseBest against the logits computed in float64: the first maximum among the real
     words, the near-tie flag, the sum of exp over real words and special tokens; the logits it
     writes in a sampling step; the same numbers for a row whatever its batch."""
-    from lstmq.shared.kernels import pack_panels
+    from lstmq.worker.engine.kernels import pack_panels
 
     rng = np.random.default_rng(3)
     rows, units, vocabulary, special = 53, 40, 1003, 4
@@ -159,8 +159,8 @@ def test_dense_sample_draws_as_lstmq_sample(ops):
     LstmqSample's draw on the same logits with the row's uniform from shared.generate's stream
     (row_uniforms: the numbers of the TensorFlow path), its `chosen` that word's logit; a greedy
     row keeps `best` and `top`; a row's draw never depends on its batch."""
-    from lstmq.shared.generate import row_uniforms, stream_bases
-    from lstmq.shared.kernels import pack_panels
+    from lstmq.worker.engine.stream import row_uniforms, stream_bases
+    from lstmq.worker.engine.kernels import pack_panels
 
     rng = np.random.default_rng(5)
     rows, units, vocabulary, special = 61, 40, 1503, 4
@@ -199,13 +199,13 @@ def test_decoder_with_and_without_kernels(tiny_model):
     """The same greedy words and log-probabilities within float32 rounding, for prompts of
     mixed lengths and words."""
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request
+    from lstmq.worker.engine.decoder import Decoder, Request
 
     inference_model, vocabulary, prompts = tiny_model
     native = Decoder(inference_model, vocabulary, max_rows=8, native="on")
     plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
-    assert native.best_word is not None and native.lstm_step is not None and native.dense_best is not None
-    assert plain.best_word is None and plain.lstm_step is None and plain.dense_best is None
+    assert native.native and native.lstm_step is not None and native.selection.dense_best is not None
+    assert not plain.native and plain.lstm_step is None and plain.selection.dense_best is None
     params = load_settings(environ={}).generation_params().replace(temperature=0.0, seed=0)
     requests = [Request(ids=ids, params=params.replace(words=1 + index % 9), key=index) for index, ids in enumerate(prompts)]
     with_kernels, without = native.generate_scored(requests), plain.generate_scored(requests)
@@ -219,7 +219,7 @@ def test_decoder_with_and_without_kernels(tiny_model):
 def tiny_model():
     import keras
 
-    from lstmq.shared.model import build_models
+    from lstmq.worker.engine.network import build_models
     from lstmq.shared.text import Vocabulary
 
     text = ("the quick brown fox jumps over the lazy dog and the cat sat on the mat while it rained "
@@ -235,7 +235,7 @@ def tiny_model():
 FALLBACK = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-    from lstmq.shared.kernels import KernelUnavailable, native_ops
+    from lstmq.worker.engine.kernels import KernelUnavailable, native_ops
     print("auto:", native_ops("auto"))
     try:
         native_ops("on")
@@ -265,7 +265,7 @@ def test_a_failed_build_names_the_compiler_error(tmp_path):
                         "echo 'next_word.cc:1: error: something is wrong' >&2\nexit 1\n")
     compiler.chmod(0o755)
     env = {**os.environ, "CXX": str(compiler), "LSTMQ_KERNEL_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    script = ("from lstmq.shared.kernels import KernelUnavailable, native_ops\n"
+    script = ("from lstmq.worker.engine.kernels import KernelUnavailable, native_ops\n"
               "try:\n    native_ops('on')\nexcept KernelUnavailable as error:\n    print('raised:', error)\n")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert "raised: building next_word.cc failed (exit 1): next_word.cc:1: error: something is wrong" in result.stdout, result
@@ -289,10 +289,11 @@ def test_kernel_unavailable_is_a_runtime_error():
 def test_sample_draws_as_the_tensorflow_version(tiny_model, ops):
     """LstmqSample against the decoder's TensorFlow draw on the same logits and uniforms: the same
     word except where a draw falls within float rounding of a boundary between two words."""
-    from lstmq.shared.generate import Decoder
+    from lstmq.worker.engine.decoder import Decoder
+    from lstmq.worker.engine.stream import tf_uniforms
 
     inference_model, vocabulary, _ = tiny_model
-    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
+    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off").selection
     rng = np.random.default_rng(3)
     rows, width = 600, plain.blocks * 16
     logits = np.full((rows, width), -1e30, np.float32)
@@ -306,7 +307,7 @@ def test_sample_draws_as_the_tensorflow_version(tiny_model, ops):
     position = np.zeros(rows, np.int32)
     expected = plain._sample(tf.constant(logits), tf.constant(greedy), tf.constant(top[:, None]), tf.constant(temperature),
                              tf.constant(top_k), tf.constant(top_p), tf.constant(base), tf.constant(position)).numpy()
-    uniform = plain._uniforms(tf.constant(base), tf.constant(position))
+    uniform = tf_uniforms(tf.constant(base), tf.constant(position))
     chosen = ops.lstmq_sample(logits, top, temperature, top_k, top_p, uniform, greedy, columns=plain.real_words).numpy()
     assert (chosen[temperature == 0] == greedy[temperature == 0]).all()
     assert (chosen < plain.real_words).all()
@@ -342,14 +343,15 @@ def test_sample_with_a_large_vocabulary(ops):
     wider than its 64 candidates (flat logits: the whole vocabulary ranked)."""
     import keras
 
-    from lstmq.shared.generate import Decoder
-    from lstmq.shared.model import build_models
+    from lstmq.worker.engine.decoder import Decoder
+    from lstmq.worker.engine.stream import tf_uniforms
+    from lstmq.worker.engine.network import build_models
     from lstmq.shared.text import SPECIAL_TOKENS, Vocabulary
 
     vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"w{i}" for i in range(3001))])   # 3,001 real words: not whole blocks
     keras.utils.set_random_seed(5)
     _, inference_model = build_models(len(vocabulary), 8, 8)
-    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off")
+    plain = Decoder(inference_model, vocabulary, max_rows=8, native="off").selection
     rng = np.random.default_rng(6)
     rows, width = 240, plain.blocks * 16
     logits = np.full((rows, width), -1e30, np.float32)
@@ -364,7 +366,7 @@ def test_sample_with_a_large_vocabulary(ops):
     position = np.full(rows, 2, np.int32)
     expected = plain._sample(tf.constant(logits), tf.constant(greedy), tf.constant(top[:, None]), tf.constant(temperature),
                              tf.constant(top_k), tf.constant(top_p), tf.constant(base), tf.constant(position)).numpy()
-    uniform = plain._uniforms(tf.constant(base), tf.constant(position))
+    uniform = tf_uniforms(tf.constant(base), tf.constant(position))
     chosen = ops.lstmq_sample(logits, top, temperature, top_k, top_p, uniform, greedy, columns=plain.real_words).numpy()
     assert (chosen < plain.real_words).all()
     assert (chosen != expected).sum() <= 3, [(i, top_k[i], top_p[i], chosen[i], expected[i]) for i in np.flatnonzero(chosen != expected)]
@@ -388,8 +390,8 @@ def test_log_probability_with_unbounded_logits(tiny_model):
     import keras
 
     from lstmq.shared.config import load_settings
-    from lstmq.shared.generate import Decoder, Request
-    from lstmq.shared.model import decoding_layers
+    from lstmq.worker.engine.decoder import Decoder, Request
+    from lstmq.worker.engine.network import decoding_layers
 
     inference_model, vocabulary, prompts = tiny_model
     model = keras.models.clone_model(inference_model)

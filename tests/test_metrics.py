@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
-from lstmq.shared.devstack import free_port
+from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
+from tests.devstack import free_port
 from lstmq.worker.launch import worker_commands
 
 EPOCHS = 2            # SMALL_MODEL's epochs (tests/conftest.py)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl
+from tests.conftest import read_jsonl
 from lstmq.producer import submit as submit_module
 from lstmq.producer.collect import Output, errors_path
 from lstmq.producer.seeds import read_seeds
 from lstmq.shared.config import load_settings
 from lstmq.shared.messages import Dispatcher
 from lstmq.shared.store import JobKind, JobStatus, keys
-from lstmq.shared.store.jobs import ChunkBuilder
+from lstmq.shared.store.chunks import ChunkBuilder
 from lstmq.shared.text import Vocabulary
 
 SETTINGS = load_settings(environ={})
@@ -114,7 +114,7 @@ def test_submission_streams_pipelined_chunks_and_their_messages(store, redis_ser
     bad = [line for line in range(1, 5001) if line % 97 == 0]
     assert (submission.lines, submission.prompts) == (5000, 5000 - len(bad))
     assert [error.line for error in submission.bad_lines] == bad
-    assert submission.chunks == -(-submission.prompts // 64) and store.jobs.queue_length("generate") == submission.chunks
+    assert submission.chunks == -(-submission.prompts // 64) and store.queues.queue_length("generate") == submission.chunks
     record = store.jobs.get(submission.job)
     assert record.submitted and record.chunks_sent == submission.chunks and record.input_errors == len(bad)
     good = [seed for seed in read_seeds(seeds, settings.generation_params(), settings.limits())

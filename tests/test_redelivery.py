@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import WorkerProcess, lstmq, read_jsonl
-from conftest import wait_for
-from test_crashes import chunks_done_soon, pool_processes, status
+from tests.conftest import WorkerProcess, lstmq, read_jsonl
+from tests.conftest import wait_for
+from tests.test_crashes import chunks_done_soon, pool_processes, status
 
 pytestmark = pytest.mark.integration
 

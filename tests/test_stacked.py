@@ -23,7 +23,9 @@ def test_jobs_written_before_stacking_load_as_the_seed_network():
 
 keras = pytest.importorskip("keras")
 
-from lstmq.shared import model as model_module  # noqa: E402
+from lstmq.worker.engine import network as model_module  # noqa: E402
+
+from lstmq.shared import artifact as artifact_module
 from lstmq.shared.text import SPECIAL_TOKENS, Vocabulary  # noqa: E402
 
 
@@ -66,14 +68,14 @@ def test_both_views_stack_every_layer(layers):
 
 
 def test_stacked_artifact_round_trip_and_meta(corpus_text):
-    from lstmq.shared.train import train
+    from lstmq.worker.engine.training import train
 
     text = "\n".join(corpus_text.split("\n")[60:460])
     params = load_settings(environ={}).model_params().replace(
         embedding_dim=16, lstm_units=24, epochs=1, batch_size=32, early_stopping_patience=0,
         lstm_layers=2, dropout=0.2, clipnorm=1.0)
     result = train(text, params, "stacked", samples_each_epoch=False)
-    model_bytes, tokens, meta = model_module.read_artifact(result.artifact)
+    model_bytes, tokens, meta = artifact_module.read_artifact(result.artifact)
     inference = model_module.load_keras_bytes(model_bytes)
     assert meta["network"]["layers"] == ["Embedding(mask_zero)", "LSTM", "LSTM", "Dense", "Softmax"]
     assert (meta["training"]["lstm_layers"], meta["training"]["dropout"], meta["training"]["clipnorm"]) == (2, 0.2, 1.0)
@@ -83,7 +85,7 @@ def test_stacked_artifact_round_trip_and_meta(corpus_text):
 
 
 def test_optimizer_clips_the_global_norm():
-    from lstmq.shared.train import make_optimizer
+    from lstmq.worker.engine.training import make_optimizer
 
     assert make_optimizer("adam", 0.001, 5.0).global_clipnorm == 5.0
     assert make_optimizer("adam", 0.001).global_clipnorm is None
@@ -94,8 +96,9 @@ def test_optimizer_clips_the_global_norm():
 def test_greedy_equals_seed_loop_on_a_stacked_network(layers, batching):
     """The batched decoder carries (h, c) of every layer: its greedy words are the seed loop's
     (the full model on the whole context) for any rows per call and chunking."""
-    from lstmq.shared import generate as generate_module
-    from lstmq.shared.generate import Decoder, reference_greedy
+    from lstmq.worker.engine.batching import Request
+    from lstmq.worker.engine.decoder import Decoder
+    from tests.oracle import reference_greedy
 
     _, inference = stacked(layers)
     vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"w{i}" for i in range(VOCAB_SIZE - 2))])
@@ -107,6 +110,6 @@ def test_greedy_equals_seed_loop_on_a_stacked_network(layers, batching):
         decoder = Decoder(inference, vocabulary, max_rows=max_rows)
         generated = []
         for start in range(0, len(prompts), chunk):
-            requests = [generate_module.Request(ids=p, params=defaults, key=0) for p in prompts[start:start + chunk]]
+            requests = [Request(ids=p, params=defaults, key=0) for p in prompts[start:start + chunk]]
             generated += [samples[0] for samples in decoder.generate(requests)]
         assert generated == expected

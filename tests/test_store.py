@@ -17,6 +17,14 @@ GENERATION = SETTINGS.generation_params().replace(seed=1)
 MODEL = SETTINGS.model_params()
 
 
+def seed_items(*lines: int) -> list[dict]:
+    """Chunk items (PromptItem dicts) for the given seed-file lines, prompt "the"."""
+    from lstmq.shared.messages import PromptItem
+    from lstmq.shared.params import prompt_key
+
+    return [PromptItem(line, line, "the", prompt_key(line), GENERATION).to_dict() for line in lines]
+
+
 def test_blobs_are_content_addressed(store):
     digest = store.blobs.put(b"hello", ttl=60)
     assert digest == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
@@ -97,7 +105,7 @@ def test_nothing_reopens_a_finished_job(store):
 def test_chunk_results_are_written_once_and_finish_the_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     for chunk in range(3):
-        store.jobs.put_chunk(job, chunk, [{"line": chunk + 1}], lines=chunk + 1, submit_deadline=time.time() + 60)
+        store.jobs.put_chunk(job, chunk, seed_items(chunk + 1), lines=chunk + 1, submit_deadline=time.time() + 60)
     assert store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)
     assert not store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)   # duplicate delivery
     assert store.jobs.fail_chunk(job, 1, "boom", prompts=1)
@@ -113,7 +121,7 @@ def test_chunk_results_are_written_once_and_finish_the_job(store):
 
 def test_job_finishes_when_submission_ends_after_the_last_chunk(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
     store.jobs.save_result(job, 0, [{"samples": ["x"]}], words=1)
     assert store.jobs.get(job).status is not JobStatus.SUCCEEDED    # submission still open
     assert store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1) is JobStatus.SUCCEEDED
@@ -170,7 +178,7 @@ def test_every_key_is_under_the_prefix(store):
 
 def test_a_lapsed_lease_is_claimed_once_and_fails_after_the_limit(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, [{"line": 1}, {"line": 2}], lines=2, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, seed_items(1, 2), lines=2, submit_deadline=time.time() + 60)
     store.jobs.finish_submission(job, chunks=1, prompts=2, input_errors=0, lines=2)
     assert store.jobs.take_lease(job, 0, "w1", lease_seconds=60) == "ok"
     assert store.jobs.lapsed(job) == [] and store.jobs.claim_lapsed(job, "0", 1, "lost") == "live"
@@ -197,7 +205,7 @@ def test_a_lapsed_training_lease_fails_the_job_after_the_limit(store):
 def test_cancel_skips_pending_chunks_and_keeps_what_was_done(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     for chunk in range(2):
-        store.jobs.put_chunk(job, chunk, [{"line": chunk + 1}], lines=chunk + 1, submit_deadline=time.time() + 60)
+        store.jobs.put_chunk(job, chunk, seed_items(chunk + 1), lines=chunk + 1, submit_deadline=time.time() + 60)
     store.jobs.finish_submission(job, chunks=2, prompts=2, input_errors=0, lines=2)
     store.jobs.take_lease(job, 0, "w", 30)
     assert store.jobs.cancel(job) is JobStatus.CANCELLED
@@ -211,7 +219,7 @@ def test_cancel_skips_pending_chunks_and_keeps_what_was_done(store):
 
 def test_remove_deletes_every_key_of_an_ended_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
     store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "x"}])
     with pytest.raises(InputError, match="cancel it first"):
         store.jobs.remove(job)
@@ -227,7 +235,7 @@ def test_remove_deletes_every_key_of_an_ended_job(store):
 
 def test_every_job_key_expires(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
     store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "x"}])
     store.jobs.take_lease(job, 0, "w", 30)
     store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)
@@ -239,7 +247,7 @@ def test_every_job_key_expires(store):
 
 def test_an_interrupted_submission_fails_the_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, submit_deadline=time.time() + 60)
-    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=7, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=7, submit_deadline=time.time() + 60)
     assert not store.jobs.fail_lapsed_submission(job)
     store.jobs.keep_submitting(job, lines=9, submit_deadline=time.time() - 1)   # the producer went quiet
     assert store.jobs.fail_lapsed_submission(job)
@@ -252,7 +260,7 @@ def test_a_chunk_failure_is_recorded_when_redis_is_out_of_memory(store):
     from lstmq.shared.store.health import is_out_of_memory, out_of_memory
 
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
     store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1)
     store.redis.config_set("maxmemory", 1)   # every write is refused now (noeviction)
     try:
@@ -290,107 +298,35 @@ def test_live_workers_and_their_queues(store):
     assert [worker["name"] for worker in store.workers.live()] == ["a"] and not store.workers.consuming("train")
 
 
-# -- how chunks are kept: compact columns, old JSON chunks still read ------------------------------
-def _items(params_for_line):
-    from lstmq.shared.messages import PromptItem
-    from lstmq.shared.params import prompt_key
+# -- chunks in Redis: the stored form of tests/test_chunks.py, written once, read back ----------
+def test_chunk_items_and_results_are_stored_in_the_compact_form(store):
+    from tests.test_chunks import chunk_items
+    from lstmq.shared.store.chunks import FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB, ChunkResult
 
-    odd_ids = {3: "trois", 4: -7, 5: None, 6: -(2**63), 7: "", 8: "8", 9: 2**64 - 1}
-    items = []
-    for line in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 20]:   # a gap: blank or bad lines between
-        identifier = odd_ids.get(line, line)
-        prompt = {1: "Sherlock «Holmes» — 福尔摩斯 🕵", 2: 'quote " and \\ back\tslash', 11: "x" * 300}.get(line, f"word{line}")
-        items.append(PromptItem(line, identifier, prompt, prompt_key(identifier), params_for_line(line)).to_dict())
-    return items
-
-
-def test_chunk_items_round_trip_in_the_compact_format(store):
-    from lstmq.shared.params import prompt_key
-    from lstmq.shared.store.jobs import FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB
-
-    special = GENERATION.replace(words=3, temperature=0.7, top_k=5, n=2)
-    items = _items(lambda line: special if line in (2, 12) else (GENERATION.replace(seed=9) if line == 4 else GENERATION))
+    items = chunk_items(lambda line: GENERATION.replace(seed=9) if line == 4 else GENERATION)
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     store.jobs.put_chunk(job, 0, items, lines=20, submit_deadline=time.time() + 60)
     raw = store.redis.get(keys.job_key(job, "chunk", 0))
     assert raw[:1] in (FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB) and len(raw) < len(json.dumps(items)) / 3
     assert store.jobs.chunk(job, 0) == items          # what a worker reads: the same dicts, keys and all
-    columns = store.jobs.chunk_input(job, 0)
-    assert columns.lines == [item["line"] for item in items] and columns.ids == [item["id"] for item in items]
-    assert sorted(columns.overrides) == [1, 3, 10]    # only the prompts whose parameters differ
-    assert columns.overrides[3] == {"seed": 9} and columns.params(0) is columns.defaults
+    assert store.jobs.chunk_input(job, 0).overrides == {3: {"seed": 9}}
     assert store.jobs.chunk_prompts(job, 0) == len(items)
-    # an id over 64 bits (a .jsonl file may set one) does not fit msgpack: that chunk is JSON, as before
-    big = _items(lambda line: GENERATION)
-    big[0] = {**big[0], "id": 2**70, "key": prompt_key(2**70)}
-    store.jobs.put_chunk(job, 1, big, lines=20, submit_deadline=time.time() + 60)
-    assert store.redis.get(keys.job_key(job, "chunk", 1)).startswith(b"[") and store.jobs.chunk(job, 1) == big
-
-
-def test_a_txt_chunk_keeps_no_ids_and_no_parameters_per_prompt(store):
-    from lstmq.shared.store.jobs import ChunkBuilder, ChunkInput, _unpack
-
-    builder = ChunkBuilder(GENERATION.to_dict())
-    for line in [*range(1, 200), *range(250, 300)]:
-        builder.add(line, line, "the")
-    value = _unpack(builder.encode())
-    assert value["lines"] == [1, 199, 250, 50] and "ids" not in value and "overrides" not in value
-    decoded = ChunkInput.decode(builder.encode())
-    assert decoded.ids == decoded.lines == [*range(1, 200), *range(250, 300)]
-
-
-def test_chunk_results_round_trip_in_the_compact_format(store):
-    from lstmq.shared.store.jobs import ChunkResult
-
-    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    results = [{"unknown": [], "samples": ["the door"], "logprobs": [-1.23455]},
-               {"error": "prompt has no words"},
-               {"unknown": ["zzyzx", "ünïcode"], "samples": ["a b", "c d", "é 福"], "logprobs": [-0.5, -2.0, -11.99999]},
-               {"unknown": [], "samples": ["no score"]},
-               {"unknown": [], "samples": [], "logprobs": []}]
-    for chunk in range(5):
-        store.jobs.put_chunk(job, chunk, [{"line": 1}], lines=1, submit_deadline=time.time() + 60)
-    assert store.jobs.save_result(job, 0, results, words=9)
-    decoded = store.jobs.result(job, 0)
-    assert decoded[0] == results[0] and decoded[1] == results[1] and decoded[2] == results[2]
-    assert decoded[3] == {"unknown": [], "samples": ["no score"], "logprobs": [None]} and decoded[4] == results[4]
+    results = [{"unknown": [], "samples": ["the door"], "logprobs": [-1.23455]}, {"error": "prompt has no words"}]
+    assert store.jobs.save_result(job, 0, results, words=2)
     assert len(store.redis.get(keys.job_key(job, "result", 0))) < len(json.dumps(results))
-    # logprobs that are not 5-decimal values (or not finite) are kept exactly, as floats
-    odd = [{"unknown": [], "samples": ["x"], "logprobs": [-0.123456789]},
-           {"unknown": [], "samples": ["y"], "logprobs": [float("-inf")]}]
-    store.jobs.save_result(job, 1, odd, words=2)
-    assert store.jobs.result(job, 1) == odd
-    # one sample per prompt, no errors: no per-prompt counts are kept
-    plain = [{"unknown": [], "samples": [f"w{index}"], "logprobs": [-index / 8]} for index in range(300)]
-    store.jobs.save_result(job, 2, plain, words=300)
-    assert store.jobs.result(job, 2) == plain
-    # anything of another shape is kept as JSON, as before
-    other = [{"samples": ["s"], "extra": 1}]
-    store.jobs.save_result(job, 3, other, words=1)
-    assert store.redis.get(keys.job_key(job, "result", 3)).startswith(b"[")
+    assert store.jobs.result(job, 0) == results
     # a worker may hand over columns (no dict per item): the same stored form
-    columns = ChunkResult(["a", "b"], None, [-0.5, -1.25], {1: ["zz"]}, {})
-    assert len(columns) == 2 and store.jobs.save_result(job, 4, columns, words=2)
-    assert store.jobs.result(job, 4) == [{"unknown": [], "samples": ["a"], "logprobs": [-0.5]},
+    store.jobs.put_chunk(job, 1, items[:2], lines=20, submit_deadline=time.time() + 60)
+    assert store.jobs.save_result(job, 1, ChunkResult(["a", "b"], None, [-0.5, -1.25], {1: ["zz"]}, {}), words=2)
+    assert store.jobs.result(job, 1) == [{"unknown": [], "samples": ["a"], "logprobs": [-0.5]},
                                          {"unknown": ["zz"], "samples": ["b"], "logprobs": [-1.25]}]
-    assert store.jobs.get(job).prompts_done == len(results) + 2 + 300 + 1 + 2
+    assert store.jobs.get(job).prompts_done == 4
 
 
-def test_json_chunks_of_an_earlier_lstmq_are_still_read(store, tmp_path):
-    from lstmq.producer.collect import write_results
-
-    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, model="m@1")
-    items = _items(lambda line: GENERATION)[:3]
-    results = [{"unknown": [], "samples": ["one"], "logprobs": [-1.5]}, {"error": "boom"},
-               {"unknown": ["x"], "samples": ["three"], "logprobs": [-0.25]}]
-    store.redis.set(keys.job_key(job, "chunk", 0), json.dumps(items))      # as lstmq 0.1 wrote them
-    store.redis.set(keys.job_key(job, "result", 0), json.dumps(results))
-    store.redis.sadd(keys.job_key(job, "done"), 0)
-    store.redis.hset(keys.job_key(job, "chunk-sizes"), 0, 3)
-    store.jobs.finish_submission(job, chunks=1, prompts=3, input_errors=0, lines=3)
-    assert store.jobs.chunk(job, 0) == items and store.jobs.result(job, 0) == results
-    written = write_results(store, job, tmp_path / "out.jsonl")
-    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert written.lines == 2 and [line["id"] for line in lines] == [1, "trois"]
-    assert lines[0]["prompt"] == items[0]["prompt"] and lines[1]["unknown_words"] == ["x"]
-    assert written.errors == [{"id": 2, "line": 2, "error": "boom"}]
+def test_a_json_chunk_of_an_earlier_lstmq_is_refused_with_a_reason(store):
+    """Stored JSON chunks (lstmq before 0.2) are not read: the README says to collect such jobs
+    before upgrading; one met anyway is an error that says what it is."""
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.redis.set(keys.job_key(job, "chunk", 0), json.dumps([{"line": 1, "prompt": "the"}]))
+    with pytest.raises(ValueError, match="an lstmq before 0.2 stored JSON"):
+        store.jobs.chunk_input(job, 0)

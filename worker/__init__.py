@@ -1,2 +1,3 @@
-"""The Celery side: app settings, thin tasks, per-process runtime, and the lstmq-worker launcher.
-Nothing here imports TensorFlow at module level; only the pool process that runs tasks does."""
+"""The worker side: the Celery plumbing (app, tasks, runtime, launcher, transport, metrics), what
+a worker does with a job (jobs/), and the LSTM engine (engine/). Nothing here imports TensorFlow
+at module level; only the pool process that runs tasks does."""

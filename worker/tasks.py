@@ -51,7 +51,8 @@ class LstmqTask(Task):
 
 @app.task(name=ROUTES[JobKind.TRAIN].task, bind=True, base=LstmqTask, max_retries=None)
 def train(self, *args, **kwargs):
-    from lstmq.shared.execute import retry_transient, run_training
+    from lstmq.worker.jobs.leases import retry_transient
+    from lstmq.worker.jobs.training import run_training
 
     with self.rejecting(JobKind.TRAIN, kwargs):
         message = parse_message(JobKind.TRAIN, args, kwargs)
@@ -84,7 +85,8 @@ def generate(self, *args, **kwargs):
 
 
 def _generate(self, args, kwargs):
-    from lstmq.shared.execute import TRANSIENT, describe, retry_transient, run_generate_chunk
+    from lstmq.worker.jobs.chunks import run_generate_chunk
+    from lstmq.worker.jobs.leases import TRANSIENT, describe, retry_transient
 
     with self.rejecting(JobKind.GENERATE, kwargs):
         message = parse_message(JobKind.GENERATE, args, kwargs)

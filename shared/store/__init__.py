@@ -2,7 +2,9 @@
 
 - blobs: content-addressed bytes (corpora, model artifacts)
 - registry: model name -> versions 1, 2, ... (meta + artifact blob), aliases (`current`)
-- jobs: the typed job record, generate chunks (input, result written once), bad seed lines
+- jobs: the typed job record, generate chunks (input, result written once), leases, bad seed lines
+  (with the Lua scripts that guard them); chunks: the pure codec of a chunk's input and result
+- queues: Celery's queues (length, consumers) and their dead-letter lists
 - training: per-epoch history, checkpoints, the training lock
 - workers: heartbeats of live workers and the queues they consume
 - health: Redis' eviction policy and out-of-memory errors
@@ -19,6 +21,7 @@ from lstmq.shared.messages import JobKind
 from lstmq.shared.store import keys
 from lstmq.shared.store.blobs import Blobs, sha256
 from lstmq.shared.store.jobs import Jobs
+from lstmq.shared.store.queues import Queues
 from lstmq.shared.store.records import JobRecord, JobStatus, Progress
 from lstmq.shared.store.registry import Registry, check_model_name, parse_model_spec
 from lstmq.shared.store.training import Training
@@ -38,6 +41,7 @@ class Store:
         self.jobs = Jobs(client, ttl)
         self.training = Training(client, ttl)
         self.workers = Workers(client)
+        self.queues = Queues(client, self.workers)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -71,21 +75,6 @@ class Store:
     def from_url(cls, url: str, ttl: int, **options) -> Store:
         """`options`: more keyword arguments for redis-py (ssl_* for a rediss:// URL)."""
         return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, **options), ttl)
-
-    def queues(self, queues, newest: int = 0) -> list[dict]:
-        """Per Celery queue: messages waiting, live workers consuming it, and its dead-letter list
-        (undecodable entries the workers took off it): the count and the newest `newest`, shown as
-        Python bytes literals cut at 200 bytes."""
-        live = self.workers.live()
-        report = []
-        for queue in queues:
-            count, entries = self.jobs.dead_letters(queue, newest)
-            report.append({
-                "queue": queue, "messages": self.jobs.queue_length(queue),
-                "consumers": sum(queue in worker.get("queues", ()) for worker in live),
-                "dead_letters": count, "dead_letter_key": keys.dead_letter(queue),
-                "newest_dead_letters": [repr(entry[:200]) + ("..." if len(entry) > 200 else "") for entry in entries]})
-        return report
 
     def ping(self, url: str = "") -> None:
         """Raise BrokerUnavailable, with a message that holds no password, if Redis does not answer.

@@ -1,24 +1,23 @@
-"""Jobs and their chunks: the job record (records.py; a Redis hash per job), generate chunks
-(input and result, each result written once however often a task runs, both kept as compact
-msgpack columns: see "how chunks are kept" below), leases on work in progress, cancel and
-removal, and the seed lines that could not be used. The Lua scripts that keep chunk outcomes
-and final states consistent live here, beside the data they guard."""
+"""The job repository: the job record (records.py; a Redis hash per job), generate chunks (input
+and result, each result written once however often a task runs, in the stored form of
+chunks.py), leases on work in progress, cancel and removal, and the seed lines that could not be
+used. The Lua scripts that keep chunk outcomes and final states consistent live here, beside
+the data they guard."""
 from __future__ import annotations
 
 import json
 import time
 import uuid
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
-import msgpack
 import redis
 
 from lstmq.shared.errors import InputError, JobNotFound
 from lstmq.shared.messages import JobKind
-from lstmq.shared.params import GenerationParams, ModelParams, prompt_key
+from lstmq.shared.params import GenerationParams, ModelParams
 from lstmq.shared.store import keys
+from lstmq.shared.store.chunks import ChunkInput, ChunkResult, encode_items, encode_results
 from lstmq.shared.store.clock import now
 from lstmq.shared.store.records import JobRecord, JobStatus, encode_fields
 
@@ -164,288 +163,6 @@ return 'failed'
 """
 
 
-# -- how chunks are kept in Redis -----------------------------------------------------------------
-# A chunk's input and its result are each one Redis string: a format byte, then a msgpack map,
-# zlib-compressed (FORMAT_MSGPACK_ZLIB) when that is smaller. Columns, not one object per prompt,
-# and only what the output needs:
-#   input:  {"v": 1, "lines": [first, count, first, count, ...] (runs of seed-file line numbers),
-#            "ids": [...] (absent when every id is its line number, as in a .txt file),
-#            "prompts": [...], "defaults": {params of the job}, "overrides": {position: {key: value}}
-#            (only the parameters that differ from the defaults; absent when none do)}
-#   result: {"v": 1, "samples": [every continuation, item after item], "counts": [samples per item]
-#            (absent when each item has one, and a failed item none), "logprobs": [per sample, in
-#            units of 1e-5 (the worker rounds to 5 decimals; None for a missing one)] or
-#            "logprobs_float": [...] for values that are not, "unknown": {position: [words]}
-#            (non-empty lists only), "errors": {position: reason}}
-# A prompt's key in the random stream is not stored: it is prompt_key(id) (shared.params).
-# Chunks written as JSON by an earlier lstmq (a list of item or result objects, starting with "[")
-# are still read.
-FORMAT_MSGPACK = b"\x01"
-FORMAT_MSGPACK_ZLIB = b"\x02"
-ENCODING_VERSION = 1
-COMPRESS_LEVEL = 1             # zlib: 1 is fast and takes most of the gain on prompt text
-COMPRESS_MIN_BYTES = 128       # smaller payloads are stored as plain msgpack
-LOGPROB_SCALE = 100_000        # logprobs are kept as integers in units of 1e-5
-ITEM_KEYS = frozenset(("line", "id", "prompt", "key", "params"))
-RESULT_KEYS = frozenset(("samples", "logprobs", "unknown", "error"))
-
-
-def _pack(value: dict[str, Any]) -> bytes:
-    packed = msgpack.packb(value, use_bin_type=True)
-    if len(packed) >= COMPRESS_MIN_BYTES:
-        compressed = zlib.compress(packed, COMPRESS_LEVEL)
-        if len(compressed) < len(packed):
-            return FORMAT_MSGPACK_ZLIB + compressed
-    return FORMAT_MSGPACK + packed
-
-
-def _unpack(raw: bytes) -> Any:
-    """The stored value: a msgpack map (new format) or the JSON list of an earlier lstmq."""
-    marker = raw[:1]
-    if marker == FORMAT_MSGPACK_ZLIB:
-        return msgpack.unpackb(zlib.decompress(raw[1:]), raw=False, strict_map_key=False, use_list=True)
-    if marker == FORMAT_MSGPACK:
-        return msgpack.unpackb(raw[1:], raw=False, strict_map_key=False, use_list=True)
-    return json.loads(raw)
-
-
-class ChunkInput:
-    """A chunk's prompts as columns: lines, ids, prompts, and each prompt's parameters (the
-    chunk's defaults unless `overrides` has the position). `invalid`: position -> why, for the
-    entries of an item list that were not items at all (from_items)."""
-
-    __slots__ = ("lines", "ids", "prompts", "defaults", "overrides", "invalid")
-
-    def __init__(self, lines: list[int], ids: list[Any], prompts: list[str], defaults: dict[str, Any],
-                 overrides: dict[int, dict[str, Any]], invalid: dict[int, str] | None = None):
-        self.lines, self.ids, self.prompts = lines, ids, prompts
-        self.defaults, self.overrides = defaults, overrides
-        self.invalid = invalid or {}
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def params(self, position: int) -> dict[str, Any]:
-        override = self.overrides.get(position)
-        return self.defaults if override is None else {**self.defaults, **override}
-
-    def items(self) -> list[dict[str, Any]]:
-        """One dict per prompt (PromptItem.to_dict()'s shape): line, id, prompt, key, params."""
-        return [{"line": line, "id": identifier, "prompt": prompt, "key": prompt_key(identifier),
-                 "params": self.params(position)}
-                for position, (line, identifier, prompt) in enumerate(zip(self.lines, self.ids, self.prompts))]
-
-    @classmethod
-    def from_items(cls, items: list[Any]) -> ChunkInput:
-        """From item dicts (a JSON chunk of an earlier lstmq): each item's parameters as given, its
-        key prompt_key(id) (as such a chunk's keys were); an entry that is not a dict is `invalid`."""
-        invalid = {position: f"chunk item must be an object, got {type(item).__name__}"
-                   for position, item in enumerate(items) if not isinstance(item, dict)}
-        items = [{} if position in invalid else item for position, item in enumerate(items)]
-        return cls([item.get("line") for item in items], [item.get("id") for item in items],
-                   [item.get("prompt") for item in items], {},
-                   {position: item.get("params") or {} for position, item in enumerate(items)}, invalid)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> ChunkInput:
-        return cls.from_value(_unpack(raw))
-
-    @classmethod
-    def from_value(cls, value: Any) -> ChunkInput:
-        """From a stored chunk, unpacked: a map of columns, or a JSON list of item dicts."""
-        if isinstance(value, list):
-            return cls.from_items(value)
-        lines: list[int] = []
-        runs = value["lines"]
-        for index in range(0, len(runs), 2):
-            lines.extend(range(runs[index], runs[index] + runs[index + 1]))
-        ids = value.get("ids")
-        return cls(lines, lines if ids is None else ids, value["prompts"], value.get("defaults") or {},
-                   value.get("overrides") or {})
-
-
-class ChunkBuilder:
-    """Collects a chunk's prompts (in line order) for ChunkBuilder.encode: the producer's side of
-    ChunkInput. `defaults`: the job's parameters, as a dict; add() takes only what differs."""
-
-    def __init__(self, defaults: dict[str, Any]):
-        self.defaults = defaults
-        self.runs: list[int] = []
-        self.ids: list[Any] = []
-        self.prompts: list[str] = []
-        self.overrides: dict[int, dict[str, Any]] = {}
-        self.ids_are_lines = True
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def add(self, line: int, identifier: Any, prompt: str, overrides: dict[str, Any] | None = None) -> None:
-        runs = self.runs
-        if runs and runs[-2] + runs[-1] == line:
-            runs[-1] += 1
-        else:
-            runs += (line, 1)
-        if self.ids_are_lines and (identifier != line or type(identifier) is not int):
-            self.ids_are_lines = False
-        self.ids.append(identifier)
-        if overrides:
-            self.overrides[len(self.prompts)] = overrides
-        self.prompts.append(prompt)
-
-    def add_item(self, item: dict[str, Any]) -> None:
-        params = item["params"]
-        overrides = {key: value for key, value in params.items()
-                     if key not in self.defaults or self.defaults[key] != value
-                     or type(self.defaults[key]) is not type(value)}
-        self.add(item["line"], item["id"], item["prompt"], overrides)
-
-    def encode(self) -> bytes:
-        value: dict[str, Any] = {"v": ENCODING_VERSION, "lines": self.runs, "prompts": self.prompts,
-                                 "defaults": self.defaults}
-        if not self.ids_are_lines:
-            value["ids"] = self.ids
-        if self.overrides:
-            value["overrides"] = self.overrides
-        try:
-            return _pack(value)
-        except OverflowError:   # an integer over 64 bits (a .jsonl id may be one): JSON, as before
-            lines = [line for index in range(0, len(self.runs), 2)
-                     for line in range(self.runs[index], self.runs[index] + self.runs[index + 1])]
-            return json.dumps(ChunkInput(lines, self.ids, self.prompts, self.defaults, self.overrides).items()).encode()
-
-
-def encode_items(items: list[dict[str, Any]]) -> bytes:
-    """Item dicts (PromptItem.to_dict()) in the compact format; anything else as JSON, as before."""
-    standard = all(isinstance(item, dict) and item.keys() == ITEM_KEYS and isinstance(item["params"], dict)
-                   and isinstance(item["line"], int) and isinstance(item["prompt"], str)
-                   and item["key"] == prompt_key(item["id"]) for item in items)
-    if not standard or not items:
-        return json.dumps(items).encode()
-    builder = ChunkBuilder(items[0]["params"])
-    for item in items:
-        builder.add_item(item)
-    return builder.encode()
-
-
-class ChunkResult:
-    """A chunk's results as columns: per item its samples and their logprobs, its unknown words,
-    or its error."""
-
-    __slots__ = ("samples", "counts", "logprobs", "unknown", "errors")
-
-    def __init__(self, samples: list[str], counts: list[int] | None, logprobs: list[float | None] | None,
-                 unknown: dict[int, list[str]], errors: dict[int, str]):
-        self.samples, self.counts, self.logprobs = samples, counts, logprobs
-        self.unknown, self.errors = unknown, errors
-
-    def results(self, items: int | None = None) -> list[dict[str, Any]]:
-        """One dict per item, the shape the worker wrote: {"samples", "logprobs", "unknown"} or {"error"}."""
-        if items is None:
-            items = len(self.counts) if self.counts is not None else len(self.samples) + len(self.errors)
-        results, start = [], 0
-        for position in range(items):
-            error = self.errors.get(position)
-            if error is not None:
-                results.append({"error": error})
-                continue
-            count = self.counts[position] if self.counts is not None else 1
-            result: dict[str, Any] = {"unknown": self.unknown.get(position, []),
-                                      "samples": self.samples[start:start + count]}
-            if self.logprobs is not None:
-                result["logprobs"] = self.logprobs[start:start + count]
-            results.append(result)
-            start += count
-        return results
-
-    @classmethod
-    def from_results(cls, results: list[dict[str, Any]]) -> ChunkResult:
-        samples: list[str] = []
-        counts: list[int] = []
-        logprobs: list[float | None] = []
-        unknown: dict[int, list[str]] = {}
-        errors: dict[int, str] = {}
-        scored = False
-        for position, result in enumerate(results):
-            if "error" in result:
-                errors[position] = result["error"]
-                counts.append(0)
-                continue
-            item_samples = result["samples"]
-            samples.extend(item_samples)
-            counts.append(len(item_samples))
-            scores = result.get("logprobs")
-            if scores:
-                scored = True
-                logprobs.extend(scores)
-            else:
-                logprobs.extend([None] * len(item_samples))
-            if result.get("unknown"):
-                unknown[position] = result["unknown"]
-        return cls(samples, counts, logprobs if scored else None, unknown, errors)
-
-    def __len__(self) -> int:
-        """How many items (prompts) the chunk had."""
-        return len(self.counts) if self.counts is not None else len(self.samples) + len(self.errors)
-
-    def encode(self) -> bytes:
-        """The stored form (see "how chunks are kept"); OverflowError for an integer over 64 bits."""
-        value: dict[str, Any] = {"v": ENCODING_VERSION, "samples": self.samples}
-        if self.counts is not None and any(count != (0 if position in self.errors else 1)
-                                           for position, count in enumerate(self.counts)):
-            value["counts"] = self.counts
-        if self.logprobs is not None:
-            try:
-                scaled = [None if score is None else round(score * LOGPROB_SCALE) for score in self.logprobs]
-                exact = all(score is None or scaled_score / LOGPROB_SCALE == score
-                            for score, scaled_score in zip(self.logprobs, scaled))
-            except (OverflowError, ValueError, TypeError):   # inf, NaN, not a number
-                exact = False
-            if exact:
-                value["logprobs"] = scaled
-            else:
-                value["logprobs_float"] = self.logprobs
-        if self.unknown:
-            value["unknown"] = self.unknown
-        if self.errors:
-            value["errors"] = self.errors
-        return _pack(value)
-
-    @classmethod
-    def decode(cls, raw: bytes) -> ChunkResult:
-        value = _unpack(raw)
-        if isinstance(value, list):
-            return cls.from_results(value)
-        logprobs = value.get("logprobs")
-        if logprobs is not None:
-            logprobs = [None if score is None else score / LOGPROB_SCALE for score in logprobs]
-        else:
-            logprobs = value.get("logprobs_float")
-        counts = value.get("counts")
-        errors = value.get("errors") or {}
-        if counts is None and errors:   # one sample per item, none for a failed one
-            total = len(value["samples"]) + len(errors)
-            counts = [0 if position in errors else 1 for position in range(total)]
-        return cls(value["samples"], counts, logprobs, value.get("unknown") or {}, errors)
-
-
-def encode_results(results: list[dict[str, Any]] | ChunkResult) -> bytes:
-    """Result dicts (as shared.execute writes them), or a ChunkResult, in the compact format;
-    dicts of any other shape as JSON, as before."""
-    if isinstance(results, ChunkResult):
-        return results.encode()
-    if not all(isinstance(result, dict) and result.keys() <= RESULT_KEYS
-               and ((isinstance(result.get("error"), str) and len(result) == 1)
-                    or (isinstance(result.get("samples"), list) and "error" not in result
-                        and len(result.get("logprobs") or result["samples"]) == len(result["samples"])
-                        and isinstance(result.get("unknown", []), list)))
-               for result in results):
-        return json.dumps(results).encode()
-    try:
-        return ChunkResult.from_results(results).encode()
-    except OverflowError:   # an integer over 64 bits somewhere: JSON, as before
-        return json.dumps(results).encode()
-
-
 TRAIN = "train"   # the lease member of a training job's running slice
 
 
@@ -582,8 +299,7 @@ class Jobs:
         raw = self.redis.get(keys.job_key(job_id, "chunk", chunk))
         if raw is None:
             raise LookupError(f"job {job_id} has no chunk {chunk} (its input expired or was deleted)")
-        value = _unpack(raw)
-        return value if isinstance(value, list) else ChunkInput.from_value(value).items()
+        return ChunkInput.decode(raw).items()
 
     def chunk_input(self, job_id: str, chunk: int) -> ChunkInput:
         """The chunk's prompts as columns (ChunkInput); LookupError when its input is gone."""
@@ -675,25 +391,6 @@ class Jobs:
         done = {int(member) for member in self.redis.smembers(keys.job_key(job_id, "done"))}
         failed = {int(member) for member in self.redis.hkeys(keys.job_key(job_id, "failed"))}
         return [chunk for chunk in range(chunks) if chunk not in done and chunk not in failed]
-
-    def queue_length(self, queue: str) -> int:
-        return int(self.redis.llen(keys.celery_queue(queue)))
-
-    def dead_letters(self, queue: str, newest: int = 5) -> tuple[int, list[bytes]]:
-        """How many undecodable entries the workers took off `queue` (worker.transport), and the
-        newest `newest` of them (raw bytes)."""
-        pipe = self.redis.pipeline()
-        pipe.llen(keys.dead_letter(queue))
-        pipe.lrange(keys.dead_letter(queue), 0, newest - 1)
-        count, entries = pipe.execute()
-        return int(count), list(entries) if newest > 0 else []
-
-    def purge_dead_letters(self, queue: str) -> int:
-        """Delete `queue`'s dead-letter list; returns how many entries went."""
-        pipe = self.redis.pipeline()
-        pipe.llen(keys.dead_letter(queue))
-        pipe.delete(keys.dead_letter(queue))
-        return int(pipe.execute()[0])
 
     def leases(self, job_id: str) -> dict[str, float]:
         """Member -> deadline (Unix seconds) of the leases held now."""

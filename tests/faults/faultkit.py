@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, wait_for  # noqa: F401 (wait_for: for the tests)
+from tests.conftest import BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, wait_for  # noqa: F401 (wait_for: for the tests)
 
 from lstmq.shared.store import Store
 

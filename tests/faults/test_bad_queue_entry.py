@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import WorkerProcess, lstmq, read_jsonl
-from lstmq.shared.devstack import LocalRedis
+from tests.conftest import WorkerProcess, lstmq, read_jsonl
+from tests.devstack import LocalRedis
 
 pytestmark = pytest.mark.integration
 

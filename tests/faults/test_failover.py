@@ -9,7 +9,7 @@ import os
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, seeds_file, wait_for, write_config
+from tests.faults.faultkit import Stack, read_jsonl, seeds_file, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
+from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ import signal
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
+from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 from lstmq.shared.config import load_settings
-from lstmq.shared.devstack import LocalRedis
+from tests.devstack import LocalRedis
 from lstmq.shared.messages import Dispatcher, JobKind, PromptItem
 from lstmq.shared.params import prompt_key
 from lstmq.shared.store import keys

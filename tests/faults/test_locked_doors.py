@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from conftest import BIN, clean_env, descendants, kill_tree, lstmq
+from tests.conftest import BIN, clean_env, descendants, kill_tree, lstmq
 from lstmq.shared.config import load_settings
-from lstmq.shared.devstack import free_port
+from tests.devstack import free_port
 from lstmq.shared.errors import BrokerUnavailable, ConfigError
 from lstmq.shared.messages import celery_config
 from lstmq.shared.store import Store

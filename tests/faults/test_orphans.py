@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, report, seeds_file, write_config
+from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, write_config
 
 from lstmq.shared.store import keys
 

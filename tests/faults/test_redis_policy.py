@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
-from conftest import BIN, clean_env, lstmq
+from tests.conftest import BIN, clean_env, lstmq
 
-from lstmq.shared.devstack import LocalRedis
+from tests.devstack import LocalRedis
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ import json
 import time
 
 import pytest
-from faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
+from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
-from lstmq.shared.devstack import LocalRedis
+from tests.devstack import LocalRedis
 
 pytestmark = pytest.mark.integration
 DOWN_SECONDS = 4

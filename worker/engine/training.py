@@ -14,7 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lstmq.shared import model as model_module
+from lstmq.worker.engine import network as model_module
+
+from lstmq.shared import artifact as artifact_module
 from lstmq.shared.errors import CorpusError
 from lstmq.shared.params import Checkpoint, ModelParams
 from lstmq.shared.text import FILTERS, PAD_ID, SPECIAL_TOKENS, UNK_ID, Vocabulary, training_sequences
@@ -247,7 +249,7 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
         "network": {"vocab_size": len(vocabulary), "embedding_dim": params.embedding_dim,
                     "lstm_units": params.lstm_units,
                     "layers": ["Embedding(mask_zero)", *["LSTM"] * params.lstm_layers, "Dense", "Softmax"]},
-        "context_feed": model_module.CONTEXT_FEED,
+        "context_feed": artifact_module.CONTEXT_FEED,
         "tokenizer": {"lower": True, "filters": FILTERS, "split": " ", "pad_id": PAD_ID, "unk_id": UNK_ID,
                       "order": "count descending, ties by first appearance (Keras Tokenizer)"},
         "training": params.to_dict(),
@@ -257,7 +259,7 @@ def train(text: str, params: ModelParams, corpus_sha256: str,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
     }
-    artifact = model_module.pack_artifact(model_module.save_keras_bytes(inference_model), vocabulary.tokens, meta)
+    artifact = artifact_module.pack_artifact(model_module.save_keras_bytes(inference_model), vocabulary.tokens, meta)
     return TrainResult(artifact=artifact, metrics=metrics, history=history)
 
 

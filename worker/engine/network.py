@@ -1,4 +1,4 @@
-"""The network and the self-describing model artifact.
+"""The network: its two Keras views and the layer names the decoder and the training code use.
 
 Network (the seed's by default): Embedding(embedding_dim, mask_zero) -> LSTM(lstm_units) x
 lstm_layers (stacked; 1 = the seed's) -> Dense(vocab). Two views share the same weights:
@@ -9,21 +9,17 @@ lstm_layers (stacked; 1 = the seed's) -> Dense(vocab). Two views share the same 
   (any length, padding is masked), and returns next-word probabilities (batch, vocab) after the
   last real token: exactly the seed's `model.predict(context)`. It has no dropout.
 
-The artifact is a zip of model.keras, vocab.json (index = token id) and meta.json. Packing and
-unpacking the zip needs no TensorFlow (the producer's `models export` only unpacks it).
+The model.keras bytes of a network (save_keras_bytes, load_keras_bytes) go into the artifact
+that lstmq.shared.artifact packs. Imports Keras: worker side only.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ARTIFACT_FILES = ("model.keras", "vocab.json", "meta.json")
 # The network's layer names: this module owns them (the decoder and the training code ask here).
 INPUT = "token_ids"
 EMBEDDING = "embedding"
@@ -33,16 +29,6 @@ LOWER_LSTM = "lstm_layer_{}"       # stacked networks: LSTM layer 1, 2, ... belo
 OUTPUT_DROPOUT = "output_dropout"  # training view only, when dropout > 0
 LOGITS = "next_word_logits"
 SOFTMAX = "next_word"
-FORMAT = "lstmq-artifact/1"
-# How a context is fed to model.keras; recorded in meta.json so any consumer can do the same.
-CONTEXT_FEED = {
-    "input": "token ids (batch, time), int32; id 0 = padding, id 1 = <unk>",
-    "padding": "right: pad with id 0 after the tokens; padding is masked (mask_zero), so padding "
-               "never changes the result; left padding gives the same result on CPU but cuDNN "
-               "(GPU) accepts only right padding",
-    "length": "any: the whole context is read, no truncation to the training window",
-    "output": "next-word probabilities (batch, vocab) after the last real token (softmax)",
-}
 
 
 def lower_lstm_names(lstm_layers: int) -> list[str]:
@@ -131,38 +117,3 @@ def load_keras_bytes(data: bytes, compile: bool = False):
         Path(path).write_bytes(data)
         # safe_mode: a Lambda layer's pickled code in an artifact is refused, never run
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
-
-
-def pack_artifact(model_bytes: bytes, vocabulary: list[str], meta: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-        archive.writestr("model.keras", model_bytes)
-        archive.writestr("vocab.json", json.dumps(vocabulary, ensure_ascii=False))
-        archive.writestr("meta.json", json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=True))
-    return buffer.getvalue()
-
-
-def read_artifact(data: bytes) -> tuple[bytes, list[str], dict[str, Any]]:
-    """(model.keras bytes, vocabulary, meta) of a packed artifact."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = set(archive.namelist())
-        missing = [name for name in ARTIFACT_FILES if name not in names]
-        if missing:
-            raise ValueError(f"model artifact is missing {', '.join(missing)}")
-        return (archive.read("model.keras"), json.loads(archive.read("vocab.json")),
-                json.loads(archive.read("meta.json")))
-
-
-def export_artifact(data: bytes, directory: str | os.PathLike[str]) -> list[Path]:
-    """Write model.keras, vocab.json and meta.json into `directory` (created if needed)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        for name in ARTIFACT_FILES:
-            target = directory / name
-            temporary = target.with_name(f".{name}.partial")
-            temporary.write_bytes(archive.read(name))
-            os.replace(temporary, target)
-            written.append(target)
-    return written

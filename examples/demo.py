@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from lstmq.shared.devstack import REPOSITORY, LocalStack, corpus_path, tool
+from tests.devstack import REPOSITORY, LocalStack, corpus_path, tool
 
 CORPUS_URL = "https://sherlock-holm.es/stories/plain-text/advs.txt"
 CORPUS_SHA256 = "9ac008014241e665aa5669e74d5b9aecc3ad17a812c79be01522ec35f1ab4a79"

@@ -1,0 +1,223 @@
+"""The chunk pipeline: what a worker does with one chunk of a generate job. Read its prompts,
+check and tokenize them, decode them in slices with the host work overlapped, write the result
+once; or record the chunk failed with its reason (missing input, Redis out of memory, a bug alike)."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import redis
+
+from lstmq.shared.config import Settings
+from lstmq.shared.errors import InputError
+from lstmq.shared.messages import JobKind
+from lstmq.shared.params import SAMPLING_STREAM, prompt_key
+from lstmq.shared.store import Store
+from lstmq.shared.store.chunks import ChunkInput, ChunkResult
+from lstmq.shared.store.health import is_out_of_memory, out_of_memory
+from lstmq.worker.jobs.leases import TRANSIENT, Lease, describe, job_of_kind
+from lstmq.worker.runtime import settled_if_traced
+
+log = logging.getLogger("lstmq.jobs")
+
+
+def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: str,
+                       settings: Settings) -> dict[str, Any]:
+    """Decode one chunk of a generate job and write its result once; or record it failed."""
+    started = time.monotonic()
+    record = job_of_kind(store, job_id, JobKind.GENERATE)
+    taken = store.jobs.take_lease(job_id, chunk, worker, settings.lease_seconds)
+    if taken == "finished":
+        log.info("job %s chunk %d already has an outcome; skipping the redelivered task", job_id, chunk)
+        return {"job": job_id, "chunk": chunk, "skipped": True}
+    if taken != "ok":
+        log.info("job %s is %s; skipping chunk %d", job_id, taken, chunk)
+        return {"job": job_id, "chunk": chunk, "skipped": True}
+    items: ChunkInput | None = None
+    with Lease(store, job_id, chunk, settings.lease_seconds, worker):
+        try:
+            try:
+                items = store.jobs.chunk_input(job_id, chunk)
+            except LookupError as error:
+                raise InputError(f"chunk {chunk}: its input is gone ({error})") from None
+            loaded = models.get(record.model_name, record.version)
+            if record.sampling_stream != SAMPLING_STREAM:   # once per job: which stream its samples come from
+                store.jobs.update(job_id, sampling_stream=SAMPLING_STREAM)
+            with settled_if_traced(loaded.decoder):
+                results, words = decode_items(items, loaded.decoder, settings)
+            try:
+                first = store.jobs.save_result(job_id, chunk, results, words)
+            except redis.exceptions.ResponseError as error:   # OutOfMemoryError is one
+                if is_out_of_memory(error):
+                    raise out_of_memory(store.redis, error) from None
+                raise
+        except TRANSIENT:
+            raise      # retried by the task (the lease lapses if it never comes back)
+        except Exception as error:
+            prompts = len(items) if items is not None else store.jobs.chunk_prompts(job_id, chunk)
+            store.jobs.fail_chunk(job_id, chunk, describe(error), prompts)
+            log.error("job %s chunk %d failed: %s", job_id, chunk, describe(error))
+            raise
+    seconds = time.monotonic() - started
+    log.info("job %s chunk %d: %d prompts, %d words with %s in %.2fs (%.0f words/s)%s", job_id, chunk,
+             len(items), words, loaded.label, seconds, words / max(seconds, 1e-9), "" if first else " (duplicate)")
+    return {"job": job_id, "chunk": chunk, "prompts": len(items), "words": words}
+
+
+_HOST: ThreadPoolExecutor | None = None   # this process's host-side thread (see decode_items)
+_HOST_PID = 0
+
+
+def host_thread() -> ThreadPoolExecutor:
+    """One thread per process for the host-side work that overlaps decoding (made after a fork)."""
+    global _HOST, _HOST_PID
+    if _HOST is None or _HOST_PID != os.getpid():
+        _HOST, _HOST_PID = ThreadPoolExecutor(1, thread_name_prefix="lstmq-host"), os.getpid()
+    return _HOST
+
+
+def decode_items(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkResult, int]:
+    """A chunk's results as columns (ChunkResult: per item its samples and log-probabilities, its
+    unknown words, or its error), and the words generated. `chunk`: its prompts as columns, as
+    the worker reads them.
+
+    The chunk is decoded in slices. While the decoder (TensorFlow, which releases the GIL) runs
+    slice k, the host thread checks and tokenizes slice k+1 and appends slice k-1's output to the
+    result columns, so that a big chunk's host work hides behind its decoding. A slice holds
+    decode_batch_size (max_rows) to 4 x that many prompts, aiming at 4 slices per chunk: the
+    decoder refills the rows of prompts that finished early from those still waiting (mixed
+    lengths), which works best with more prompts than rows. No dict is made per prompt: on a
+    CPU worker the host thread takes its time from the decoder's cores."""
+    plan = ChunkPlan(chunk, decoder.vocabulary, settings)
+    rows = max(1, decoder.max_rows)
+    count = len(chunk)
+    step = max(rows, min(4 * rows, -(-count // 4)))
+    bounds = [(start, min(count, start + step)) for start in range(0, count, step)] or [(0, 0)]
+    host = host_thread()
+    prepared = host.submit(plan.prepare, *bounds[0])
+    finishing = None
+    words = 0
+    for index in range(len(bounds)):
+        requests, positions = prepared.result()
+        if index + 1 < len(bounds):
+            prepared = host.submit(plan.prepare, *bounds[index + 1])
+        scored = decode_splitting(decoder, requests)
+        if finishing is not None:
+            finishing.result()
+        finishing = host.submit(plan.finish, positions, scored)
+        words += sum(request.words * request.n for request in requests)
+    finishing.result()
+    return plan.result(), words
+
+
+class ChunkPlan:
+    """The host side of one chunk: prepare() checks and tokenizes a slice of its prompts into
+    decoder requests, finish() appends a slice's decoded samples to the result columns, in order."""
+
+    def __init__(self, chunk: ChunkInput, vocabulary, settings: Settings):
+        self.chunk, self.vocabulary = chunk, vocabulary
+        self.check = params_checker(settings.limits())
+        try:   # the chunk's parameters, checked once (most prompts have no others)
+            self.defaults: Any = self.check(chunk.defaults)
+        except InputError as error:
+            self.defaults = error
+        self.errors: dict[int, str] = {}
+        self.unknown: dict[int, list[str]] = {}
+        self.counts = [0] * len(chunk)
+        self.samples: list[str] = []
+        self.logprobs: list[float] = []
+
+    def prepare(self, start: int, end: int) -> tuple[list[Any], list[int]]:
+        """The requests of prompts start .. end-1 that can be decoded, with their positions; the
+        others' errors are recorded."""
+        from lstmq.worker.engine.batching import Request
+
+        chunk, errors, unknown_words = self.chunk, self.errors, self.unknown
+        prompts, ids, overrides, defaults = chunk.prompts, chunk.ids, chunk.overrides, self.defaults
+        encode = self.vocabulary.encode
+        requests, positions = [], []
+        for position in range(start, end):
+            if position in errors:
+                continue
+            prompt = prompts[position]
+            try:
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise InputError("field 'prompt' must be a non-empty string")
+                override = overrides.get(position)
+                if override is None:
+                    params = defaults
+                elif isinstance(override, dict):
+                    params = self.check({**chunk.defaults, **override})
+                else:
+                    params = self.check(override)   # not a mapping: its InputError
+                if isinstance(params, InputError):
+                    raise params
+                tokens, unknown = encode(prompt)
+                if not tokens:
+                    raise InputError("prompt has no words")
+                key = prompt_key(ids[position])
+            except InputError as error:
+                errors[position] = str(error)
+                continue
+            if unknown:
+                unknown_words[position] = unknown
+            positions.append(position)
+            requests.append(Request(ids=tokens, params=params, key=key))
+        return requests, positions
+
+    def finish(self, positions: list[int], scored) -> None:
+        samples, logprobs, counts = self.samples, self.logprobs, self.counts
+        for position, item_samples in zip(positions, scored):
+            for text, logprob in item_samples:
+                samples.append(text)
+                logprobs.append(round(logprob, 5))
+            counts[position] = len(item_samples)
+
+    def result(self) -> ChunkResult:
+        return ChunkResult(self.samples, self.counts, self.logprobs, self.unknown, self.errors)
+
+
+def decode_splitting(decoder, requests: list[Any]) -> list[Any]:
+    """decoder.continuations_scored(requests); a batch that does not fit in the device's memory
+    (TensorFlow's ResourceExhaustedError) is split in halves and each half tried again, down to a
+    single prompt, whose failure is the chunk's. Never lost: every request is decoded or raises."""
+    if not requests:
+        return []
+    try:
+        return decoder.continuations_scored(requests)
+    except Exception as error:
+        if type(error).__name__ != "ResourceExhaustedError" or len(requests) == 1:
+            raise
+        half = len(requests) // 2
+        log.warning("%d prompts do not fit in the device's memory at once (%s); decoding them in two halves",
+                    len(requests), str(error).splitlines()[0][:200])
+        return decode_splitting(decoder, requests[:half]) + decode_splitting(decoder, requests[half:])
+
+
+def params_checker(limits) -> Callable[[Any], Any]:
+    """check_generation_params for one chunk, each distinct parameter set checked once (its
+    outcome, parameters or InputError, remembered by value and type: `true` is not `1`)."""
+    from lstmq.shared.params import check_generation_params
+
+    checked: dict[Any, Any] = {}
+
+    def check(values: Any):
+        try:
+            signature = tuple((key, type(value), value) for key, value in sorted(values.items()))
+            known = checked.get(signature)
+        except (AttributeError, TypeError):   # not a mapping, or an unhashable value: checked on its own
+            return check_generation_params(values, limits)
+        if known is None:
+            try:
+                known = check_generation_params(values, limits)
+            except InputError as error:
+                known = error
+            checked[signature] = known
+        if isinstance(known, InputError):
+            raise known
+        return known
+    return check
