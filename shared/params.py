@@ -65,7 +65,7 @@ class ModelParams(_Params):
 # Which random stream sampling draws from; a sampled continuation is reproducible only under the
 # same stream. 1: a numpy Philox generator per row keyed by (seed, prompt key, sample index).
 # 2 (now): a SplitMix64 counter hash of (seed, prompt key, sample index, word index), computed
-# vectorized inside the compiled decoding loop (shared.generate.row_uniforms gives its numbers).
+# vectorized inside the compiled decoding loop (lstmq.worker.engine.stream.row_uniforms gives its numbers).
 # Either way a pure function of those values: batch composition, chunking and order never matter.
 SAMPLING_STREAM = 2
 

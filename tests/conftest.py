@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.devstack import CORPUS_ENV, LocalRedis, corpus_path
+from tests.devstack import CORPUS_ENV, LocalRedis, corpus_path, random_model_artifact
 
 BIN = Path(sys.executable).parent
 CORPUS = corpus_path()
@@ -36,10 +36,28 @@ def corpus_slice(corpus_text, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_corpus(corpus_text, tmp_path_factory) -> Path:
+    """300 lines of the corpus: for the tests that need a training job to run, not to learn."""
+    path = tmp_path_factory.mktemp("corpus") / "sherlock-tiny.txt"
+    path.write_text("\n".join(corpus_text.split("\n")[60:360]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
 def small_config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("config") / "small.yaml"
     path.write_text("".join(f"{key}: {value}\n" for key, value in {**SMALL_MODEL, "poll_interval": 0.1}.items()))
     return path
+
+
+@pytest.fixture(scope="session")
+def random_artifact(corpus_slice) -> bytes:
+    """SMALL_MODEL's network with random weights over the corpus slice's words, as a model artifact:
+    for the tests that decode but do not study training (register it with tests.devstack.register_model)."""
+    from lstmq.shared.config import load_settings
+
+    params = load_settings(environ={}).model_params().replace(**SMALL_MODEL)
+    return random_model_artifact(corpus_slice.read_text(encoding="utf-8"), params)
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +171,31 @@ def shadowing_dir(tmp_path_factory) -> Path:
     return directory
 
 
-def wait_for(predicate, timeout: float = 120, interval: float = 0.05, what: str = "the condition"):
-    """The predicate's first true value, polled every `interval` s; AssertionError after `timeout` s."""
+def wait_for(predicate, timeout: float = 120, interval: float = 0.05, what: str = "the condition",
+             detail=None):
+    """The predicate's first true value, polled every `interval` s; AssertionError after `timeout` s,
+    saying what was awaited and, if given, `detail()` (a worker's log, say)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{detail()}" if detail else ""))
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The JSON lines of a file; none when it does not exist (a job that wrote nothing)."""
+    if not path.exists():
+        return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (Linux /proc)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def pool_processes(worker: WorkerProcess) -> list[int]:
+    """lstmq-worker -> Celery main process(es) -> their pool processes."""
+    return [pool for parent in children(worker.process.pid) for pool in children(parent)]

@@ -150,3 +150,40 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def random_model_artifact(text: str, params, seed: int = 0) -> bytes:
+    """A network of `params`' size with random weights over `text`'s vocabulary, packed as a model
+    artifact (meta as training writes it, less the history): for the tests and benchmarks that
+    decode but do not study training. Imports TensorFlow, in the calling process."""
+    import keras
+
+    from lstmq.shared.artifact import CONTEXT_FEED, pack_artifact
+    from lstmq.shared.store import sha256
+    from lstmq.shared.text import Vocabulary
+    from lstmq.worker.engine.network import build_models, save_keras_bytes
+
+    vocabulary = Vocabulary.from_text(text, params.max_vocab)
+    keras.utils.set_random_seed(seed)
+    _, inference = build_models(len(vocabulary), params.embedding_dim, params.lstm_units, params.lstm_layers)
+    meta = {"network": {"vocab_size": len(vocabulary), "embedding_dim": params.embedding_dim,
+                        "lstm_units": params.lstm_units},
+            "context_feed": CONTEXT_FEED, "training": params.to_dict(), "corpus_sha256": sha256(text.encode("utf-8")),
+            "metrics": {"epochs_run": 0, "note": f"random weights (seed {seed}), never trained"}}
+    return pack_artifact(save_keras_bytes(inference), vocabulary.tokens, meta)
+
+
+def register_model(store, name: str, artifact: bytes, make_current: bool = True) -> int:
+    """Register `artifact` as the next version of `name` straight into the store, the way a
+    finished training job does (a succeeded train job record holds it); returns the version."""
+    from lstmq.shared.artifact import read_artifact
+    from lstmq.shared.messages import JobKind
+    from lstmq.shared.params import ModelParams
+    from lstmq.shared.store import JobStatus
+
+    _, _, meta = read_artifact(artifact)
+    params = ModelParams(**meta["training"])
+    job = store.jobs.create(JobKind.TRAIN, params, model_name=name)
+    version = store.registry.register(job, name, artifact, meta, make_current)
+    store.jobs.finish(job, JobStatus.SUCCEEDED, model=f"{name}@{version}", version=version, epochs_run=0)
+    return version

@@ -23,7 +23,7 @@ def check(name: str, text: str):
 
 
 @pytest.fixture(scope="module")
-def cli(redis_server, small_config, corpus_slice, tmp_path_factory):
+def cli(redis_server, small_config, tiny_corpus, tmp_path_factory):
     worker = WorkerProcess(redis_server.url, tmp_path_factory.mktemp("contract") / "worker.log",
                            "--config", str(small_config))
     worker.wait_ready()
@@ -32,7 +32,7 @@ def cli(redis_server, small_config, corpus_slice, tmp_path_factory):
         return lstmq(*args, "--broker", redis_server.url, "--config", small_config, check=check, **kwargs)
     run.broker, run.config = redis_server.url, small_config
     try:
-        run.trained = check_train(run, corpus_slice)
+        run.trained = check_train(run, tiny_corpus)
         yield run
     finally:
         worker.stop()

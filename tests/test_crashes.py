@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WorkerProcess, lstmq, read_jsonl, wait_for
+from tests.conftest import WorkerProcess, lstmq, pool_processes, read_jsonl, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-def pool_processes(worker: WorkerProcess) -> list[int]:
-    children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return [pool for parent in children(worker.process.pid) for pool in children(parent)]
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ import pytest
 
 from examples.demo import CORPUS_SHA256, fetch_corpus
 
-pytest.importorskip("keras")
-
 
 @pytest.fixture
 def http_root(tmp_path):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl
+from lstmq.shared.store import Store
+from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
+from tests.devstack import register_model
 
 pytestmark = pytest.mark.integration
 
@@ -145,15 +147,16 @@ def test_generate_jsonl_with_parameters_bad_lines_and_determinism(trained, cli, 
     assert read_jsonl(again) == lines
 
 
-def test_detach_collect_status_and_pinned_version(trained, cli, corpus_slice, tmp_path):
+def test_detach_collect_status_and_pinned_version(trained, cli, redis_server, random_artifact, tmp_path):
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("\n".join(f"prompt number {i} was" for i in range(40)) + "\n")
     detached = cli("generate", seeds, "--model", "sherlock", "--detach", "--json", "--chunk-size", "7")
     job = json.loads(detached.stdout)["job"]
     assert json.loads(detached.stdout)["model"] == "sherlock@1"
-    # retraining while the job is queued or running registers sherlock@2 and leaves the job on @1
-    retrain = json.loads(cli("train", corpus_slice, "--model", "sherlock", "--epochs", "1", "--wait", "--json").stdout)
-    assert retrain["model"] == "sherlock@2"
+    # a new version (as retraining registers it) while the job is queued or running: sherlock@2 is
+    # current, and the job stays on @1
+    assert register_model(Store.from_url(redis_server.url, ttl=3600), "sherlock", random_artifact) == 2
+    assert json.loads(cli("models", "show", "sherlock", "--json").stdout)["aliases"]["current"] == 2
     out = tmp_path / "collected.jsonl"
     summary = json.loads(cli("collect", job, "-o", out, "--json").stdout)
     assert summary["status"] == "succeeded" and summary["lines"] == 40
@@ -351,7 +354,6 @@ def test_model_lifecycle_promote_rollback_and_remove(trained, cli, corpus_slice,
     """Versions become current only when asked; aliases move by promote; a pinned version stays."""
     from lstmq.shared.config import load_settings
     from lstmq.shared.messages import JobKind
-    from lstmq.shared.store import Store
 
     train = lambda *flags: json.loads(cli("train", corpus_slice, "--model", "life", "--epochs", "1", "--wait",
                                           "--json", *flags).stdout)
@@ -403,8 +405,6 @@ def read_jsonl_one(cli, seeds, model, tmp_path):
 
 def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, worker):
     """Heartbeats every lease_seconds/3 (10 s): the view is at most that old."""
-    from tests.conftest import wait_for
-
     def seen():
         live = json.loads(cli("workers", "--json").stdout)
         return live if live and live[0].get("chunks_done", 0) >= 1 and "sherlock@1" in live[0]["models"] else None
@@ -421,25 +421,22 @@ def test_workers_lists_the_live_worker_with_its_models_and_queues(trained, cli, 
     assert "live workers: 1" in listing and "PACE" in listing and "words/s" in listing
 
 
-def test_a_moved_alias_is_warmed_up_and_a_failed_load_is_recorded(trained, cli, worker, corpus_slice, redis_server,
+def test_a_moved_alias_is_warmed_up_and_a_failed_load_is_recorded(trained, cli, worker, random_artifact, redis_server,
                                                                   tmp_path):
     """Workers load a newly promoted version before a job needs it (within a heartbeat, 10 s);
     a version that fails to load is recorded and the loaded ones go on serving."""
-    from tests.conftest import wait_for
+    from lstmq.shared.store import keys
 
-    from lstmq.shared.store import Store, keys
-
-    train = lambda *flags: json.loads(cli("train", corpus_slice, "--model", "warm", "--epochs", "1", "--wait",
-                                          "--json", *flags).stdout)["model"]
+    store = Store.from_url(redis_server.url, ttl=3600)
+    register = lambda current: f"warm@{register_model(store, 'warm', random_artifact, make_current=current)}"  # noqa: E731
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("the door opened\n")
-    assert train() == "warm@1"
+    assert register(True) == "warm@1"
     cli("generate", seeds, "--model", "warm", "-o", tmp_path / "one.jsonl")            # the worker serves warm@1
-    assert train("--no-promote") == "warm@2"
+    assert register(False) == "warm@2"
     cli("models", "promote", "warm@2")
     wait_for(lambda: "warmed up model warm@2" in worker.text(), timeout=40, interval=0.5, what="warm@2 to be warmed")
-    assert train("--no-promote") == "warm@3"
-    store = Store.from_url(redis_server.url, ttl=3600)
+    assert register(False) == "warm@3"
     store.redis.set(keys.blob(store.registry.meta("warm", 3)["artifact_sha256"]), b"not a model")
     cli("models", "promote", "warm@3", "--alias", "canary")
     wait_for(lambda: "could not load model warm@3" in worker.text(), timeout=40, interval=0.5, what="a failed load")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
+from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, pool_processes, read_jsonl, wait_for
 from tests.devstack import free_port
 from lstmq.worker.launch import worker_commands
 
@@ -70,10 +70,6 @@ def try_scrape(port: int) -> dict | None:
     except OSError:   # not bound yet (a pool process starting)
         return None
 
-
-def pool_processes(worker: WorkerProcess) -> list[int]:
-    children = lambda pid: [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return [pool for parent in children(worker.process.pid) for pool in children(parent)]
 
 
 @pytest.fixture(scope="module")

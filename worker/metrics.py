@@ -73,7 +73,7 @@ def chunk_finished(outcome: str, seconds: float, result: dict[str, Any] | None =
 
 
 def epoch_finished(event: dict[str, Any]) -> None:
-    """shared.execute.run_training's per-epoch hook: an {"event": "epoch", "seconds": ...} event."""
+    """worker.jobs.training.run_training's per-epoch hook: an {"event": "epoch", "seconds": ...} event."""
     EPOCH_SECONDS.labels(device=STATE.device).observe(float(event["seconds"]))
 
 

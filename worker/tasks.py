@@ -1,4 +1,4 @@
-"""Thin tasks: parse the message (shared.messages), call shared.execute, let Celery acknowledge.
+"""Thin tasks: parse the message (shared.messages), call worker.jobs, let Celery acknowledge.
 A message that cannot run (malformed, or its job does not exist) is logged and rejected the
 Celery way (Reject, not requeued); a job that fails is recorded failed in the store and the task
 fails in Celery's eyes too (an expected error: logged without a traceback)."""

@@ -6,9 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.conftest import BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, wait_for  # noqa: F401 (wait_for: for the tests)
+from tests.conftest import (BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, read_jsonl,  # noqa: F401
+                            wait_for)   # read_jsonl, wait_for: for the tests
 
 from lstmq.shared.store import Store
+from tests.devstack import register_model
 
 # Small network, quick polls; failure handling at its defaults unless a test says otherwise.
 FAULT_SETTINGS = {**SMALL_MODEL, "poll_interval": 0.1}
@@ -44,6 +46,11 @@ class Stack:
         result = self.cli("train", corpus, "--model", name, "--epochs", str(epochs), "--wait", "--json", timeout=300)
         return json.loads(result.stdout)["model"]
 
+    def register(self, artifact: bytes, name: str) -> str:
+        """A model with random weights (the random_artifact fixture) as NAME@VERSION, registered
+        straight into the store: for the tests whose subject is not training."""
+        return f"{name}@{register_model(self.store, name, artifact)}"
+
     def status(self, job: str) -> dict:
         return json.loads(self.cli("status", job, "--json").stdout)
 
@@ -54,10 +61,6 @@ class Stack:
 def seeds_file(path: Path, count: int, template: str = "holmes said that the {i} men were") -> Path:
     path.write_text("\n".join(template.format(i=i) for i in range(count)) + "\n")
     return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
 
 def report(fault: str, seconds: float) -> None:

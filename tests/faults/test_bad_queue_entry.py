@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import WorkerProcess, lstmq, read_jsonl
+from tests.conftest import WorkerProcess, children, lstmq, read_jsonl, wait_for
 from tests.devstack import LocalRedis
 
 pytestmark = pytest.mark.integration
@@ -40,22 +40,12 @@ ENTRIES = {
 }
 
 
-def wait_for(predicate, timeout: float, what: str, detail=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{detail()}")
 
 
 def holds_at_least(client: redis.Redis, key: str, count: int):
     return lambda: client.llen(key) >= count
 
 
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +71,7 @@ def worker(server, small_config, tmp_path_factory):
         process.stop()
 
 
-def test_undecodable_entries_are_dead_lettered_and_the_worker_goes_on(server, worker, small_config, corpus_slice,
+def test_undecodable_entries_are_dead_lettered_and_the_worker_goes_on(server, worker, small_config, tiny_corpus,
                                                                       tmp_path):
     from lstmq.worker.transport import EXCERPT_BYTES, dead_letter_key
 
@@ -95,7 +85,7 @@ def test_undecodable_entries_are_dead_lettered_and_the_worker_goes_on(server, wo
     # each list's entries come off in the order pushed and are LPUSHed: the dead-letter list is newest first
     for queue, entries in ENTRIES.items():
         wait_for(holds_at_least(client, dead_letter_key(queue), len(entries)), 60,
-                 f"{len(entries)} entries on {dead_letter_key(queue)}", worker.text)
+                 what=f"{len(entries)} entries on {dead_letter_key(queue)}", detail=worker.text)
         assert client.lrange(dead_letter_key(queue), 0, -1) == list(reversed(entries))
         assert client.llen(queue) == 0
 
@@ -113,7 +103,7 @@ def test_undecodable_entries_are_dead_lettered_and_the_worker_goes_on(server, wo
 
     # the worker consumes on: a model trained and a generate job run after the bad entries
     cli = lambda *args, **kwargs: lstmq(*args, "--broker", url, "--config", small_config, **kwargs)
-    cli("train", corpus_slice, "--model", "m", "--epochs", "1", "--wait", timeout=300)
+    cli("train", tiny_corpus, "--model", "m", "--epochs", "1", "--wait", timeout=300)
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("after the bad queue entries\n")
     out = tmp_path / "out.jsonl"
@@ -139,7 +129,7 @@ def test_a_killed_worker_is_reported_with_its_signal(server, small_config, tmp_p
         pool = children(celery_main)
         for pid in (celery_main, *pool):
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: "restarting lstmq-cpu" in worker.text(), 30, "the restart", worker.text)
+        wait_for(lambda: "restarting lstmq-cpu" in worker.text(), 30, what="the restart", detail=worker.text)
         text = worker.text()
         assert "was killed by signal SIGKILL (9); restarting in 1s" in text, text
         assert "status 0" not in text and "status -9" not in text, text

@@ -13,13 +13,13 @@ from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_fo
 pytestmark = pytest.mark.integration
 
 
-def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, corpus_slice, tmp_path):
+def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, random_artifact, tmp_path):
     # one chunk far longer than shutdown_timeout on any machine: 3,000 prompts x 1,000 words in
     # calls of 64 rows (47,000 small steps; 1,500 prompts in calls of 1,024 rows took 3.2 s on a fast CPU)
     stack = Stack(redis_server.url, write_config(tmp_path / "settings.yaml", shutdown_timeout=3, decode_batch_size=64))
     worker = stack.worker(tmp_path / "first.log")
     try:
-        model = stack.train(corpus_slice, "stop")
+        model = stack.register(random_artifact, "stop")
         seeds = seeds_file(tmp_path / "seeds.txt", 3000)
         job = json.loads(stack.cli("generate", seeds, "--model", model, "--detach", "--json", "--words", "1000",
                                    "--chunk-size", "3000").stdout)["job"]
@@ -45,11 +45,11 @@ def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, corpus_slice, 
         replacement.stop()
 
 
-def test_a_stop_within_the_bound_finishes_the_chunk(redis_server, corpus_slice, tmp_path):
+def test_a_stop_within_the_bound_finishes_the_chunk(redis_server, random_artifact, tmp_path):
     stack = Stack(redis_server.url, write_config(tmp_path / "settings.yaml"))
     worker = stack.worker(tmp_path / "worker.log")
     try:
-        model = stack.train(corpus_slice, "finish")
+        model = stack.register(random_artifact, "finish")
         seeds = seeds_file(tmp_path / "seeds.txt", 400)
         job = json.loads(stack.cli("generate", seeds, "--model", model, "--detach", "--json", "--words", "600",
                                    "--chunk-size", "400").stdout)["job"]

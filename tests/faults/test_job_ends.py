@@ -1,7 +1,7 @@
 """Every job reaches a final state, and every prompt ends in OUT.jsonl once or in
 OUT.errors.jsonl with its reason: chunk failures (missing input, Redis out of memory), cancel
 and rm, an interrupted submission, waiting with no worker and --timeout. One real worker and a
-trained model for the module; each test checks the final state, the output and the errors."""
+model (random weights) for the module; each test checks the final state, the output and the errors."""
 from __future__ import annotations
 
 import json
@@ -24,13 +24,13 @@ EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_CANCELLED = 1, 2, 3, 4
 
 
 @pytest.fixture(scope="module")
-def stack(redis_server, tmp_path_factory, corpus_slice):
+def stack(redis_server, tmp_path_factory, random_artifact):
     directory = tmp_path_factory.mktemp("job-ends")
     stack = Stack(redis_server.url, write_config(directory / "settings.yaml", submission_timeout=5))
     worker = stack.worker(directory / "worker.log")
     stack.worker_process = worker
     try:
-        stack.model = stack.train(corpus_slice, "ends")
+        stack.model = stack.register(random_artifact, "ends")
         yield stack
     finally:
         worker.stop()

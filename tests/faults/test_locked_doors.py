@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import BIN, clean_env, descendants, kill_tree, lstmq
+from tests.conftest import BIN, clean_env, descendants, kill_tree, lstmq, wait_for
 from lstmq.shared.config import load_settings
 from tests.devstack import free_port
 from lstmq.shared.errors import BrokerUnavailable, ConfigError
@@ -242,13 +242,6 @@ def test_cli_with_cert_reqs_none_skips_the_check(tls_server):
           env=tls_env(LSTMQ_BROKER_TLS_CERT_REQS="none"), timeout=60)
 
 
-def wait_for(predicate, timeout: float, what: str, describe=lambda: ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} after {timeout:.0f}s:\n{describe()}")
 
 
 class Started:
@@ -294,7 +287,7 @@ def test_a_worker_runs_over_tls(tls_server, certificates, small_config, tmp_path
                      tmp_path / "worker.log", cwd=tmp_path)
     try:
         wait_for(lambda: "ready: TensorFlow" in worker.text() or worker.process.poll() is not None, 180,
-                 "worker not ready", worker.text)
+                 what="worker not ready", detail=worker.text)
         assert worker.process.poll() is None, worker.text()
         # Celery's own tools reach it through the same settings (LSTMQ_BROKER_URL + the CA)
         ping = celery_inspect_ping({**env, "LSTMQ_BROKER_URL": url}, tmp_path)
@@ -353,7 +346,7 @@ def test_lstmq_worker_reports_refused_credentials_without_the_password(password_
     worker = Started([str(BIN / "lstmq-worker"), "--cpu", "--broker", url], clean_env(), tmp_path / "launcher.log",
                      cwd=tmp_path)
     try:
-        wait_for(lambda: "status 3" in worker.text(), 30, "no exit status 3 reported", worker.text)
+        wait_for(lambda: "status 3" in worker.text(), 30, what="no exit status 3 reported", detail=worker.text)
         text = worker.text()
         assert "refused the credentials" in text and WRONG not in text and "Traceback" not in text, text
     finally:
@@ -416,11 +409,11 @@ def test_a_worker_started_before_its_redis_waits_then_starts(tmp_path):
                     port=port)
     try:
         wait_for(lambda: "(attempt 2)" in worker.text() or worker.process.poll() is not None, 20,
-                 "no second attempt logged", worker.text)
+                 what="no second attempt logged", detail=worker.text)
         assert worker.process.poll() is None, worker.text()
         server.start({"password": PASSWORD})
         wait_for(lambda: "ready: TensorFlow" in worker.text() or worker.process.poll() is not None, 180,
-                 "worker not ready after Redis came up", worker.text)
+                 what="worker not ready after Redis came up", detail=worker.text)
         assert worker.process.poll() is None, worker.text()
         text = worker.text()
         assert f"Redis at redis://:***@127.0.0.1:{port}/0 is unreachable (attempt 1): " in text, text
