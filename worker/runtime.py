@@ -232,9 +232,12 @@ def init_process() -> None:
     """Set up the device and the store in the process that runs tasks."""
     import tensorflow as tf
 
+    from lstmq.worker.engine.decoder import set_process_numerics
+
     settings = ensure_settings()
     threads = settings.tf_threads
     gpus = configure_threads(tf, settings)
+    set_process_numerics()   # TF32 off, once, before any model is loaded
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "(unset)")

@@ -28,8 +28,21 @@ from lstmq.worker.engine.network import DecodingLayers, decoding_layers
 from lstmq.worker.engine.selection import WordSelection
 
 
+def set_process_numerics() -> None:
+    """The numerics decoding relies on, set once per process before any decoder runs (a worker's
+    pool process does it at start: worker.runtime.init_process). TensorFloat-32 (on by default on
+    Ampere and newer GPUs) rounds matmul inputs to 10 mantissa bits, with kernels chosen by batch
+    shape: a row's probabilities would then depend on the batch it is decoded in, and so would its
+    samples. Full float32 keeps the per-prompt determinism invariant. A process-wide switch, so it
+    belongs to the process, not to a decoder; no effect on CPUs."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
 class Decoder:
-    """Generates continuations with an inference model (see worker.engine.network) and its vocabulary."""
+    """Generates continuations with an inference model (see worker.engine.network) and its vocabulary.
+    Per-prompt determinism on a GPU needs set_process_numerics() called once in the process."""
 
     def __init__(self, inference_model, vocabulary: Vocabulary, max_rows: int, layers: DecodingLayers | None = None,
                  native: str = "auto"):
@@ -39,11 +52,6 @@ class Decoder:
         its words with lstmq's fused kernels (worker.engine.kernels) instead of TensorFlow's ops."""
         import tensorflow as tf
 
-        # TensorFloat-32 (on by default on Ampere and newer GPUs) rounds matmul inputs to 10
-        # mantissa bits, with kernels chosen by batch shape: a row's probabilities would then
-        # depend on the batch it is decoded in, and so would its samples. Full float32 keeps
-        # the per-prompt determinism invariant. A process-wide switch; no effect on CPUs.
-        tf.config.experimental.enable_tensor_float_32_execution(False)
         self.vocabulary = vocabulary
         self.max_rows = max(1, int(max_rows))
         self.token_text = np.array(vocabulary.tokens, dtype=object)
