@@ -330,3 +330,18 @@ def test_a_json_chunk_of_an_earlier_lstmq_is_refused_with_a_reason(store):
     store.redis.set(keys.job_key(job, "chunk", 0), json.dumps([{"line": 1, "prompt": "the"}]))
     with pytest.raises(ValueError, match="an lstmq before 0.2 stored JSON"):
         store.jobs.chunk_input(job, 0)
+
+
+def test_a_job_keeps_the_result_ttl_it_was_submitted_with(store):
+    """What a worker writes for a job expires after the job's result_ttl, not the worker's."""
+    from lstmq.shared.store import Store
+
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)   # ttl 3600
+    assert store.jobs.get(job).result_ttl == 3600
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
+    worker_store = Store(store.redis, ttl=60)
+    assert worker_store.jobs.take_lease(job, 0, "w", 30) == "ok"
+    assert worker_store.for_job(store.jobs.get(job)).ttl == 3600
+    worker_store.jobs.save_result(job, 0, [{"unknown": [], "samples": ["x"], "logprobs": [-1.0]}], words=1)
+    assert 60 < store.redis.ttl(keys.job_key(job, "result", 0)) <= 3600
+    assert 60 < store.redis.ttl(keys.job_key(job, "done")) <= 3600

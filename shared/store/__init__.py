@@ -43,6 +43,13 @@ class Store:
         self.workers = Workers(client)
         self.queues = Queues(client, self.workers)
 
+    def for_job(self, record: JobRecord) -> Store:
+        """This store, keeping what it writes for `record` as long as the job's own result_ttl (fixed
+        when the job was submitted: a worker whose own setting differs uses the job's)."""
+        if not record.result_ttl or record.result_ttl == self.ttl:
+            return self
+        return Store(self.redis, record.result_ttl)
+
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
         """The store at settings.broker_url, keeping job data for settings.result_ttl. A rediss://

@@ -44,12 +44,13 @@ end
 # Record a chunk's outcome once (a result, or a failure with its reason), drop its lease, and
 # finish the job when that was the last chunk. Returns {1 if recorded now else 0, job status}.
 # KEYS: job, done set, failed hash, result key, leases, active.
-# ARGV: chunk, outcome ('done' or 'failed'), payload, prompts, words, ttl, now.
+# ARGV: chunk, outcome ('done' or 'failed'), payload, prompts, words, ttl, now. The job's own
+# result_ttl (fixed at submission) wins over the caller's ttl: producer and workers may differ.
 _CHUNK_OUTCOME = _FINISH_IF_COMPLETE + """
 local first = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
   first = 1
-  local ttl = tonumber(ARGV[6])
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[6])
   if ARGV[2] == 'done' then
     redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
     redis.call('SADD', KEYS[2], ARGV[1])
@@ -88,7 +89,7 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[
   return 'finished'
 end
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[4], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[5]))
 redis.call('HSETNX', KEYS[1], 'started', ARGV[4])
 redis.call('HSET', KEYS[1], 'worker', ARGV[3], 'updated', ARGV[4])
 if status == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
@@ -115,8 +116,9 @@ if not deadline or tonumber(deadline) > tonumber(ARGV[2]) then return 'live' end
 redis.call('ZREM', KEYS[2], ARGV[1])
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return 'live' end
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[5])
 local lapses = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+redis.call('EXPIRE', KEYS[3], ttl)
 redis.call('HINCRBY', KEYS[1], 'lease_lapses', 1)
 redis.call('HSET', KEYS[1], 'updated', ARGV[4])
 if lapses <= tonumber(ARGV[3]) then return 'redispatch' end
@@ -129,7 +131,7 @@ end
 if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
   local items = redis.call('HGET', KEYS[7], ARGV[1])
   redis.call('HSET', KEYS[5], ARGV[1], reason)
-  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[5]))
+  redis.call('EXPIRE', KEYS[5], ttl)
   redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
   redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(items or '0'))
 end
@@ -183,7 +185,7 @@ class Jobs:
         job_id = uuid.uuid4().hex[:16]
         created = now()
         mapping = encode_fields({"id": job_id, "kind": kind, "status": JobStatus.QUEUED, "created": created,
-                                 "updated": created, "params": params, **fields})
+                                 "updated": created, "params": params, "result_ttl": self.ttl, **fields})
         pipe = self.redis.pipeline()
         pipe.hset(keys.job_key(job_id), mapping=mapping)
         pipe.expire(keys.job_key(job_id), self.ttl)

@@ -89,6 +89,7 @@ class JobRecord:
     lease_lapses: int = 0              # times a worker stopped renewing its lease (and the work went out again)
     slices: int = 0                    # training: task slices run
     sampling_stream: int | None = None  # generate: the random stream its samples came from (params.SAMPLING_STREAM)
+    result_ttl: int | None = None      # seconds its data is kept: the submitter's result_ttl, which every worker uses
 
     TIMESTAMPS: typing.ClassVar[tuple[str, ...]] = ("created", "updated", "started", "finished", "submit_deadline")
 

@@ -200,3 +200,20 @@ def test_waiting_with_no_worker_says_so_and_times_out(stack, tmp_path):
         waited = other.cli("wait", job, "--timeout", "1", check=False)
         assert waited.returncode == EXIT_TIMEOUT
         assert other.status(job)["status"] == "queued"
+
+
+def test_a_worker_keeps_a_job_data_as_long_as_its_submitter_said(stack, tmp_path):
+    """result_ttl is fixed in the job at submission: the worker (its own result_ttl the default,
+    a day) keeps what it writes for the job as long as the submitter's setting (2 hours) says."""
+    submitter = Stack(stack.url, write_config(tmp_path / "two-hours.yaml", result_ttl=7200))
+    seeds = seeds_file(tmp_path / "seeds.txt", 30)
+    out = tmp_path / "out.jsonl"
+    waited = json.loads(submitter.cli("generate", seeds, "--model", stack.model, "-o", out, "--words", "3",
+                                      "--chunk-size", "10", "--json").stdout)
+    assert waited["status"] == "succeeded" and [line["id"] for line in read_jsonl(out)] == list(range(1, 31))
+    job = waited["job"]
+    assert stack.status(job)["result_ttl"] == 7200
+    assert load_settings(stack.config, environ={}).result_ttl != 7200    # the worker's own setting differs
+    written_by_the_worker = [keys.job_key(job, "result", chunk) for chunk in range(3)] + [keys.job_key(job, "done")]
+    assert all(3600 < stack.store.redis.ttl(key) <= 7200 for key in written_by_the_worker), \
+        [stack.store.redis.ttl(key) for key in written_by_the_worker]

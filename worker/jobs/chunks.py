@@ -30,6 +30,7 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
     """Decode one chunk of a generate job and write its result once; or record it failed."""
     started = time.monotonic()
     record = job_of_kind(store, job_id, JobKind.GENERATE)
+    store = store.for_job(record)   # the job's result_ttl, not this worker's
     taken = store.jobs.take_lease(job_id, chunk, worker, settings.lease_seconds)
     if taken == "finished":
         log.info("job %s chunk %d already has an outcome; skipping the redelivered task", job_id, chunk)

@@ -46,6 +46,7 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
     from lstmq.worker.engine.training import train
 
     record = job_of_kind(store, job_id, JobKind.TRAIN)
+    store = store.for_job(record)   # the job's result_ttl, not this worker's
     if record.status.finished:
         log.info("train job %s is already %s; nothing to do", job_id, record.status.value)
         return {"job": job_id, "status": record.status.value, "skipped": True}
