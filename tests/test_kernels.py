@@ -18,7 +18,20 @@ from lstmq.worker.engine.kernels import KernelUnavailable, native_ops   # noqa: 
 
 @pytest.fixture(scope="module")
 def ops():
-    return native_ops("on")
+    """The built kernels; where they cannot be built (no compiler, say) the tests that need them
+    skip with the reason (the fallback tests below check that case)."""
+    try:
+        return native_ops("on")
+    except KernelUnavailable as error:
+        pytest.skip(f"native kernels unavailable: {error}")
+
+
+@pytest.fixture(scope="module")
+def cpu_decoder(ops):
+    """The kernels, for a test of a Decoder with native "on": a decoder uses them on the CPU only."""
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("the native kernels pick words on the CPU only; this machine's decoder runs on its GPU")
+    return ops
 
 
 def test_best_word_matches_tensorflow(ops):
@@ -156,7 +169,7 @@ def test_dense_best_matches_the_logits(ops):
 
 def test_dense_sample_draws_as_lstmq_sample(ops):
     """LstmqDenseSample: its greedy outputs are LstmqDenseBest's; a sampling row's word is
-    LstmqSample's draw on the same logits with the row's uniform from shared.generate's stream
+    LstmqSample's draw on the same logits with the row's uniform from the engine's stream (worker.engine.stream)
     (row_uniforms: the numbers of the TensorFlow path), its `chosen` that word's logit; a greedy
     row keeps `best` and `top`; a row's draw never depends on its batch."""
     from lstmq.worker.engine.stream import row_uniforms, stream_bases
@@ -195,7 +208,7 @@ def test_dense_sample_draws_as_lstmq_sample(ops):
         ops.lstmq_dense_sample(h, panels, temperature[:-1], top_k, top_p, base, position, real=real)
 
 
-def test_decoder_with_and_without_kernels(tiny_model):
+def test_decoder_with_and_without_kernels(tiny_model, cpu_decoder):
     """The same greedy words and log-probabilities within float32 rounding, for prompts of
     mixed lengths and words."""
     from lstmq.shared.config import load_settings
@@ -245,12 +258,54 @@ FALLBACK = textwrap.dedent("""
 """)
 
 
-def test_fallback_when_the_compiler_is_missing(tmp_path):
+BROKEN_COMPILER = ("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
+                   "echo 'next_word.cc:1: error: something is wrong' >&2\nexit 1\n")
+FAILED_BUILD = ("from lstmq.worker.engine.kernels import KernelUnavailable, native_ops\n"
+                "try:\n    native_ops('on')\nexcept KernelUnavailable as error:\n    print('raised:', error)\n")
+
+
+@pytest.fixture(scope="module")
+def fallback_runs(tmp_path_factory):
+    """The three fallback cases, each a fresh Python (a process caches its kernels' failure), all
+    started at once (each spends seconds importing TensorFlow): run(name) is (its folder, its
+    CompletedProcess). "no_compiler": CXX names a missing program, PATH has none, the cache is
+    empty; "broken_compiler": CXX is a compiler that fails; "unwritable_cache": the cache path is
+    below a plain file."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("no_compiler", "broken_compiler", "unwritable_cache")}
+    compiler = folders["broken_compiler"] / "broken-c++"
+    compiler.write_text(BROKEN_COMPILER)
+    compiler.chmod(0o755)
+    (folders["unwritable_cache"] / "file").write_text("not a folder")
+    cases = {
+        "no_compiler": (FALLBACK, {"CXX": str(folders["no_compiler"] / "no-such-compiler"),
+                                   "PATH": str(folders["no_compiler"]),
+                                   "LSTMQ_KERNEL_CACHE": str(folders["no_compiler"] / "cache")}),
+        "broken_compiler": (FAILED_BUILD, {"CXX": str(compiler),
+                                           "LSTMQ_KERNEL_CACHE": str(folders["broken_compiler"] / "cache")}),
+        "unwritable_cache": (FALLBACK, {"LSTMQ_KERNEL_CACHE": str(folders["unwritable_cache"] / "file" / "cache")}),
+    }
+    processes = {name: subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env={**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                 for name, (script, env) in cases.items()}
+    results = {}
+
+    def run(name):
+        if name not in results:
+            process = processes[name]
+            stdout, stderr = process.communicate(timeout=300)
+            results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        return folders[name], results[name]
+    yield run
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_fallback_when_the_compiler_is_missing(fallback_runs):
     """No compiler (CXX names a missing program, PATH has none) and an empty cache: `auto` warns
     and decodes with TensorFlow's ops, `on` raises and says why."""
-    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "PATH": str(tmp_path),
-           "LSTMQ_KERNEL_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    _, result = fallback_runs("no_compiler")
     assert result.returncode == 0, result.stderr
     assert "auto: None" in result.stdout
     assert "native decoding kernels unavailable, decoding with TensorFlow's ops instead: no C++ compiler found" in result.stdout
@@ -258,28 +313,19 @@ def test_fallback_when_the_compiler_is_missing(tmp_path):
     assert "off: None" in result.stdout
 
 
-def test_a_failed_build_names_the_compiler_error(tmp_path):
+def test_a_failed_build_names_the_compiler_error(fallback_runs):
     """A compiler that fails: KernelUnavailable carries its message; nothing half-built is cached."""
-    compiler = tmp_path / "broken-c++"
-    compiler.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"
-                        "echo 'next_word.cc:1: error: something is wrong' >&2\nexit 1\n")
-    compiler.chmod(0o755)
-    env = {**os.environ, "CXX": str(compiler), "LSTMQ_KERNEL_CACHE": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    script = ("from lstmq.worker.engine.kernels import KernelUnavailable, native_ops\n"
-              "try:\n    native_ops('on')\nexcept KernelUnavailable as error:\n    print('raised:', error)\n")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    folder, result = fallback_runs("broken_compiler")
     assert "raised: building next_word.cc failed (exit 1): next_word.cc:1: error: something is wrong" in result.stdout, result
-    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+    assert [path.name for path in (folder / "cache").iterdir() if not path.name.endswith(".lock")] == []
 
 
-def test_a_cache_that_cannot_be_written_falls_back(tmp_path):
+def test_a_cache_that_cannot_be_written_falls_back(fallback_runs):
     """A cache path that cannot be a folder (below a plain file): `auto` falls back, `on` says why."""
-    (tmp_path / "file").write_text("not a folder")
-    env = {**os.environ, "LSTMQ_KERNEL_CACHE": str(tmp_path / "file" / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-c", FALLBACK], env=env, capture_output=True, text=True, timeout=300)
+    folder, result = fallback_runs("unwritable_cache")
     assert result.returncode == 0, result.stderr
     assert "auto: None" in result.stdout
-    assert f"on raised: cannot build into the kernel cache {tmp_path / 'file' / 'cache'}" in result.stdout
+    assert f"on raised: cannot build into the kernel cache {folder / 'file' / 'cache'}" in result.stdout
 
 
 def test_kernel_unavailable_is_a_runtime_error():
@@ -384,7 +430,7 @@ def test_sample_survives_nan_logits(ops):
     assert ((chosen >= 0) & (chosen < 1000)).all()
 
 
-def test_log_probability_with_unbounded_logits(tiny_model):
+def test_log_probability_with_unbounded_logits(tiny_model, cpu_decoder):
     """A model whose logits are not bounded (a special token's bias of 90) takes the kernels'
     other log-sum-exp: finite, and as TensorFlow's path gives."""
     import keras

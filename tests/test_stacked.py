@@ -92,22 +92,70 @@ def test_optimizer_clips_the_global_norm():
     assert make_optimizer("sgd", 0.1, 0.0).global_clipnorm is None
 
 
+@pytest.fixture(scope="module")
+def process_numerics():
+    """The numerics a worker's pool process sets at start (worker.runtime.init_process): full
+    float32 matmuls, no TensorFloat-32 on a GPU (no effect on CPUs)."""
+    from lstmq.worker.engine.decoder import set_process_numerics
+
+    set_process_numerics()
+
+
+def native_or_skip(setting: str) -> str:
+    """`setting` (a Decoder's native argument), or a skip saying why "on" cannot run here."""
+    if setting == "on":
+        import tensorflow as tf
+
+        from lstmq.worker.engine.kernels import KernelUnavailable, native_ops
+
+        if tf.config.list_logical_devices("GPU"):
+            pytest.skip("the native kernels pick words on the CPU only; this machine's decoder runs on its GPU")
+        try:
+            native_ops("on")
+        except KernelUnavailable as error:
+            pytest.skip(f"native kernels unavailable: {error}")
+    return setting
+
+
+@pytest.fixture(params=["on", "off"])
+def native(request):
+    """The decoder's native setting: with the native kernels and without."""
+    return native_or_skip(request.param)
+
+
+@pytest.fixture(scope="module")
+def stacked_cases():
+    """cases(layers): a stacked network (stacked(layers)), its vocabulary, 16 prompts of 1 to 29
+    tokens and the seed loop's 6 words for each: built and computed once per module."""
+    from tests.oracle import reference_greedy_many
+
+    cache = {}
+
+    def case(layers):
+        if layers not in cache:
+            _, inference = stacked(layers)
+            vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"w{i}" for i in range(VOCAB_SIZE - 2))])
+            rng = np.random.default_rng(layers)
+            prompts = [rng.integers(1, VOCAB_SIZE, size=int(rng.integers(1, 30))).tolist() for _ in range(16)]
+            prompts[3] = prompts[3][:1]   # a prompt of one token
+            cache[layers] = inference, vocabulary, prompts, reference_greedy_many(inference, prompts, 6, window=WINDOW)
+        return cache[layers]
+    return case
+
+
 @pytest.mark.parametrize("layers, batching", [(2, [(1, 16), (5, 7)]), (3, [(64, 16)])])
-def test_greedy_equals_seed_loop_on_a_stacked_network(layers, batching):
+def test_greedy_equals_seed_loop_on_a_stacked_network(process_numerics, stacked_cases, native, layers, batching):
     """The batched decoder carries (h, c) of every layer: its greedy words are the seed loop's
-    (the full model on the whole context) for any rows per call and chunking."""
+    (the full model on the whole context) for any rows per call and chunking, with the native
+    kernels and without."""
     from lstmq.worker.engine.batching import Request
     from lstmq.worker.engine.decoder import Decoder
-    from tests.oracle import reference_greedy
 
-    _, inference = stacked(layers)
-    vocabulary = Vocabulary([*SPECIAL_TOKENS, *(f"w{i}" for i in range(VOCAB_SIZE - 2))])
-    rng = np.random.default_rng(layers)
-    prompts = [rng.integers(1, VOCAB_SIZE, size=int(rng.integers(1, 30))).tolist() for _ in range(16)]
-    expected = [reference_greedy(inference, prompt, 6, window=WINDOW) for prompt in prompts]
+    inference, vocabulary, prompts, expected = stacked_cases(layers)
     defaults = load_settings(environ={}).generation_params().replace(seed=0, words=6)
     for max_rows, chunk in batching:
-        decoder = Decoder(inference, vocabulary, max_rows=max_rows)
+        decoder = Decoder(inference, vocabulary, max_rows=max_rows, native=native)
+        assert decoder.native == (native == "on")
         generated = []
         for start in range(0, len(prompts), chunk):
             requests = [Request(ids=p, params=defaults, key=0) for p in prompts[start:start + chunk]]
