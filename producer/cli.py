@@ -435,11 +435,11 @@ def rm(jobs, as_json, config_file, broker):
 def status(job, limit, as_json, config_file, broker):
     """Show one job, or the most recent jobs."""
     from lstmq.producer import render
+    from lstmq.shared.errors import JobNotFound
     from lstmq.shared.store import JobKind
 
     store = open_store(settings_for(config_file, broker_url=broker))
-    if job:
-        store.jobs.fail_lapsed_submission(job)   # a producer that died mid-submission shows here
+    if job:   # a read: a lapsed submission is failed by the workers' watchdogs (or a waiting CLI)
         record = store.jobs.get(job)
         history = store.training.history(job) if record.kind is JobKind.TRAIN else []
         failed, leases = store.jobs.failed_chunks(job), store.jobs.leases(job)
@@ -450,10 +450,12 @@ def status(job, limit, as_json, config_file, broker):
         else:
             click.echo(render.job_details(record, history, failed, leases))
         return
-    job_ids = store.jobs.recent(limit)
-    for job_id in job_ids:
-        store.jobs.fail_lapsed_submission(job_id)
-    records = [store.jobs.get(job_id) for job_id in job_ids]
+    records = []
+    for job_id in store.jobs.recent(limit):
+        try:
+            records.append(store.jobs.get(job_id))
+        except JobNotFound:   # expired since the index said otherwise
+            continue
     if as_json:
         render.echo_json([record.to_json() for record in records])
     else:

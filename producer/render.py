@@ -115,7 +115,19 @@ def failure_summary(record: JobRecord, failed_chunks: dict[int, str]) -> str:
 
 # -- workers --------------------------------------------------------------------------------------
 def worker_json(worker: dict[str, Any]) -> dict[str, Any]:
-    return {**worker, "last_heartbeat": iso_utc(worker.get("last_heartbeat")), "started": iso_utc(worker.get("started"))}
+    return {**worker, "last_heartbeat": iso_utc(worker.get("last_heartbeat")), "started": iso_utc(worker.get("started")),
+            "watchdog_last_pass": iso_utc(worker.get("watchdog_last_pass")), "watchdog_stale": watchdog_stale(worker)}
+
+
+def watchdog_stale(worker: dict[str, Any], now: float | None = None) -> bool:
+    """Whether the worker's watchdog has had no good pass for over two of its intervals (its
+    recovery or heartbeat steps keep failing: its log says why)."""
+    interval = worker.get("watchdog_interval")
+    if not interval:
+        return False   # a worker of an lstmq that did not report it
+    now = time.time() if now is None else now
+    since = worker.get("watchdog_last_pass") or worker.get("started") or now
+    return now - since > 2 * interval + 1
 
 
 def queues_line(queues: list[dict[str, Any]]) -> str:
@@ -148,6 +160,12 @@ def workers_table(workers: list[dict[str, Any]], queues: list[dict[str, Any]]) -
                      f"{','.join(worker.get('models', [])) or '-':<24}{doing}")
     if not workers:
         lines.append("(no live worker: start one with lstmq-worker)")
+    for worker in workers:
+        if watchdog_stale(worker, now):
+            last = worker.get("watchdog_last_pass")
+            since = f"its last good pass was {now - last:.0f}s ago" if last else "it has had no good pass yet"
+            lines.append(f"{worker['name']}: watchdog stale: {since} (it runs every {worker['watchdog_interval']:g}s); "
+                         f"its heartbeat or recovery keeps failing: see that worker's log")
     return "\n".join(lines)
 
 

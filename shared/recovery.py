@@ -25,6 +25,7 @@ from lstmq.shared.store.jobs import TRAIN
 log = logging.getLogger("lstmq.recovery")
 
 LAPSED = "its worker stopped renewing its lease (the worker was killed, or its machine lost)"
+UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
 ORPHAN_AFTER_LEASES = 2   # a job idle this many lease periods, with its queue empty, lost its messages
 
 
@@ -54,33 +55,45 @@ def recover(store: Store, dispatcher: Dispatcher, redispatch_limit: int, job_ids
     done: list[Recovery] = []
     for job_id in store.jobs.active() if job_ids is None else job_ids:
         try:
-            record = store.jobs.get(job_id)
-        except JobNotFound:
-            store.jobs.forget(job_id)   # expired or removed
-            continue
-        if record.status.finished:
-            continue
-        if record.kind is JobKind.GENERATE and not record.submitted and store.jobs.fail_lapsed_submission(job_id):
-            done.append(Recovery(job_id, "", "submission failed"))
-            continue
-        if time.time() - record.updated > ORPHAN_AFTER_LEASES * lease_seconds:
-            adopt_orphans(store, record)
-        for member in store.jobs.lapsed(job_id):
-            outcome = store.jobs.claim_lapsed(job_id, member, redispatch_limit, LAPSED)
-            if outcome == "redispatch":
-                try:
-                    if member == TRAIN:
-                        dispatcher.train(job_id)
-                    else:
-                        dispatcher.send(JobKind.GENERATE, job=job_id, chunk=int(member))
-                except Exception:
-                    store.jobs.mark_lapsed(job_id, member)   # not sent: the next check tries again
-                    raise
-                done.append(Recovery(job_id, member, "redispatched"))
-            elif outcome == "failed":
-                done.append(Recovery(job_id, member, "failed"))
+            done += recover_job(store, dispatcher, redispatch_limit, job_id, lease_seconds)
+        except UNREACHABLE:
+            raise          # the whole pass waits for Redis
+        except Exception:   # noqa: BLE001 (one job that cannot be read or recovered must not stop the others)
+            log.exception("could not check job %s for lapsed work; the other jobs are checked", job_id)
     for recovery in done:
         log.warning("%s", recovery.describe())
+    return done
+
+
+def recover_job(store: Store, dispatcher: Dispatcher, redispatch_limit: int, job_id: str,
+                lease_seconds: float) -> list[Recovery]:
+    """recover() for one job."""
+    try:
+        record = store.jobs.get(job_id)
+    except JobNotFound:
+        store.jobs.forget(job_id)   # expired or removed
+        return []
+    if record.status.finished:
+        return []
+    if record.kind is JobKind.GENERATE and not record.submitted and store.jobs.fail_lapsed_submission(job_id):
+        return [Recovery(job_id, "", "submission failed")]
+    if time.time() - record.updated > ORPHAN_AFTER_LEASES * lease_seconds:
+        adopt_orphans(store, record)
+    done = []
+    for member in store.jobs.lapsed(job_id):
+        outcome = store.jobs.claim_lapsed(job_id, member, redispatch_limit, LAPSED)
+        if outcome == "redispatch":
+            try:
+                if member == TRAIN:
+                    dispatcher.train(job_id)
+                else:
+                    dispatcher.send(JobKind.GENERATE, job=job_id, chunk=int(member))
+            except Exception:
+                store.jobs.mark_lapsed(job_id, member)   # not sent: the next check tries again
+                raise
+            done.append(Recovery(job_id, member, "redispatched"))
+        elif outcome == "failed":
+            done.append(Recovery(job_id, member, "failed"))
     return done
 
 
@@ -93,13 +106,3 @@ def adopt_orphans(store: Store, record) -> None:
     elif record.submitted:
         for chunk in store.jobs.pending_chunks(record.id, record.chunks):
             store.jobs.mark_lapsed(record.id, chunk)
-
-
-def recover_quietly(store: Store, dispatcher: Dispatcher, redispatch_limit: int,
-                    job_ids: Iterable[str] | None = None, lease_seconds: float = 30.0) -> list[Recovery]:
-    """recover(), with Redis being unreachable for a moment logged rather than raised."""
-    try:
-        return recover(store, dispatcher, redispatch_limit, job_ids, lease_seconds)
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError) as error:
-        log.warning("could not check for lapsed leases: %s", error)
-        return []

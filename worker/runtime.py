@@ -16,13 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import kombu.exceptions
 import redis
 
 from lstmq.shared.config import Settings
 from lstmq.shared.messages import Dispatcher
-from lstmq.shared.recovery import recover_quietly
+from lstmq.shared.recovery import recover
 from lstmq.shared.store import Store
 from lstmq.worker import metrics
+from lstmq.worker.jobs.leases import TRANSIENT
 
 log = logging.getLogger("lstmq.worker")
 
@@ -51,6 +53,15 @@ class ModelCache:
     def get(self, name: str, version: int) -> LoadedModel:
         with self.lock:
             return self._get(name, version)
+
+    def loaded(self) -> list[tuple[str, int]]:
+        """The (name, version) pairs loaded now, read under the cache's lock (tasks reorder it)."""
+        with self.lock:
+            return list(self.models)
+
+    def labels(self) -> list[str]:
+        with self.lock:
+            return [loaded.label for loaded in self.models.values()]
 
     def warm(self, name: str, version: int) -> LoadedModel:
         """Load a version and trace its decoder once (the call a greedy chunk makes), so the first
@@ -148,8 +159,10 @@ def gpu_index(gpus) -> int | None:
 
 class Watchdog(threading.Thread):
     """In the process that runs tasks: every third of lease_seconds, say that this worker is
-    alive (and which queues it consumes), and take over lapsed leases of any active job (another
-    worker was killed, or its machine lost) by dispatching that work again."""
+    alive (and which queues it consumes, and when its last good pass was), take over lapsed leases
+    of any active job (another worker was killed, or its machine lost) by dispatching that work
+    again, fail interrupted submissions, prune the job indexes, and warm up versions an alias moved
+    to. It never stops: each step of a pass that fails is logged, and the next pass tries again."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, name: str,
                  info: Callable[[], dict[str, Any]]):
@@ -157,19 +170,39 @@ class Watchdog(threading.Thread):
         self.store, self.dispatcher, self.settings, self.worker, self.info = store, dispatcher, settings, name, info
         self.stopped = threading.Event()
         self.failed: set[tuple[str, int]] = set()   # versions that would not load here
+        self.last_good_pass: float | None = None    # when a pass last went through without an error
 
     def run(self) -> None:
-        interval = self.settings.lease_seconds / 3
         while True:
-            try:
-                self.store.workers.heartbeat(self.worker, self.info(), ttl=self.settings.lease_seconds)
-            except redis.exceptions.RedisError as error:
-                log.warning("could not send this worker's heartbeat: %s", error)
-            recover_quietly(self.store, self.dispatcher, self.settings.redispatch_limit,
-                            lease_seconds=self.settings.lease_seconds)
-            self.follow_aliases()
-            if self.stopped.wait(interval):
+            self.run_once()
+            if self.stopped.wait(self.settings.lease_seconds / 3):
                 return
+
+    def run_once(self) -> bool:
+        """One pass; True when every step went through. Never raises: a Redis that is away for a
+        moment is a warning, anything else (a script refused under out of memory, a bug) an error
+        with its traceback."""
+        good = True
+        for step, action in (("heartbeat", self.heartbeat), ("recovery", self.recover),
+                             ("index pruning", self.store.jobs.prune_indexes), ("model aliases", self.follow_aliases)):
+            try:
+                action()
+            except (*TRANSIENT, kombu.exceptions.OperationalError) as error:
+                good = False
+                log.warning("watchdog: %s: Redis unreachable: %s; the next pass tries again", step, error)
+            except Exception:   # noqa: BLE001 (the watchdog must outlive any one failure)
+                good = False
+                log.exception("watchdog: %s failed; the next pass tries again", step)
+        if good:
+            self.last_good_pass = time.time()
+        return good
+
+    def heartbeat(self) -> None:
+        self.store.workers.heartbeat(self.worker, {**self.info(), "watchdog_last_pass": self.last_good_pass},
+                                     ttl=self.settings.lease_seconds)
+
+    def recover(self) -> None:
+        recover(self.store, self.dispatcher, self.settings.redispatch_limit, lease_seconds=self.settings.lease_seconds)
 
     def follow_aliases(self) -> None:
         """When an alias of a model this process serves moves, load and warm the version it now
@@ -178,14 +211,14 @@ class Watchdog(threading.Thread):
         models = STATE.models
         if models is None:
             return
-        for name in sorted({name for name, _ in list(models.models)}):
+        for name in sorted({name for name, _ in models.loaded()}):
             try:
                 targets = set(self.store.registry.aliases(name).values())
             except redis.exceptions.RedisError as error:
                 log.warning("could not read the aliases of model %s: %s", name, error)
                 continue
             for version in sorted(targets):
-                if (name, version) in models.models or (name, version) in self.failed:
+                if (name, version) in models.loaded() or (name, version) in self.failed:
                     continue
                 try:
                     models.warm(name, version)
@@ -255,15 +288,15 @@ def init_process() -> None:
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, rows, settings.native_kernels)
     STATE.dispatcher = Dispatcher(settings)
     fixed = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
-             "gpu_index": gpu_index(gpus), "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time()}
+             "gpu_index": gpu_index(gpus), "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time(),
+             "watchdog_interval": settings.lease_seconds / 3}
 
     def info() -> dict[str, Any]:   # what `lstmq workers` shows, renewed with every heartbeat
-        models = STATE.models.models if STATE.models else {}
-        return {**fixed, "models": [loaded.label for loaded in models.values()], "chunks_done": STATE.chunks_done}
+        return {**fixed, "models": STATE.models.labels() if STATE.models else [], "chunks_done": STATE.chunks_done}
 
     STATE.watchdog = Watchdog(STATE.store, STATE.dispatcher, settings, STATE.name, info)
     STATE.watchdog.start()
-    metrics.setup(STATE.device, lambda: len(STATE.models.models) if STATE.models else 0)
+    metrics.setup(STATE.device, lambda: len(STATE.models.loaded()) if STATE.models else 0)
     if settings.metrics_port:   # this process counts, so this process serves (metrics_port + i on GPU i)
         metrics.serve(settings.metrics_port)
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())

@@ -249,14 +249,22 @@ class Jobs:
         return pinned
 
     def recent(self, limit: int = 20) -> list[str]:
-        """The newest job ids first (those past result_ttl are dropped from the index)."""
-        self.redis.zremrangebyscore(keys.JOBS, "-inf", time.time() - self.ttl)
-        return [job_id.decode() for job_id in self.redis.zrevrange(keys.JOBS, 0, limit - 1)]
+        """The newest job ids first, those past result_ttl left out (a read: nothing is written)."""
+        found = self.redis.zrevrangebyscore(keys.JOBS, "+inf", time.time() - self.ttl, start=0, num=limit)
+        return [job_id.decode() for job_id in found]
 
     def active(self, limit: int = 1000) -> list[str]:
-        """Jobs that have not ended, oldest first (expired ones are dropped from the index)."""
-        self.redis.zremrangebyscore(keys.ACTIVE, "-inf", time.time() - self.ttl)
-        return [job_id.decode() for job_id in self.redis.zrange(keys.ACTIVE, 0, limit - 1)]
+        """Jobs that have not ended, oldest first, those past result_ttl left out (a read)."""
+        found = self.redis.zrangebyscore(keys.ACTIVE, time.time() - self.ttl, "+inf", start=0, num=limit)
+        return [job_id.decode() for job_id in found]
+
+    def prune_indexes(self) -> int:
+        """Drop the jobs past result_ttl from the job indexes (the watchdog does, every pass);
+        returns how many entries went."""
+        pipe = self.redis.pipeline()
+        pipe.zremrangebyscore(keys.JOBS, "-inf", time.time() - self.ttl)
+        pipe.zremrangebyscore(keys.ACTIVE, "-inf", time.time() - self.ttl)
+        return sum(pipe.execute())
 
     # -- submission --------------------------------------------------------------------------------
     def put_chunk(self, job_id: str, chunk: int, items: list[dict[str, Any]] | bytes, lines: int,

@@ -9,14 +9,11 @@ import signal
 import time
 
 import pytest
-from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
-
 from lstmq.shared.config import load_settings
+from lstmq.shared.messages import JobKind
+from lstmq.shared.store import JobStatus, keys
 from tests.devstack import LocalRedis
-from lstmq.shared.messages import Dispatcher, JobKind, PromptItem
-from lstmq.shared.params import prompt_key
-from lstmq.shared.store import keys
-from lstmq.shared.store.jobs import JobStatus
+from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +23,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL, EXIT_TIMEOUT, EXIT_CANCELLED = 1, 2, 3, 4
 @pytest.fixture(scope="module")
 def stack(redis_server, tmp_path_factory, random_artifact):
     directory = tmp_path_factory.mktemp("job-ends")
-    stack = Stack(redis_server.url, write_config(directory / "settings.yaml", submission_timeout=5))
+    stack = Stack(redis_server.url, write_config(directory / "settings.yaml", submission_timeout=5, lease_seconds=15))
     worker = stack.worker(directory / "worker.log")
     stack.worker_process = worker
     try:
@@ -36,33 +33,9 @@ def stack(redis_server, tmp_path_factory, random_artifact):
         worker.stop()
 
 
-def submit_by_hand(stack: Stack, chunks: dict[int, list[str] | None]) -> str:
-    """A generate job stored and dispatched as the producer does, where a chunk given None has
-    no stored input (as if it vanished)."""
-    settings = load_settings(stack.config, {"broker_url": stack.url}, environ={})
-    params = settings.generation_params().replace(seed=3, words=4)
-    name, version = stack.store.registry.resolve(stack.model)
-    job = stack.store.jobs.create(JobKind.GENERATE, params, model_name=name, version=version, model=stack.model,
-                                  submit_deadline=time.time() + 60)
-    line = 0
-    with Dispatcher(settings).chunks(job) as send:
-        for chunk, prompts in chunks.items():
-            items = []
-            for prompt in prompts or []:
-                line += 1
-                items.append(PromptItem(line, line, prompt, prompt_key(line), params).to_dict())
-            stack.store.jobs.put_chunk(job, chunk, items, line, time.time() + 60)
-            if prompts is None:
-                stack.store.redis.delete(keys.job_key(job, "chunk", chunk))
-                stack.store.redis.hset(keys.job_key(job, "chunk-sizes"), chunk, 2)
-            send(chunk)
-    stack.store.jobs.finish_submission(job, chunks=len(chunks), prompts=line + 2, input_errors=0, lines=line)
-    return job
-
-
 def test_a_chunk_whose_input_vanished_fails_with_its_reason(stack, tmp_path):
     started = time.monotonic()
-    job = submit_by_hand(stack, {0: ["the door was open"], 1: None, 2: ["holmes said"]})
+    job = stack.submit_by_hand({0: ["the door was open"], 1: None, 2: ["holmes said"]})
     out = tmp_path / "out.jsonl"
     result = stack.cli("collect", job, "-o", out, "--timeout", "120", check=False)
     report("chunk input vanished (from submission)", time.monotonic() - started)
