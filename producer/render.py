@@ -141,10 +141,12 @@ def queues_line(queues: list[dict[str, Any]]) -> str:
 
 
 def device_text(worker: dict[str, Any]) -> str:
-    """GPU 1 NVIDIA H100 80GB HBM3, or cpu."""
+    """GPU 1 NVIDIA H100 80GB HBM3, or cpu; then how it decodes (native, tensorflow)."""
     if worker.get("gpu_index") is not None:
-        return f"GPU {worker['gpu_index']}" + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
-    return worker.get("device", "?") + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
+        text = f"GPU {worker['gpu_index']}" + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
+    else:
+        text = worker.get("device", "?") + (f" {worker['gpu_name']}" if worker.get("gpu_name") else "")
+    return text + (f", {worker['decoding']}" if worker.get("decoding") else "")
 
 
 def workers_table(workers: list[dict[str, Any]], queues: list[dict[str, Any]]) -> str:
@@ -161,6 +163,8 @@ def workers_table(workers: list[dict[str, Any]], queues: list[dict[str, Any]]) -
     if not workers:
         lines.append("(no live worker: start one with lstmq-worker)")
     for worker in workers:
+        if worker.get("decoding") not in (None, "native") and worker.get("device", "").startswith("cpu"):
+            lines.append(f"{worker['name']}: decoding with {worker.get('decoding_detail', worker['decoding'])}")
         if watchdog_stale(worker, now):
             last = worker.get("watchdog_last_pass")
             since = f"its last good pass was {now - last:.0f}s ago" if last else "it has had no good pass yet"

@@ -96,11 +96,13 @@ def lstmq(*args: str, check: bool = True, timeout: float = 300, env: dict | None
 class WorkerProcess:
     """A real `lstmq-worker` (launcher + Celery worker + pool process), logs to a file."""
 
-    def __init__(self, broker: str, log_path: Path, *extra: str, cwd: Path | None = None):
+    def __init__(self, broker: str, log_path: Path, *extra: str, cwd: Path | None = None,
+                 env: dict[str, str] | None = None):
+        """`env`: variables added to the clean environment (clean_env)."""
         self.broker, self.log_path = broker, log_path
         self.log = open(log_path, "w")
         self.process = subprocess.Popen([str(BIN / "lstmq-worker"), "--cpu", "--broker", broker, *extra],
-                                        stdout=self.log, stderr=subprocess.STDOUT, env=clean_env(),
+                                        stdout=self.log, stderr=subprocess.STDOUT, env={**clean_env(), **(env or {})},
                                         start_new_session=True, cwd=cwd)
 
     def wait_ready(self, timeout: float = 120) -> None:

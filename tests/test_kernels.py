@@ -325,7 +325,7 @@ def test_a_cache_that_cannot_be_written_falls_back(fallback_runs):
     folder, result = fallback_runs("unwritable_cache")
     assert result.returncode == 0, result.stderr
     assert "auto: None" in result.stdout
-    assert f"on raised: cannot build into the kernel cache {folder / 'file' / 'cache'}" in result.stdout
+    assert f"on raised: cannot create the kernel cache {folder / 'file' / 'cache'}" in result.stdout
 
 
 def test_kernel_unavailable_is_a_runtime_error():

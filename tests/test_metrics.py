@@ -124,6 +124,7 @@ def test_a_scrape_counts_the_work_the_worker_did(metrics_worker, cli, trained, t
     assert value(samples, "lstmq_prompts_generated_total", device="cpu") == PROMPTS
     assert value(samples, "lstmq_words_generated_total", device="cpu") == PROMPTS * WORDS
     assert value(samples, "lstmq_chunks_total", device="cpu", outcome="done") == CHUNKS
+    assert value(samples, "lstmq_worker_decoding", device="cpu", decoding="native") == 1   # lstmq workers says the same
     assert value(samples, "lstmq_chunks_total", outcome="failed") == 0
     assert value(samples, "lstmq_chunks_total", outcome="skipped") == 0
     assert value(samples, "lstmq_chunk_seconds_count", outcome="done") == CHUNKS

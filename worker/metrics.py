@@ -36,6 +36,10 @@ CHUNKS = Counter("lstmq_chunks", "Generate chunk tasks by outcome: done, failed 
 CHUNK_SECONDS = Histogram("lstmq_chunk_seconds", "Time one generate chunk task took, by outcome "
                           "(model loading included)", ["device", "outcome"], buckets=CHUNK_BUCKETS)
 MODELS_LOADED = Gauge("lstmq_models_loaded", "Model versions loaded in this worker's model cache", ["device"])
+DECODING = Gauge("lstmq_worker_decoding", "1 for the way this worker's decoders pick words: native (lstmq's "
+                 "native CPU kernels), tensorflow (TensorFlow's ops: a GPU, native_kernels off, or the kernels "
+                 "unavailable; lstmq workers says why) or unavailable (native_kernels on, no kernels)",
+                 ["device", "decoding"])
 EPOCH_SECONDS = Histogram("lstmq_train_epoch_seconds", "Time of each training epoch this worker finished",
                           ["device"], buckets=EPOCH_BUCKETS)
 
@@ -49,10 +53,11 @@ class State:
 STATE = State()
 
 
-def setup(device: str, models_loaded: Callable[[], int]) -> None:
+def setup(device: str, models_loaded: Callable[[], int], decoding: str = "tensorflow") -> None:
     """Label this process's metrics with its device and create every series at 0, so that a scrape
-    shows them all from the start (and after a restart)."""
+    shows them all from the start (and after a restart); `decoding`: the decoding path's kind."""
     STATE.device = device
+    DECODING.labels(device=device, decoding=decoding).set(1)
     PROMPTS.labels(device=device)
     WORDS.labels(device=device)
     for outcome in OUTCOMES:

@@ -266,6 +266,7 @@ def init_process() -> None:
     import tensorflow as tf
 
     from lstmq.worker.engine.decoder import set_process_numerics
+    from lstmq.worker.engine.kernels import decoding_path
 
     settings = ensure_settings()
     threads = settings.tf_threads
@@ -284,19 +285,21 @@ def init_process() -> None:
     detail += (f", {threads} TensorFlow thread(s)" if threads else ", TensorFlow's own thread count") + \
         (f" ({inter} inter-op)" if inter else "") + \
         f", decoding {rows} rows per call"
+    decoding, decoding_why = decoding_path(settings.native_kernels, on_gpu=bool(gpus))
+    detail += f", decoding with {decoding_why}"
     STATE.store = Store.from_settings(settings)
     STATE.models = ModelCache(STATE.store, settings.model_cache_size, rows, settings.native_kernels)
     STATE.dispatcher = Dispatcher(settings)
     fixed = {"host": socket.gethostname(), "pid": os.getpid(), "device": STATE.device, "queues": list(STATE.queues),
              "gpu_index": gpu_index(gpus), "gpu_name": gpu_name(tf, gpus), "tensorflow": tf.__version__, "started": time.time(),
-             "watchdog_interval": settings.lease_seconds / 3}
+             "watchdog_interval": settings.lease_seconds / 3, "decoding": decoding, "decoding_detail": decoding_why}
 
     def info() -> dict[str, Any]:   # what `lstmq workers` shows, renewed with every heartbeat
         return {**fixed, "models": STATE.models.labels() if STATE.models else [], "chunks_done": STATE.chunks_done}
 
     STATE.watchdog = Watchdog(STATE.store, STATE.dispatcher, settings, STATE.name, info)
     STATE.watchdog.start()
-    metrics.setup(STATE.device, lambda: len(STATE.models.loaded()) if STATE.models else 0)
+    metrics.setup(STATE.device, lambda: len(STATE.models.loaded()) if STATE.models else 0, decoding)
     if settings.metrics_port:   # this process counts, so this process serves (metrics_port + i on GPU i)
         metrics.serve(settings.metrics_port)
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())

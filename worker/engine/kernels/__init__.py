@@ -12,9 +12,14 @@ load it at once:
 
     $LSTMQ_KERNEL_CACHE, else $XDG_CACHE_HOME/lstmq/kernels, else ~/.cache/lstmq/kernels
 
-The `native_kernels` setting says what happens when it cannot be built (no compiler, say): `auto`
-falls back to TensorFlow's ops (same words, same log-probabilities within float32 rounding) with a
-warning; `on` makes it an error; `off` never builds it. Worker side only: imports TensorFlow.
+The cache holds code this process will load and run, so it must be nobody else's: the folder is
+created 0700, and a folder or library that another user owns, or that others may write to, is
+refused with a message naming it (safe_path).
+
+The `native_kernels` setting says what happens when it cannot be built (no compiler, a refused
+cache, say): `auto` falls back to TensorFlow's ops (same words, same log-probabilities within
+float32 rounding) with a warning; `on` makes it an error; `off` never builds it. Worker side only:
+imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -52,6 +57,18 @@ def cache_dir() -> Path:
     return Path(base) / "lstmq" / "kernels"
 
 
+def safe_path(path: Path, what: str) -> None:
+    """Raise KernelUnavailable unless `path` belongs to this process's user and no one else may
+    write to it (no group or world write bit): the cache holds code this process loads."""
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise KernelUnavailable(f"{what} {path} belongs to uid {info.st_uid}, not to this user (uid "
+                                f"{os.geteuid()}): refusing to load code from it (set {CACHE_ENV} to a folder of yours)")
+    if info.st_mode & 0o022:
+        raise KernelUnavailable(f"{what} {path} may be written by others (mode {info.st_mode & 0o777:o}): refusing to "
+                                f"load code from it (chmod go-w it, or set {CACHE_ENV} to a folder of yours)")
+
+
 def _cpu_flags() -> str:
     """The CPU's feature flags (-march=native builds for them: a cache shared between machines
     must not hand one machine's build to another)."""
@@ -84,10 +101,15 @@ def build(tf) -> Path:
     key = hashlib.sha256("\0".join([SOURCE.read_text(encoding="utf-8"), tf.__version__, *compile_flags, *link_flags,
                                     *flags, compiler, version, platform.machine(), _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"next_word-{key}.so"
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:   # a read-only file system, say
+        raise KernelUnavailable(f"cannot create the kernel cache {target.parent}: {error}") from None
+    safe_path(target.parent, "the kernel cache")
     if target.exists():
+        safe_path(target, "the kernel library")
         return target
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
         # one build per machine: processes starting together (lstmq-worker --workers N) wait for it
         with open(target.with_suffix(".lock"), "a") as lock:
             _lock_file(lock)
@@ -156,6 +178,23 @@ def load() -> Any:
             raise
         _loaded["module"] = module
         return module
+
+
+def decoding_path(native: str, on_gpu: bool) -> tuple[str, str]:
+    """How a decoder of this process picks its words, as (kind, why): ("native", "lstmq's native
+    kernels") or ("tensorflow", the reason). Builds or loads the kernels when it must know; never
+    raises (with native_kernels `on` and no kernels, decoding itself fails, with this reason)."""
+    if on_gpu:
+        return "tensorflow", "TensorFlow's ops on the GPU (the native kernels are CPU code)"
+    if native == "off":
+        return "tensorflow", "TensorFlow's ops (native_kernels: off)"
+    try:
+        load()
+    except KernelUnavailable as error:
+        if native == "on":
+            return "unavailable", f"native_kernels is on but the kernels are unavailable: {error}"
+        return "tensorflow", f"TensorFlow's ops (native kernels unavailable: {error})"
+    return "native", "lstmq's native kernels"
 
 
 def pack_matrix(matrix, width: int):
