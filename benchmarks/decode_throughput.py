@@ -13,7 +13,7 @@ decoder recomputes that row the model's own way (a matmul over the whole vocabul
 trained for two epochs had no such row in 30,720 (rows x steps). The result is a RATIO measured in
 one run, on whatever machine runs it; wall times are printed for reading, never checked.
 
-    python benchmarks/decode_throughput.py [--prompts 256] [--words 7] [--batch-sizes 1,32,256,1024]
+    python -m benchmarks.decode_throughput [--prompts 256] [--words 7] [--batch-sizes 1,32,256,1024]
                                            [--baseline-prompts 8] [--repeats 5] [--sampling]
                                            [--bound-batch-sizes 256,1024,4096] [--bound-words 30]
                                            [--mixed] [--quick]
@@ -23,15 +23,14 @@ and an argmax, timed in a compiled loop in this process, interleaved with the de
 at the same batch size (a full batch of prompts, --bound-words words each, prefill included);
 the table prints decoder/bound ratios for greedy (with and without the log-probabilities, and with
 TensorFlow's ops only: native_kernels off) and for sampling (top_k 50; top_k 50 with top_p 0.9; plain temperature). --mixed compares lines asking for 1 to 59
-words (mean about 30) with the same prompts at 30 words each: about the same total words. --quick: small
-sizes, every table, well under a minute. The script exits 1 when greedy output differs from the
-seed loop's.
+words (mean about 30) with the same prompts at 30 words each: about the same total words. --quick:
+small sizes (QUICK below), random weights, every table. The script exits 1 when greedy output
+differs from the seed loop's.
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -40,28 +39,26 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
+from benchmarks import common
+from benchmarks.common import EMBEDDING_DIM, LSTM_UNITS, RANDOM_SEED, SEED_CONTEXT
 from tests import devstack
-from benchmarks import tables
 
-
-# Model size of the seed notebook (and lstmq's default configuration).
-EMBEDDING_DIM = 100
-LSTM_UNITS = 150
-SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
 PROMPT_WORDS = (5, 15)       # prompts are corpus lines of this many words, inclusive
-RANDOM_SEED = 1234           # for the weights and the choice of prompts
+# --quick: small sizes, every table, random weights (the smoke test: tests/test_benchmarks.py)
+QUICK = {"prompts": 64, "baseline_prompts": 2, "repeats": 2, "batch_sizes": "1,64", "bound_batch_sizes": "256",
+         "bound_words": 8, "sampling": True, "mixed": True, "mixed_batch_size": 128, "trained_epochs": 0}
 
 
-def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=256, help="prompts decoded per timing (default 256)")
-    parser.add_argument("--words", type=int, default=7, help="words generated per prompt (default 7, as the seed)")
+def parse_arguments():
+    parser = common.argument_parser(__doc__)
+    common.add_prompts(parser, 256, "prompts decoded per timing (default 256)")
+    common.add_words(parser)
     parser.add_argument("--batch-sizes", default="1,32,256,1024",
                         help="comma-separated decoder batch sizes, rows per compiled call (default 1,32,256,1024)")
     parser.add_argument("--baseline-prompts", type=int, default=8,
                         help="prompts run through the seed's slow loop (default 8); its words/s is per word")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timings per measurement, the fastest is kept (default 5; the machine is noisy)")
+    common.add_repeats(parser, 5)
     parser.add_argument("--sampling", action="store_true",
                         help="also time sampling (temperature 1.0, top_k 50) at each batch size")
     parser.add_argument("--no-predict-baseline", action="store_true",
@@ -75,23 +72,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--mixed-batch-size", type=int, default=1024, help="decoder batch size for --mixed (default 1024)")
     parser.add_argument("--trained-epochs", type=int, default=1,
                         help="train the network this many epochs on the corpus first (default 1; 0: random weights)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run (well under a minute on 2 cores, random weights) that prints every table")
-    arguments = parser.parse_args()
-    if arguments.quick:
-        arguments.prompts, arguments.baseline_prompts, arguments.repeats = 64, 2, 2
-        arguments.batch_sizes, arguments.bound_batch_sizes = "1,64", "256"
-        arguments.bound_words, arguments.sampling, arguments.mixed, arguments.mixed_batch_size = 8, True, True, 128
-        arguments.trained_epochs = 0
-    arguments.batch_sizes = [int(size) for size in str(arguments.batch_sizes).split(",") if size.strip()]
-    arguments.bound_batch_sizes = [int(size) for size in str(arguments.bound_batch_sizes).split(",") if size.strip()]
+    common.add_quick(parser, "64 prompts, 2 repeats, random weights, every table")
+    arguments = common.parse(parser, QUICK, lists=("batch_sizes", "bound_batch_sizes"),
+                             positive=("prompts", "words", "baseline_prompts", "repeats", "bound_words",
+                                       "mixed_batch_size", "batch_sizes"))
     if arguments.trained_epochs < 0:
         parser.error("--trained-epochs must be >= 0")
-    for name in ("prompts", "words", "baseline_prompts", "repeats", "bound_words", "mixed_batch_size"):
-        if getattr(arguments, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not arguments.batch_sizes or min(arguments.batch_sizes) < 1:
-        parser.error("--batch-sizes must be positive integers")
     return arguments
 
 
@@ -119,34 +105,7 @@ def trained_model(text: str, epochs: int):
 
 def choose_prompts(text: str, vocabulary, count: int) -> list[list[int]]:
     """Token ids of `count` random corpus lines of 5 to 15 words (drawn with replacement)."""
-    from lstmq.shared.text import words
-
-    lines = [line for line in text.split("\n") if PROMPT_WORDS[0] <= len(words(line)) <= PROMPT_WORDS[1]]
-    rng = np.random.default_rng(RANDOM_SEED)
-    return [vocabulary.encode(lines[index])[0] for index in rng.integers(0, len(lines), size=count)]
-
-
-def fastest_seconds(function: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """(seconds of the fastest of `repeats` calls, the last call's result)."""
-    best = float("inf")
-    result = None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - started)
-    return best, result
-
-
-def interleaved_fastest(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Seconds of the fastest of `repeats` calls of each run, the runs interleaved (a noisy
-    machine's slow spells fall on all of them alike)."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
-            started = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - started)
-    return best
+    return [vocabulary.encode(line)[0] for line in common.corpus_prompts(text, count, PROMPT_WORDS)]
 
 
 def main() -> None:
@@ -184,10 +143,10 @@ def main() -> None:
 
     # --- baselines: one full forward pass per word per prompt -------------------------------
     def run_reference():
-        return [reference_greedy(inference_model, ids, words, window=SEED_WINDOW) for ids in baseline_prompts]
+        return [reference_greedy(inference_model, ids, words, window=SEED_CONTEXT) for ids in baseline_prompts]
 
-    reference_greedy(inference_model, baseline_prompts[0], 1, window=SEED_WINDOW)  # warm-up
-    seconds, reference_outputs = fastest_seconds(run_reference, arguments.repeats)
+    reference_greedy(inference_model, baseline_prompts[0], 1, window=SEED_CONTEXT)  # warm-up
+    seconds, reference_outputs = common.fastest(run_reference, arguments.repeats)
     baseline_words = len(baseline_prompts) * words
     seed_loop_rate = baseline_words / seconds   # words per second
     print(f"seed loop (model call per word):  {seed_loop_rate:10.1f} words/s  "
@@ -196,10 +155,10 @@ def main() -> None:
     predict_rate = None
     if not arguments.no_predict_baseline:
         def run_predict():
-            return [reference_greedy(inference_model, ids, words, window=SEED_WINDOW, predict=True) for ids in baseline_prompts]
+            return [reference_greedy(inference_model, ids, words, window=SEED_CONTEXT, predict=True) for ids in baseline_prompts]
 
-        reference_greedy(inference_model, baseline_prompts[0], 1, window=SEED_WINDOW, predict=True)  # warm-up (traces predict)
-        seconds, predict_outputs = fastest_seconds(run_predict, arguments.repeats)
+        reference_greedy(inference_model, baseline_prompts[0], 1, window=SEED_CONTEXT, predict=True)  # warm-up (traces predict)
+        seconds, predict_outputs = common.fastest(run_predict, arguments.repeats)
         predict_rate = baseline_words / seconds
         predict_matches = sum(a == b for a, b in zip(predict_outputs, reference_outputs))
         print(f"seed predict() per word:          {predict_rate:10.1f} words/s  "
@@ -217,7 +176,7 @@ def main() -> None:
             params = load_settings(environ={}).generation_params().replace(words=words, seed=0).replace(**sampling_parameters)
             requests = [Request(ids=ids, params=params, key=index) for index, ids in enumerate(prompts)]
             decoder.generate(requests[:batch_size])   # warm-up: traces the tf.function once
-            seconds, outputs = fastest_seconds(lambda: decoder.generate(requests), arguments.repeats)
+            seconds, outputs = common.fastest(lambda: decoder.generate(requests), arguments.repeats)
             rate = len(prompts) * words / seconds   # words per second
             matches = None
             if mode == "greedy":
@@ -313,10 +272,10 @@ def measure_bound(arguments, text, vocabulary, inference_model, batch_size: int)
         call = chosen.generate_scored if scored else chosen.generate
         runs[name] = (lambda call=call, requests=requests: call(requests))
     outputs = {name: run() for name, run in runs.items()}   # warm-up: traces every path once
-    best = interleaved_fastest(runs, arguments.repeats)
+    best = common.interleaved_fastest(runs, arguments.repeats)
     rates = {name: batch_size * words / seconds for name, seconds in best.items()}
     row = {"batch_size": batch_size, "words": words, "bound_words_per_second": round(rates["bound"], 1),
-           "native_kernels": decoder.best_word is not None,
+           "native_kernels": decoder.native,
            "greedy_ids_equal_scored":
                [[ids for ids, _ in samples] for samples in outputs["greedy"]] == outputs["greedy ids only"]
                and [[ids for ids, _ in samples] for samples in outputs[NATIVE_OFF]] == outputs["greedy ids only"]}
@@ -336,7 +295,7 @@ def print_bound_table(rows: list[dict], words: int) -> None:
         lines.append([str(row["batch_size"]), f"{row['bound_words_per_second']:.0f}",
                       *(f"{row[name]['ratio_to_bound']:.3f}" for name, _, _ in BOUND_MODES),
                       f"{100 * row['logprob_cost']:.1f}%"])
-    tables.print_table(lines)
+    common.print_table(lines)
     print(f"(a full batch of prompts, {words} words each, prefill included; bound: one (batch x units).(units x "
           f"vocabulary) matmul + argmax per word; sampling at temperature 1.0; logprob cost: 1 - greedy/greedy ids only)")
 
@@ -364,7 +323,7 @@ def measure_mixed(arguments, text, vocabulary, inference_model, batch_size: int,
             "mixed": lambda: decoder.generate_scored(mixed_requests)}
     for run in runs.values():
         run()   # warm-up
-    best = interleaved_fastest(runs, arguments.repeats)
+    best = common.interleaved_fastest(runs, arguments.repeats)
     mixed_words, uniform_words = int(lengths.sum()), uniform * count
     row = {"batch_size": batch_size, "prompts": count, "mixed_words": mixed_words, "uniform_words": uniform_words,
            "mixed_words_per_second": round(mixed_words / best["mixed"], 1),
@@ -379,7 +338,7 @@ def print_mixed_table(rows: list[dict]) -> None:
     for row in rows:
         lines.append([str(row["batch_size"]), str(row["prompts"]), str(row["mixed_words"]),
                       f"{row['uniform_words_per_second']:.0f}", f"{row['mixed_words_per_second']:.0f}", f"{row['ratio']:.3f}"])
-    tables.print_table(lines)
+    common.print_table(lines)
     print(f"(greedy, with log-probabilities; mixed: every length {MIXED_WORDS[0]}..{MIXED_WORDS[1]} equally often, "
           f"uniform: {(MIXED_WORDS[0] + MIXED_WORDS[1]) // 2} words each; words/s counts requested words only)")
 
@@ -397,7 +356,7 @@ def print_table(rows: list[dict], baseline_prompts: int, with_predict: bool) -> 
             line.append(f"{row['ratio_vs_seed_predict']:.2f}")
         line.append("-" if row["greedy_matches"] is None else str(row["greedy_matches"]))
         lines.append(line)
-    tables.print_table(lines)
+    common.print_table(lines)
     print("(rows/call: a batch size above --prompts decodes all prompts in one call; "
           "the seed's ratios compare with its greedy loop, it had no sampling)")
 

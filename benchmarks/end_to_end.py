@@ -1,7 +1,7 @@
 """End to end: train and generate through the real parts, against the seed's predict loop.
 
 Everything lstmq does for a user runs here as a user runs it: a throwaway redis-server
-(lstmq.shared.devstack), one `lstmq-worker --cpu` subprocess, and the `lstmq` CLI in subprocesses:
+(tests/devstack.py), one `lstmq-worker --cpu` subprocess, and the `lstmq` CLI in subprocesses:
 
 1. `lstmq train CORPUS --model bench --epochs 1 --wait --json` with the default (seed) network on
    the whole corpus: wall time of the command, the job's worker time and the epoch's seconds;
@@ -23,7 +23,7 @@ for reading, never checked. The output file is checked (one line per prompt, ids
 the prompts as written; the script fails otherwise), and for how many baseline prompts the seed
 loop's greedy words equal lstmq's is printed (a mismatch is a warning).
 
-    python benchmarks/end_to_end.py [--prompts 100000] [--words 7] [--chunk-size N] [--corpus-lines N]
+    python -m benchmarks.end_to_end [--prompts 100000] [--words 7] [--chunk-size N] [--corpus-lines N]
                                     [--baseline-prompts 10] [--epochs 1] [--repeats 1] [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
@@ -32,113 +32,54 @@ failure, Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from benchmarks import common
+from benchmarks.common import SEED_CONTEXT, StepFailed
 from tests import devstack
 
-
-SEED_WINDOW = 17             # tokens of context the seed padded every prompt to
 PROMPT_WORDS = (3, 12)       # prompts are corpus lines of this many words, inclusive
-RANDOM_SEED = 1234           # for the choice of prompts
 MODEL_NAME = "bench"
-WORKER_READY_TIMEOUT_S = 300
+# --quick: the smoke test (tests/test_benchmarks.py)
+QUICK = {"prompts": 2000, "baseline_prompts": 3, "corpus_lines": 1500}
 
 
-def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=100000, help="prompts in the seed file (default 100000)")
-    parser.add_argument("--words", type=int, default=7, help="words generated per prompt (default 7, as the seed)")
-    parser.add_argument("--chunk-size", type=int,
-                        help="prompts per generate task, lstmq generate --chunk-size (default: the chunk_size setting)")
+def parse_arguments():
+    parser = common.argument_parser(__doc__)
+    common.add_prompts(parser, 100000, "prompts in the seed file (default 100000)")
+    common.add_words(parser)
+    common.add_chunk_size(parser)
     parser.add_argument("--gpus", help="run the worker on these GPUs (lstmq-worker --gpus), default: one CPU worker")
     parser.add_argument("--cpu-workers", type=int, default=1,
                         help="CPU worker processes (lstmq-worker --cpu --workers N), each on its share of the cores "
                              "with as many TensorFlow threads (default 1: one worker, every core)")
     parser.add_argument("--corpus-lines", type=int, default=0,
                         help="train on the corpus's first N lines only (default 0: the whole corpus)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 2,000 prompts, 3 seed-loop prompts, training on 1,500 corpus lines")
+    common.add_quick(parser, "2,000 prompts, 3 seed-loop prompts, training on 1,500 corpus lines")
     parser.add_argument("--baseline-prompts", type=int, default=10,
                         help="prompts run through the seed's predict loop (default 10); its words/s is per word")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs on the whole corpus (default 1)")
-    parser.add_argument("--repeats", type=int, default=1,
-                        help="timings of the seed loop, the fastest is kept (default 1)")
-    parser.add_argument("--worker-log", help="where the worker's log goes (default: a temporary file, "
-                        "removed at the end)")
-    arguments = parser.parse_args()
-    if arguments.quick:
-        arguments.prompts, arguments.baseline_prompts, arguments.corpus_lines = 2000, 3, 1500
-    for name in ("prompts", "words", "baseline_prompts", "epochs", "repeats", "cpu_workers"):
-        if getattr(arguments, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    common.add_repeats(parser, 1, "timings of the seed loop")
+    common.add_worker_log(parser)
+    arguments = common.parse(parser, QUICK, positive=("prompts", "words", "baseline_prompts", "epochs", "repeats",
+                                                      "cpu_workers"))
     if arguments.baseline_prompts > arguments.prompts:
         parser.error("--baseline-prompts must not exceed --prompts")
     return arguments
 
 
-class StepFailed(Exception):
-    pass
-
-
-def lstmq(*arguments: str, ok: Sequence[int] = (0,)) -> tuple[float, dict[str, Any] | list[Any]]:
+def lstmq(*arguments: str, broker: str) -> tuple[float, Any]:
     """Run the lstmq CLI; (wall seconds, its last stdout line parsed as JSON)."""
-    command = [devstack.tool("lstmq"), *arguments]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if result.returncode not in ok:
-        raise StepFailed(f"`lstmq {' '.join(arguments[:2])}` exited with status {result.returncode}:\n"
-                         f"{result.stderr.strip()[-3000:]}")
-    lines = result.stdout.strip().splitlines()
-    if not lines:
-        raise StepFailed(f"`lstmq {' '.join(arguments[:2])}` printed nothing on stdout:\n{result.stderr[-3000:]}")
-    return seconds, json.loads(lines[-1])
-
-
-def wait_for_worker(worker: subprocess.Popen, log: Path) -> float:
-    """Seconds until the worker's pool process has imported TensorFlow and said 'ready:'."""
-    started = time.monotonic()
-    while time.monotonic() - started < WORKER_READY_TIMEOUT_S:
-        if worker.poll() is not None:
-            raise StepFailed(f"lstmq-worker exited with status {worker.returncode} before it was ready")
-        if re.search(r"\] worker .*: ready: TensorFlow", log.read_text(encoding="utf-8", errors="replace")):
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise StepFailed(f"lstmq-worker was not ready after {WORKER_READY_TIMEOUT_S}s")
-
-
-def choose_prompts(text: str, count: int) -> list[str]:
-    """`count` random corpus lines of 3 to 12 words (drawn with replacement)."""
-    from lstmq.shared.text import words
-
-    lines = [line.strip() for line in text.split("\n") if PROMPT_WORDS[0] <= len(words(line)) <= PROMPT_WORDS[1]]
-    rng = np.random.default_rng(RANDOM_SEED)
-    return [lines[index] for index in rng.integers(0, len(lines), size=count)]
-
-
-def check_output(path: Path, prompts: list[str]) -> list[dict[str, Any]]:
-    """OUT must hold one line per prompt, ids 1..N in input order, each with `words` words."""
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    if len(records) != len(prompts):
-        raise StepFailed(f"{path.name}: {len(records)} lines, expected {len(prompts)}")
-    for number, (record, prompt) in enumerate(zip(records, prompts), start=1):
-        if record["id"] != number or record["prompt"] != prompt:
-            raise StepFailed(f"{path.name}: line {number} has id {record['id']!r} and prompt {record['prompt']!r}, "
-                             f"expected id {number} and {prompt!r}")
-    return records
+    completed = common.lstmq(*arguments, broker=broker)
+    return completed.seconds, completed.json()
 
 
 def worker_log_figures(log: Path, job_id: str) -> dict[str, Any]:
@@ -159,20 +100,17 @@ def worker_log_figures(log: Path, job_id: str) -> dict[str, Any]:
 def seed_baseline(export_dir: Path, prompts: list[str], words: int, repeats: int) -> dict[str, Any]:
     import keras
 
-    from tests.oracle import reference_greedy
     from lstmq.shared.text import Vocabulary
+    from tests.oracle import reference_greedy
 
     started = time.perf_counter()
     model = keras.saving.load_model(export_dir / "model.keras")
     load_seconds = time.perf_counter() - started
     vocabulary = Vocabulary(json.loads((export_dir / "vocab.json").read_text(encoding="utf-8")))
     encoded = [vocabulary.encode(prompt)[0] for prompt in prompts]
-    reference_greedy(model, encoded[0], 1, window=SEED_WINDOW, predict=True)   # warm-up: predict builds its function once
-    best, outputs = float("inf"), []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        outputs = [reference_greedy(model, ids, words, window=SEED_WINDOW, predict=True) for ids in encoded]
-        best = min(best, time.perf_counter() - started)
+    reference_greedy(model, encoded[0], 1, window=SEED_CONTEXT, predict=True)   # warm-up: predict builds its function once
+    best, outputs = common.fastest(
+        lambda: [reference_greedy(model, ids, words, window=SEED_CONTEXT, predict=True) for ids in encoded], repeats)
     return {"seconds": best, "load_seconds": load_seconds, "words": len(prompts) * words,
             "continuations": [" ".join(vocabulary.decode(ids)) for ids in outputs]}
 
@@ -213,19 +151,17 @@ def in_process_decoder(export_dir: Path, prompts: list[str], words: int) -> dict
 
 def main() -> int:
     arguments = parse_arguments()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the clean-up below on SIGTERM too
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     from lstmq.shared.config import load_settings
-    from tests.devstack import LocalStack
     from lstmq.worker.runtime import configure_threads
 
     configure_threads(tf, load_settings())   # the in-process baselines: TensorFlow's threads as the worker sets them
 
     corpus = devstack.corpus_path()
     text = corpus.read_text(encoding="utf-8")
-    prompts = choose_prompts(text, arguments.prompts)
+    prompts = common.corpus_prompts(text, arguments.prompts, PROMPT_WORDS)
     words = arguments.words
     print(f"corpus {corpus} ({len(text):,} characters); {len(prompts):,} prompts of "
           f"{PROMPT_WORDS[0]}-{PROMPT_WORDS[1]} words, {words} words each, chunks of "
@@ -236,12 +172,12 @@ def main() -> int:
     scratch = tempfile.TemporaryDirectory(prefix="lstmq-bench-")
     directory = Path(scratch.name)
     log_path = Path(arguments.worker_log) if arguments.worker_log else directory / "worker.log"
-    stack = LocalStack(log_path, worker_args=("--gpus", arguments.gpus) if arguments.gpus
-                       else ("--cpu", "--workers", str(arguments.cpu_workers)))
-    try:
+    stack = devstack.LocalStack(log_path, worker_args=("--gpus", arguments.gpus) if arguments.gpus
+                                else ("--cpu", "--workers", str(arguments.cpu_workers)))
+    with scratch, common.reported("end_to_end", stack):
         stack.__enter__()
-        broker = ["--broker", stack.broker]
-        ready_seconds = wait_for_worker(stack.worker, log_path)
+        broker = stack.broker
+        ready_seconds = common.wait_for_worker(stack.worker, log_path, r"\] worker .*: ready: TensorFlow")
         print(f"redis-server on {stack.broker}; lstmq-worker --cpu ready in {ready_seconds:.1f}s "
               f"(log: {log_path})", flush=True)
 
@@ -251,11 +187,11 @@ def main() -> int:
             training_corpus = directory / "corpus.txt"
             training_corpus.write_text("\n".join(text.split("\n")[: arguments.corpus_lines]), encoding="utf-8")
         train_wall, trained = lstmq("train", str(training_corpus), "--model", MODEL_NAME, "--epochs",
-                                    str(arguments.epochs), "--wait", "--json", *broker)
-        _, train_record = lstmq("status", trained["job"], "--json", *broker)
+                                    str(arguments.epochs), "--wait", "--json", broker=broker)
+        _, train_record = lstmq("status", trained["job"], "--json", broker=broker)
         model = trained["model"]
         export_dir = directory / "export"
-        lstmq("models", "export", model, str(export_dir), "--json", *broker)
+        lstmq("models", "export", model, str(export_dir), "--json", broker=broker)
         meta = json.loads((export_dir / "meta.json").read_text(encoding="utf-8"))
         history, vocab_size = meta.get("history", []), meta["network"]["vocab_size"]
         epoch_seconds = [record["seconds"] for record in history]
@@ -265,19 +201,17 @@ def main() -> int:
               f"loss {trained['loss']:.4f}, val perplexity {trained['val_perplexity']:.1f}", flush=True)
 
         # --- 2. generation -------------------------------------------------------------------
-        seeds = directory / "seeds.txt"
-        seeds.write_text("".join(prompt + "\n" for prompt in prompts), encoding="utf-8")
+        seeds = common.write_lines(directory / "seeds.txt", prompts)
         output = directory / "out.jsonl"
         # a running worker has loaded the model and traced its decoder: a small job first, as in production
-        warm = directory / "warm.txt"
-        warm.write_text("".join(prompt + "\n" for prompt in prompts[:64]), encoding="utf-8")
+        warm = common.write_lines(directory / "warm.txt", prompts[:64])
         lstmq("generate", str(warm), "--model", MODEL_NAME, "-o", str(directory / "warm.jsonl"), "--words", str(words),
-              "--json", *broker)
+              "--json", broker=broker)
         chunking = ["--chunk-size", str(arguments.chunk_size)] if arguments.chunk_size else []
         generate_wall, generated = lstmq("generate", str(seeds), "--model", MODEL_NAME, "-o", str(output),
-                                         "--words", str(words), *chunking, "--json", *broker)
-        _, job = lstmq("status", generated["job"], "--json", *broker)
-        records = check_output(output, prompts)
+                                         "--words", str(words), *chunking, "--json", broker=broker)
+        _, job = lstmq("status", generated["job"], "--json", broker=broker)
+        records = common.check_output(output, len(prompts), prompts, keep=True).records
         total_words = len(prompts) * words
         if generated["words"] != total_words or job.get("words_done") != total_words:
             raise StepFailed(f"generate reported {generated['words']} words (job record {job.get('words_done')}), "
@@ -310,15 +244,6 @@ def main() -> int:
         if matches != len(baseline_prompts):   # reported, not fatal: a near-tie can flip an argmax
             print(f"end_to_end: WARNING: the seed loop's greedy words differ from lstmq's for "
                   f"{len(baseline_prompts) - matches} of {len(baseline_prompts)} prompts", file=sys.stderr)
-    except StepFailed as error:
-        print(f"end_to_end: {error}\nend_to_end: the worker's log ends:\n{stack.log_tail()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nend_to_end: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        stack.__exit__()
-        scratch.cleanup()
 
     rows = [
         ("lstmq end to end (lstmq generate wall)", generate_wall, end_to_end_rate),
@@ -355,16 +280,9 @@ def main() -> int:
 
 def print_table(rows: list[tuple[str, float, float]], seed_rate: float, prompts: int, baseline_prompts: int,
                 words: int) -> None:
-    header = ["what", "seconds", "words/s", "x seed predict()"]
-    lines = [header] + [[name, f"{seconds:.2f}", f"{rate:.1f}", f"{rate / seed_rate:.1f}"]
-                        for name, seconds, rate in rows]
-    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
-    print()
-    for number, line in enumerate(lines):
-        print("  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                        for column, (cell, width) in enumerate(zip(line, widths))))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
+    common.print_table([["what", "seconds", "words/s", "x seed predict()"]]
+                       + [[name, f"{seconds:.2f}", f"{rate:.1f}", f"{rate / seed_rate:.1f}"] for name, seconds, rate in rows],
+                       left=1)
     print(f"(lstmq rows: {prompts:,} prompts x {words} words; the seed row: {baseline_prompts} prompts x {words} "
           f"words, one predict() per word)")
 

@@ -1,25 +1,25 @@
 """What only a GPU shows: run on a machine with one or more NVIDIA GPUs and tensorflow[and-cuda].
 
-1. TensorFlow sees the GPU; memory growth is on after the worker's set-up (worker.runtime).
+1. TensorFlow sees the GPU; memory growth is on after the worker's set-up (lstmq.worker.runtime).
 2. The training step takes the cuDNN LSTM kernel (CudnnRNNV3 in the traced graph) with lstmq's
    right-padded, masked batches; the decoder's prefill too.
 3. One training epoch of the seed network on the corpus, GPU time.
 4. Decoding throughput at large batches (greedy and top-k sampling), and greedy equivalence with
    the seed's loop on the GPU.
 Prints a JSON line with every figure. Corpus: $LSTMQ_TEST_CORPUS (default ../shared/data/sherlock.txt).
+
+    python -m benchmarks.gpu_check [--batch-sizes 256,1024,4096,16384] [--words 7] [--epochs 1]
+                                   [--equivalence-prompts 64] [--profile-dir DIR]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 import numpy as np
 
-from tests import devstack
-
-CORPUS = devstack.corpus_path()
+from benchmarks import common
 
 
 def op_types(concrete_function) -> set[str]:
@@ -31,14 +31,15 @@ def op_types(concrete_function) -> set[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--batch-sizes", default="256,1024,4096,16384")
-    parser.add_argument("--words", type=int, default=7)
+    common.add_words(parser)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--equivalence-prompts", type=int, default=64)
     parser.add_argument("--profile-dir", help="write a TensorFlow profiler trace of greedy decoding at the largest "
                         "batch size here (open it with TensorBoard's profile plugin: what was slow)")
-    args = parser.parse_args()
+    args = common.parse(parser, lists=("batch_sizes",), positive=("batch_sizes", "words", "epochs",
+                                                                   "equivalence_prompts"))
 
     from lstmq.worker import runtime
     runtime.init_process()                      # the worker's device set-up: memory growth
@@ -64,7 +65,7 @@ def main() -> None:
         report["device_name"] = details.get("device_name")
     print(json.dumps({"devices": report}), flush=True)
 
-    text = CORPUS.read_text(encoding="utf-8")
+    text = common.corpus_text()
     params = load_settings(environ={}).model_params()
     vocabulary = Vocabulary.from_text(text)
     training_model, inference_model = model_module.build_models(len(vocabulary), params.embedding_dim, params.lstm_units)
@@ -80,7 +81,7 @@ def main() -> None:
 
     training_ops = op_types(gradient_step.get_concrete_function(tf.constant(inputs), tf.constant(targets)))
     report["training_cudnn_ops"] = sorted(op for op in training_ops if "Cudnn" in op)
-    decoder = Decoder(inference_model, vocabulary, max_rows=max(int(b) for b in args.batch_sizes.split(",")))
+    decoder = Decoder(inference_model, vocabulary, max_rows=max(args.batch_sizes))
     decode_ops = op_types(decoder._prefill.get_concrete_function())   # the prefill reads prompts with Keras's LSTM
     report["decoder_cudnn_ops"] = sorted(op for op in decode_ops if "Cudnn" in op)
     print(json.dumps({"cudnn": {k: report[k] for k in ("training_cudnn_ops", "decoder_cudnn_ops")}}), flush=True)
@@ -97,9 +98,9 @@ def main() -> None:
     vocabulary = Vocabulary(tokens)
     rng = np.random.default_rng(0)
     lines = [line for line in text.split("\n") if 3 <= len(vocabulary.encode(line)[0]) <= 12]
-    prompt_ids = [vocabulary.encode(lines[i])[0] for i in rng.integers(0, len(lines), size=max(int(b) for b in args.batch_sizes.split(",")))]
+    prompt_ids = [vocabulary.encode(lines[i])[0] for i in rng.integers(0, len(lines), size=max(args.batch_sizes))]
     report["decode"] = []
-    for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+    for batch_size in args.batch_sizes:
         decoder = Decoder(trained, vocabulary, max_rows=batch_size)
         for mode, extra in (("greedy", {}), ("sampling top_k=50", {"temperature": 1.0, "top_k": 50, "seed": 1})):
             generation = load_settings(environ={}).generation_params().replace(words=args.words, seed=0).replace(**extra)
@@ -115,7 +116,7 @@ def main() -> None:
             print(json.dumps({"decode": entry}), flush=True)
 
     if args.profile_dir:   # the step-by-step device and host time of one greedy decode at the largest batch
-        largest = max(int(b) for b in args.batch_sizes.split(","))
+        largest = max(args.batch_sizes)
         decoder = Decoder(trained, vocabulary, max_rows=largest)
         generation = load_settings(environ={}).generation_params().replace(words=args.words, seed=0)
         requests = [Request(ids=ids, params=generation, key=i) for i, ids in enumerate(prompt_ids[:largest])]
@@ -131,7 +132,7 @@ def main() -> None:
     sample = prompt_ids[: args.equivalence_prompts]
     greedy = load_settings(environ={}).generation_params().replace(words=args.words, temperature=0.0, seed=0)
     generated = [s[0] for s in decoder.generate([Request(ids=ids, params=greedy, key=i) for i, ids in enumerate(sample)])]
-    matches = sum(g == reference_greedy(trained, ids, args.words, window=17) for g, ids in zip(generated, sample))
+    matches = sum(g == reference_greedy(trained, ids, args.words, window=common.SEED_CONTEXT) for g, ids in zip(generated, sample))
     report["greedy_equivalence"] = {"prompts": len(sample), "equal": int(matches)}
     print(json.dumps({"greedy_equivalence": report["greedy_equivalence"]}), flush=True)
     print(json.dumps({"gpu_check": report}))

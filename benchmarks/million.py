@@ -1,7 +1,7 @@
 """Million-prompt jobs, one worker: submission, collection, Redis memory and producer memory.
 
 Everything runs as a user runs it: a throwaway redis-server and one `lstmq-worker --cpu`
-(lstmq.shared.devstack.LocalStack), a tiny model trained with `lstmq train` (Embedding(32),
+(tests/devstack.py's LocalStack), a tiny model trained with `lstmq train` (Embedding(32),
 LSTM(48), one epoch on 1,500 corpus lines: the figures here are about lstmq around the model), and
 seed files of one corpus word per line. Two jobs, --lines / 10 and --lines prompts, each:
 
@@ -28,19 +28,17 @@ Each output file is checked (one line per prompt, ids 1..N in input order, the p
 the script fails otherwise. Timings are printed against the targets of issue 8, never asserted:
 they depend on the machine and its load.
 
-    python benchmarks/million.py [--lines 1000000] [--words 1] [--chunk-size N] [--quick]
+    python -m benchmarks.million [--lines 1000000] [--words 1] [--chunk-size N] [--quick]
 
---quick: 20,000 lines (and 2,000), for a smoke test in about a minute on two cores.
+--quick: 20,000 lines (and 2,000), the smoke test in tests/test_million.py.
 Everything it starts is stopped at the end, also on failure, Ctrl-C or SIGTERM.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,18 +47,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import common
+from benchmarks.common import RANDOM_SEED, StepFailed
 from tests import devstack
 
 MODEL_NAME = "million"
 CORPUS_LINES = (60, 1560)          # the slice of the corpus the tiny model is trained on
 TINY_MODEL = {"embedding_dim": 32, "lstm_units": 48, "epochs": 1, "batch_size": 32, "early_stopping_patience": 0,
               "poll_interval": 0.2}
-RANDOM_SEED = 1234
-WORKER_READY_TIMEOUT_S = 300
 MEMORY_SAMPLE_S = 0.02
 TARGETS = {"submission": 100_000, "collection": 100_000, "redis_ratio": 2.0, "rss_mb": 300, "tail_s": 5.0}
+# --quick: the smoke test (tests/test_million.py)
+QUICK = {"lines": 20_000}
 
-# Runs the lstmq CLI and, at exit, writes this process's peak resident memory (kB) to $MILLION_BENCH_RSS_FILE.
+# Runs the lstmq CLI and, at exit, writes this process's peak resident memory (kB) to $MILLION_BENCH_RSS_FILE
+# (common.proc_kib's figure, read here without importing anything more into the measured process).
 RSS_WRAPPER = """
 import atexit, os, sys
 def report():
@@ -74,22 +75,16 @@ main()
 """
 
 
-class StepFailed(Exception):
-    pass
-
-
-def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments():
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--lines", type=int, default=1_000_000, help="prompts in the big job (default 1,000,000)")
-    parser.add_argument("--words", type=int, default=1, help="words generated per prompt (default 1)")
-    parser.add_argument("--chunk-size", type=int, help="prompts per task (default: the chunk_size setting)")
-    parser.add_argument("--quick", action="store_true", help="20,000 lines: a smoke test")
-    parser.add_argument("--worker-log", help="where the worker's log goes (default: a temporary file)")
-    arguments = parser.parse_args()
-    if arguments.quick:
-        arguments.lines = 20_000
-    if arguments.lines < 10 or arguments.words < 1:
-        parser.error("--lines must be >= 10 and --words >= 1")
+    common.add_words(parser, 1)
+    common.add_chunk_size(parser)
+    common.add_quick(parser, "20,000 lines (and 2,000)")
+    common.add_worker_log(parser)
+    arguments = common.parse(parser, QUICK, positive=("words",))
+    if arguments.lines < 10:
+        parser.error("--lines must be >= 10")
     return arguments
 
 
@@ -97,7 +92,7 @@ def run_cli(arguments: list[str], scratch: Path, timeout: float = 3600) -> dict[
     """Run `lstmq ARGUMENTS` in a child Python; its stdout, stderr lines with the time each came,
     exit status, wall seconds, end time and peak RSS (kB)."""
     rss_file = scratch / f"rss-{time.monotonic_ns()}"
-    environment = {**os.environ, "MILLION_BENCH_RSS_FILE": str(rss_file)}
+    environment = common.child_environment(MILLION_BENCH_RSS_FILE=str(rss_file))
     started = time.monotonic()
     process = subprocess.Popen([sys.executable, "-c", RSS_WRAPPER, *arguments], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=environment)
@@ -125,17 +120,6 @@ def cli_json(result: dict[str, Any], what: str) -> dict[str, Any]:
     return json.loads(result["stdout"].strip().splitlines()[-1])
 
 
-def wait_for_worker(stack: devstack.LocalStack, log: Path) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < WORKER_READY_TIMEOUT_S:
-        if stack.worker.poll() is not None:
-            raise StepFailed(f"lstmq-worker exited with status {stack.worker.returncode} before it was ready")
-        if re.search(r"ready: TensorFlow", log.read_text(encoding="utf-8", errors="replace")):
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise StepFailed(f"lstmq-worker was not ready after {WORKER_READY_TIMEOUT_S}s")
-
-
 class MemorySampler:
     """The Redis server's used_memory, sampled every MEMORY_SAMPLE_S in a thread: its maximum."""
 
@@ -154,20 +138,6 @@ class MemorySampler:
     def __exit__(self, *_exc) -> None:
         self.stopped.set()
         self.thread.join(5)
-
-
-def check_output(path: Path, prompts: int) -> int:
-    """Read OUT line by line: ids 1..N in order; the raw bytes of prompts and continuations."""
-    raw = count = 0
-    with path.open(encoding="utf-8") as stream:
-        for count, line in enumerate(stream, start=1):
-            record = json.loads(line)
-            if record["id"] != count:
-                raise StepFailed(f"{path.name}: line {count} has id {record['id']!r}, expected {count}")
-            raw += len(record["prompt"].encode()) + len(record["continuation"].encode())
-    if count != prompts:
-        raise StepFailed(f"{path.name}: {count} lines, expected {prompts}")
-    return raw
 
 
 def run_job(store, broker: list[str], directory: Path, words_pool: list[str], lines: int, arguments,
@@ -197,7 +167,7 @@ def run_job(store, broker: list[str], directory: Path, words_pool: list[str], li
                          "\n".join(line for _, line in result["stderr"][:20]))
     submit_seconds = described[0] - stamps[0]
     record = store.jobs.get(summary["job"])
-    raw = check_output(output, lines)
+    raw = common.check_output(output, lines).raw_bytes
     again = directory / f"again-{lines}.jsonl"
     started = time.perf_counter()
     written = write_results(store, summary["job"], again)
@@ -229,7 +199,6 @@ def run_job(store, broker: list[str], directory: Path, words_pool: list[str], li
 
 def main() -> int:
     arguments = parse_arguments()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from lstmq.shared.store import Store
     from lstmq.shared.text import words
@@ -249,10 +218,10 @@ def main() -> int:
           f"one lstmq-worker --cpu; {os.cpu_count()} CPUs", flush=True)
     stack = devstack.LocalStack(log_path, worker_args=("--cpu", "--config", str(config)))
     jobs: list[dict[str, Any]] = []
-    try:
+    with scratch, common.reported("million", stack):
         stack.__enter__()
         broker = ["--broker", stack.broker, "--config", str(config)]
-        ready = wait_for_worker(stack, log_path)
+        ready = common.wait_for_worker(stack.worker, log_path)
         store = Store.from_url(stack.broker, 3600)
         trained = cli_json(run_cli(["train", str(corpus_slice), "--model", MODEL_NAME, "--wait", "--json", *broker],
                                    directory), "train")
@@ -262,15 +231,6 @@ def main() -> int:
             jobs.append(figures)
             print(f"job of {count:,} lines: " + json.dumps(figures), flush=True)
             cli_json(run_cli(["rm", figures["job"], "--json", *broker], directory), "rm")
-    except StepFailed as error:
-        print(f"million: {error}\nmillion: the worker's log ends:\n{stack.log_tail()}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nmillion: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        stack.__exit__()
-        scratch.cleanup()
     print_table(jobs)
     print(json.dumps({"benchmark": "million", "words": arguments.words, "chunk_size": arguments.chunk_size,
                       "targets": TARGETS, "jobs": jobs}))
@@ -299,16 +259,9 @@ def print_table(jobs: list[dict[str, Any]]) -> None:
         ("RSS ratio big / small job (flat = about 1)", f"{flat:.2f}", "about 1", flat <= 1.25),
         ("worker, prompts/s (for reading)", f"{big['worker_prompts_per_s']:,}", "-", None),
     ]
-    header = ("figure", "measured", "target", "met")
-    cells = [header] + [(name, value, target, "-" if met is None else ("yes" if met else "NO"))
-                        for name, value, target, met in rows]
-    widths = [max(len(row[column]) for row in cells) for column in range(4)]
-    print()
-    for number, row in enumerate(cells):
-        print("  ".join(cell.ljust(width) if column == 0 else cell.rjust(width)
-                        for column, (cell, width) in enumerate(zip(row, widths))))
-        if number == 0:
-            print("  ".join("-" * width for width in widths))
+    common.print_table([["figure", "measured", "target", "met"]]
+                       + [[name, value, target, "-" if met is None else ("yes" if met else "NO")]
+                          for name, value, target, met in rows], left=1)
     print(f"(the big job: {big['lines']:,} prompts, {big['chunks']} chunks, raw prompts + continuations "
           f"{big['raw_bytes']:,} bytes, Redis peak {big['redis_job_peak']:,} bytes above the "
           f"{big['redis_before']:,} before it; `lstmq generate` {big['generate_wall_seconds']}s wall, "

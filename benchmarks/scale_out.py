@@ -17,60 +17,46 @@ The result is a RATIO measured in one run: N workers' words/s over one worker's 
 each with the same TensorFlow threads per worker; one worker with every core is printed too. The
 producer and redis-server may use every core (with N = all cores, they share the workers').
 
-    python benchmarks/scale_out.py [--prompts 65536] [--words 7] [--workers 1,2] [--tf-threads 1]
-                                   [--producer detached|attached] [--quick]
+    python -m benchmarks.scale_out [--prompts 65536] [--words 7] [--workers 1,2] [--tf-threads 1]
+                                    [--producer detached|attached] [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import common
+from benchmarks.worker_overhead import corpus_prompts, register_random_model
+from tests import devstack
 
-from benchmarks import tables  # noqa: E402
-from tests import devstack  # noqa: E402
-from benchmarks.worker_overhead import corpus_prompts, register_random_model  # noqa: E402
+# --quick: the smoke test (tests/test_benchmarks.py)
+QUICK = {"prompts": 2048, "chunk_size": 256}
 
 
-def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=65536,
-                        help="prompts per timed job (default 65536: a job of seconds, where the first chunks' "
-                             "slower start weighs little)")
-    parser.add_argument("--words", type=int, default=7, help="words per prompt (default 7)")
+def parse_arguments():
+    parser = common.argument_parser(__doc__)
+    common.add_prompts(parser, 65536, "prompts per timed job (default 65536: a job of seconds, where the first "
+                                      "chunks' slower start weighs little)")
+    common.add_words(parser)
     parser.add_argument("--workers", default="1,2", help="worker counts to compare, the first is the baseline")
     parser.add_argument("--tf-threads", type=int, default=1, help="TensorFlow threads per worker (default 1)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="prompts per chunk (default 1024)")
+    common.add_chunk_size(parser, 1024)
     parser.add_argument("--producer", choices=("detached", "attached"), default="detached",
                         help="detached (default): `lstmq generate --detach`, then `lstmq collect` once the job has "
                              "ended, so that collecting does not share the workers' cores while they are timed; "
                              "attached: `lstmq generate` waits and writes the output beside the workers")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 2,048 prompts, chunks of 256")
-    arguments = parser.parse_args()
-    if arguments.quick:
-        arguments.prompts, arguments.chunk_size = 2048, 256
-    arguments.workers = [int(count) for count in arguments.workers.split(",") if count.strip()]
-    if not arguments.workers or min(arguments.workers) < 1 or arguments.prompts < 1:
-        parser.error("--workers and --prompts must be positive")
-    return arguments
+    common.add_quick(parser, "2,048 prompts, chunks of 256")
+    return common.parse(parser, QUICK, lists=("workers",), positive=("workers", "prompts", "words", "tf_threads",
+                                                                     "chunk_size"))
 
 
-def lstmq(broker: str, *args, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LSTMQ_BROKER_URL": broker, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([devstack.tool("lstmq"), *map(str, args)], capture_output=True, text=True, env=env,
-                            timeout=timeout, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise SystemExit(f"lstmq {' '.join(map(str, args))} failed ({result.returncode}): {result.stderr[-2000:]}")
-    return result
+def lstmq(broker: str, *args) -> common.Completed:
+    return common.lstmq(*args, broker=broker, timeout=900)
 
 
 def run_configuration(broker, store, directory: Path, workers: int, threads: int | None, seeds: Path,
@@ -89,7 +75,7 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
         deadline = time.monotonic() + 300
         while len(store.workers.live()) < workers:
             if time.monotonic() > deadline:
-                raise SystemExit(f"{workers} worker(s) did not come up:\n{stack.log_tail()}")
+                raise common.StepFailed(f"{workers} worker(s) did not come up:\n{stack.log_tail()}")
             time.sleep(0.5)
         while True:   # warm every worker: each must have loaded the model (its heartbeat says so)
             lstmq(broker, "generate", warm, "--model", "bench@1", "-o", directory / "warm.jsonl", "--chunk-size", 16,
@@ -100,24 +86,22 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
             if all(worker.get("models") for worker in store.workers.live()):
                 break
             if time.monotonic() > deadline:
-                raise SystemExit(f"not every worker loaded the model:\n{stack.log_tail()}")
+                raise common.StepFailed(f"not every worker loaded the model:\n{stack.log_tail()}")
         out = directory / f"out-{workers}-{threads}.jsonl"
         started = time.perf_counter()
         job_options = ("--model", "bench@1", "--words", arguments.words, "--chunk-size", arguments.chunk_size, "--json")
         if arguments.producer == "attached":
-            job = json.loads(lstmq(broker, "generate", seeds, "-o", out, *job_options).stdout)["job"]
+            job = lstmq(broker, "generate", seeds, "-o", out, *job_options).json()["job"]
         else:   # submit, wait for the job's end here (a read of its record every 0.2 s), then collect
-            job = json.loads(lstmq(broker, "generate", seeds, "--detach", *job_options).stdout)["job"]
+            job = lstmq(broker, "generate", seeds, "--detach", *job_options).json()["job"]
             while not store.jobs.get(job).status.finished:
                 if time.perf_counter() - started > 900:
-                    raise SystemExit(f"job {job} did not finish in 900 s:\n{stack.log_tail()}")
+                    raise common.StepFailed(f"job {job} did not finish in 900 s:\n{stack.log_tail()}")
                 time.sleep(0.2)
             lstmq(broker, "collect", job, "-o", out)
         wall = time.perf_counter() - started
         record = store.jobs.get(job)
-        lines = sum(1 for _ in out.open(encoding="utf-8"))
-        if lines != arguments.prompts:
-            raise SystemExit(f"{out} holds {lines} lines, expected {arguments.prompts}")
+        common.check_output(out, arguments.prompts)
         seconds = record.finished - record.started
         return {"workers": workers, "threads": threads, "words": record.words_done, "seconds": seconds,
                 "words_per_s": record.words_done / seconds, "wall": wall}
@@ -129,20 +113,18 @@ def main() -> None:
     from lstmq.shared.config import load_settings
     from lstmq.shared.store import Store
 
-    text = devstack.corpus_path().read_text(encoding="utf-8")
+    text = common.corpus_text()
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} cores; {arguments.prompts:,} prompts x {arguments.words} words, chunks of {arguments.chunk_size}; "
           f"workers {arguments.workers} with {arguments.tf_threads} TensorFlow thread(s) each, and 1 worker with "
           f"TensorFlow's own thread count; producer {arguments.producer}", flush=True)
     results = []
-    with tempfile.TemporaryDirectory() as temporary, devstack.LocalRedis() as server:
+    with common.reported("scale_out"), tempfile.TemporaryDirectory() as temporary, devstack.LocalRedis() as server:
         directory = Path(temporary)
         store = Store.from_settings(load_settings(overrides={"broker_url": server.url}))
         register_random_model(store, text)
-        seeds = directory / "seeds.txt"
-        seeds.write_text("\n".join(corpus_prompts(text, arguments.prompts)) + "\n", encoding="utf-8")
-        warm = directory / "warm.txt"
-        warm.write_text("\n".join(corpus_prompts(text, 256)) + "\n", encoding="utf-8")
+        seeds = common.write_lines(directory / "seeds.txt", corpus_prompts(text, arguments.prompts))
+        warm = common.write_lines(directory / "warm.txt", corpus_prompts(text, 256))
         for workers in arguments.workers:
             results.append(run_configuration(server.url, store, directory, workers, arguments.tf_threads, seeds, warm,
                                              arguments))
@@ -156,7 +138,7 @@ def main() -> None:
         target = f">= {0.9 * result['workers']:.1f}" if result["threads"] == arguments.tf_threads else "(reference)"
         rows.append([str(result["workers"]), str(result["threads"] or "TF's own"), f"{result['seconds']:.2f}",
                      f"{result['words_per_s']:,.0f}", f"{ratio:.2f}", target])
-    tables.print_table(rows)
+    common.print_table(rows)
 
 
 if __name__ == "__main__":

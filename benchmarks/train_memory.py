@@ -3,11 +3,11 @@
 The seed builds every n-gram prefix of every corpus line, pre-pads them to 17 tokens of context,
 turns the labels into a one-hot matrix (examples x vocabulary floats) and fits
 Embedding(100) -> LSTM(150) -> Dense(vocab, softmax) with categorical cross-entropy, batch 32.
-lstmq (shared/train.py) feeds whole lines with integer labels and a sparse loss, streamed in
+lstmq (lstmq.worker.engine.training) feeds whole lines with integer labels and a sparse loss, streamed in
 length-bucketed batches, so it never holds a one-hot matrix.
 
 Each variant runs in its own subprocess, one after the other, so that each peak resident memory
-(getrusage ru_maxrss, read by the child at its end) is its own. The parent prints RATIOS measured
+(VmHWM, read by the child at its end) is its own. The parent prints RATIOS measured
 in this run (seed / lstmq, both on the SAME corpus slice); wall times are printed, never checked.
 
 The seed's one-hot matrix grows with examples x vocabulary: about 5.9 GiB of float64 for the whole
@@ -16,7 +16,7 @@ under Keras 3), plus the copies that fit() makes. So both variants run on the fi
 (default 3000); lstmq alone also runs on the whole corpus, and the seed's whole-corpus one-hot size
 is computed, not run. The seed variant is refused when its estimate exceeds the available memory.
 
-    python benchmarks/train_memory.py [--lines 3000] [--epochs 1] [--no-full-corpus]
+    python -m benchmarks.train_memory [--lines 3000] [--epochs 1] [--no-full-corpus]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
@@ -26,68 +26,21 @@ import argparse
 import hashlib
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from benchmarks import common
+from benchmarks.common import MIB, SEED_BATCH_SIZE
 from tests import devstack
-from benchmarks import tables
 
-
-# The seed notebook's network and fit settings.
-EMBEDDING_DIM = 100
-LSTM_UNITS = 150
-SEED_CONTEXT = 17            # tokens of context: prefixes pre-padded to 17 + 1 label
-SEED_BATCH_SIZE = 32         # keras fit()'s default, which the seed used
 ONE_HOT_BYTES = 8            # float64: keras.utils.to_categorical on a numpy array (Keras 3)
 FIT_COPIES = 3               # one-hot matrices alive at once in the worst case (ours, fit()'s, a cast)
-RANDOM_SEED = 1234
-KIB = 1024
-MIB = 1024 * 1024
-
-
-def read_corpus(lines: int) -> str:
-    """The first `lines` lines of the corpus, or all of it when lines is 0."""
-    text = devstack.corpus_path().read_text(encoding="utf-8")
-    return "\n".join(text.split("\n")[:lines]) if lines else text
-
-
-def current_rss_mib() -> float:
-    """Resident memory of this process now, from /proc (MiB)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / KIB
-    return float("nan")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB
-
-
-def available_memory_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * KIB
-    return 0
 
 
 # --- the two variants, each run in a child process ------------------------------------------
-def seed_examples(text: str, vocabulary) -> list[list[int]]:
-    """The seed's n-grams: every prefix of two or more tokens of every line."""
-    examples = []
-    for line in text.split("\n"):
-        token_list, _ = vocabulary.encode(line)
-        for end in range(2, len(token_list) + 1):
-            examples.append(token_list[:end])
-    return examples
-
-
 def run_seed(text: str, epochs: int) -> dict:
-    """The notebook's cells 9-17 on `text` (its tokenizer rules via shared.text; ids shifted by
+    """The notebook's cells 9-17 on `text` (its tokenizer rules via lstmq.shared.text; ids shifted by
     one against Keras' Tokenizer, which changes nothing here)."""
     import keras
 
@@ -96,12 +49,11 @@ def run_seed(text: str, epochs: int) -> dict:
     started = time.monotonic()
     vocabulary = Vocabulary.from_text(text)
     total_words = len(vocabulary)
-    sequences = np.array(keras.utils.pad_sequences(seed_examples(text, vocabulary),
-                                                   maxlen=SEED_CONTEXT + 1, padding="pre"))
+    sequences = common.seed_sequences(text, vocabulary)
     inputs, labels = sequences[:, :-1], sequences[:, -1]
     labels = np.array(keras.utils.to_categorical(labels, num_classes=total_words))   # the one-hot matrix
-    keras.utils.set_random_seed(RANDOM_SEED)
-    model = tables.seed_model(total_words, SEED_CONTEXT, EMBEDDING_DIM, LSTM_UNITS)
+    keras.utils.set_random_seed(common.RANDOM_SEED)
+    model = common.seed_model(total_words)
     epoch_seconds = []
 
     class EpochTimer(keras.callbacks.Callback):
@@ -123,7 +75,7 @@ def run_seed(text: str, epochs: int) -> dict:
 
 
 def run_lstmq(text: str, epochs: int) -> dict:
-    """shared.train.train with the default settings but `epochs`."""
+    """lstmq.worker.engine.training.train with the default settings but `epochs`."""
     from lstmq.shared.config import load_settings
     from lstmq.shared.artifact import read_artifact
     from lstmq.worker.engine.training import train
@@ -145,10 +97,10 @@ def run_lstmq(text: str, epochs: int) -> dict:
 def child(variant: str, lines: int, epochs: int) -> None:
     import tensorflow  # noqa: F401  (imported first, so that its footprint is measured apart)
 
-    after_import = current_rss_mib()
-    text = read_corpus(lines)
+    after_import = common.current_rss_mib()
+    text = common.corpus_text(lines)
     figures = (run_seed if variant == "seed" else run_lstmq)(text, epochs)
-    peak = peak_rss_mib()
+    peak = common.peak_rss_mib()
     print(json.dumps({"variant": variant, "lines": lines or len(text.split("\n")), "epochs": epochs,
                       "rss_after_import_mib": round(after_import, 1), "peak_rss_mib": round(peak, 1),
                       "peak_above_import_mib": round(peak - after_import, 1), **figures}))
@@ -159,7 +111,7 @@ def seed_estimate(lines: int) -> dict:
     """Examples, vocabulary and one-hot bytes the seed way needs on a slice, without TensorFlow."""
     from lstmq.shared.text import Vocabulary
 
-    text = read_corpus(lines)
+    text = common.corpus_text(lines)
     vocabulary = Vocabulary.from_text(text)
     examples = sum(max(len(vocabulary.encode(line)[0]) - 1, 0) for line in text.split("\n"))
     return {"examples": examples, "vocabulary": len(vocabulary),
@@ -168,15 +120,7 @@ def seed_estimate(lines: int) -> dict:
 
 def run_child(variant: str, lines: int, epochs: int) -> dict:
     print(f"running {variant} on {'the whole corpus' if not lines else f'the first {lines} lines'} ...", flush=True)
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", variant,
-               "--lines", str(lines), "--epochs", str(epochs)]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    completed = subprocess.run(command, capture_output=True, text=True, env=environment)
-    reports = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode != 0 or not reports:
-        sys.stderr.write(completed.stderr[-4000:])
-        raise SystemExit(f"{variant} child failed with exit status {completed.returncode}")
-    return json.loads(reports[-1])
+    return common.run_child("benchmarks.train_memory", "--child", variant, "--lines", lines, "--epochs", epochs)
 
 
 def epoch_seconds(report: dict) -> float:
@@ -193,11 +137,11 @@ def print_table(reports: list[dict]) -> None:
                      str(report["vocabulary"]), f"{report['peak_rss_mib']:.0f}",
                      f"{report['peak_above_import_mib']:.0f}", f"{seconds:.1f}",
                      f"{report['train_examples'] / seconds:.0f}"])
-    tables.print_table(rows)
+    common.print_table(rows)
 
 
 def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--lines", type=int, default=3000,
                         help="corpus lines both variants train on, 0 = all (default 3000: the seed's one-hot "
                              "matrix for the whole corpus needs many GiB)")
@@ -207,9 +151,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="run the seed variant even when its one-hot estimate exceeds available memory")
     parser.add_argument("--child", choices=("seed", "lstmq"), help=argparse.SUPPRESS)
-    arguments = parser.parse_args()
-    if arguments.lines < 0 or arguments.epochs < 1:
-        parser.error("--lines must be >= 0 and --epochs >= 1")
+    arguments = common.parse(parser, positive=("epochs",))
+    if arguments.lines < 0:
+        parser.error("--lines must be >= 0")
     return arguments
 
 
@@ -219,16 +163,16 @@ def main() -> None:
         child(arguments.child, arguments.lines, arguments.epochs)
         return
 
-    total_lines = len(read_corpus(0).split("\n"))
+    total_lines = len(common.corpus_text(0).split("\n"))
     estimate = seed_estimate(arguments.lines)
     needed = estimate["one_hot_bytes"] * FIT_COPIES
     print(f"corpus {devstack.corpus_path()} ({total_lines} lines); slice: first {arguments.lines or total_lines} lines, "
           f"{estimate['examples']} seed examples x {estimate['vocabulary']} words = "
           f"{estimate['one_hot_bytes'] / MIB:,.0f} MiB of one-hot labels (float64); "
           f"{arguments.epochs} epoch(s); {os.cpu_count()} CPUs", flush=True)
-    if needed > available_memory_bytes() and not arguments.force:
+    if needed > common.available_memory_bytes() and not arguments.force:
         raise SystemExit(f"the seed variant would need about {needed / 2**30:.1f} GiB ({FIT_COPIES} copies of its "
-                         f"one-hot matrix), more than the {available_memory_bytes() / 2**30:.1f} GiB available: "
+                         f"one-hot matrix), more than the {common.available_memory_bytes() / 2**30:.1f} GiB available: "
                          f"use a smaller --lines, or --force")
 
     seed = run_child("seed", arguments.lines, arguments.epochs)

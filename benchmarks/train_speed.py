@@ -10,9 +10,9 @@ seed's figure is comparable with lstmq's `val_perplexity`.
   more tokens of every training sequence, pre-padded to 17 tokens of context, one-hot labels,
   Sequential Embedding(100) -> LSTM(150) -> Dense(softmax), categorical cross-entropy, Adam 0.001,
   batch 32 (shuffled);
-- lstmq: shared.model.build_models + shared.train's optimizer and length-bucketed tf.data batches
-  of whole lines, sparse loss (what `train()` runs), at each batch size / learning rate / clip /
-  layers / dropout given by --variants.
+- lstmq: lstmq.worker.engine.network.build_models + lstmq.worker.engine.training's optimizer and
+  length-bucketed tf.data batches of whole lines, sparse loss (what `train()` runs), at each batch
+  size / learning rate / clip / layers / dropout given by --variants.
 
 Held-out perplexity = exp(mean negative log-likelihood over every next-word target of the held-out
 lines), each target predicted from the same words before it in both variants. Also printed: the
@@ -26,9 +26,9 @@ one epoch on the whole corpus with its one-hot labels made per batch (the whole 
 of float64, plus fit()'s copies does not fit in memory: see train_memory.py; the network, loss,
 batch and examples are the seed's, only where the one-hot rows live differs).
 
-    python benchmarks/train_speed.py [--lines 0] [--seconds 150] [--variants seed default bs=16:lr=0.001:clip=0]
-    python benchmarks/train_speed.py --quick          # a smoke run: small slice, short budget
-    python benchmarks/train_speed.py --full-corpus --variants   # only the whole-corpus epochs
+    python -m benchmarks.train_speed [--lines 0] [--seconds 150] [--variants seed default bs=16:lr=0.001:clip=0]
+    python -m benchmarks.train_speed --quick          # a smoke run: small slice, short budget
+    python -m benchmarks.train_speed --full-corpus --variants   # only the whole-corpus epochs
 
 Ratios and tables are printed; nothing is asserted about time. The last line is JSON.
 """
@@ -39,44 +39,23 @@ import hashlib
 import json
 import math
 import os
-import resource
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from tests import devstack
-from benchmarks import tables
 
-SEED_CONTEXT = 17
-SEED_BATCH_SIZE = 32
-EMBEDDING_DIM = 100
-LSTM_UNITS = 150
-RANDOM_SEED = 1234
+from benchmarks import common
+from benchmarks.common import EMBEDDING_DIM, LSTM_UNITS, RANDOM_SEED, SEED_BATCH_SIZE, SEED_CONTEXT
+
 CHECKPOINTS = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)   # fractions of --seconds at which every variant is scored
 ONE_HOT_IN_MEMORY_BYTES = 2 << 30   # the seed's one-hot matrix as the notebook holds it, up to this size
 GRADIENT_BATCHES = 4   # training batches whose gradient norm is measured at each scoring point (--gradient-batches)
+# --quick: the smoke test (tests/test_benchmarks.py)
 QUICK = {"lines": 600, "seconds": 6.0, "variants": ["seed", "bs=16:lr=0.001:clip=0", "default"]}
 # the former default (16 lines, 0.001), the measured alternatives, and the default settings
 DEFAULT_VARIANTS = ["seed", "bs=16:lr=0.001:clip=0", "bs=16:lr=0.003:clip=0", "bs=32:lr=0.006:clip=0",
                     "bs=64:lr=0.012:clip=0", "default"]
 KEYS = {"bs": ("batch_size", int), "lr": ("learning_rate", float), "clip": ("clipnorm", float),
         "layers": ("lstm_layers", int), "dropout": ("dropout", float)}
-
-
-def read_corpus(lines: int) -> str:
-    text = devstack.corpus_path().read_text(encoding="utf-8")
-    return "\n".join(text.split("\n")[:lines]) if lines else text
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent
-    that forked it, so a child's figure is its own)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def default_params():
@@ -252,14 +231,8 @@ def run_seed(data: Data, seconds: float, gradient_batches: int = GRADIENT_BATCHE
     else:   # the same examples, batches and one-hot rows, made per batch (see full_seed)
         feed = {"x": OneHotBatches(keras, examples, data.vocab_size)}
     keras.utils.set_random_seed(RANDOM_SEED)
-    model = keras.Sequential([
-        keras.Input(shape=(SEED_CONTEXT,)),
-        keras.layers.Embedding(data.vocab_size, EMBEDDING_DIM),
-        keras.layers.LSTM(LSTM_UNITS),
-        keras.layers.Dense(data.vocab_size, activation="softmax"),
-    ])
     loss = keras.losses.CategoricalCrossentropy()
-    model.compile(loss=loss, optimizer="adam")
+    model = common.seed_model(data.vocab_size, loss=loss, metrics=None)
     probe_rows = np.random.default_rng(0).choice(len(inputs), (gradient_batches, SEED_BATCH_SIZE))
     probe = [(tf.constant(inputs[rows]), tf.constant(keras.utils.to_categorical(examples[rows, -1], data.vocab_size)))
              for rows in probe_rows]
@@ -309,7 +282,7 @@ def equal_time(arguments) -> list[dict]:
     import keras
 
     defaults = default_params()
-    text = read_corpus(arguments.lines)
+    text = common.corpus_text(arguments.lines)
     data = Data(text, defaults)
     print(f"slice: first {arguments.lines or 'all'} lines: {len(data.training)} training sequences "
           f"({data.training.target_count()} targets), {len(data.validation)} held-out sequences "
@@ -347,7 +320,7 @@ def print_equal_time(reports: list[dict], seconds: float) -> dict:
                      f"{min(point['perplexity'] for point in points):.1f}",
                      f"{np.median([p['gradient_norm_median'] for p in points]):.2f}",
                      f"{max(p['gradient_norm_max'] for p in points):.2f}"])
-    tables.print_table(rows)
+    common.print_table(rows)
     print("\nbest held-out perplexity of an epoch's end reached by then (what early stopping keeps; '-': no epoch "
           "finished yet):")
     rows = [["variant", "epoch s", *[f"by {f * seconds:.0f}s" for f in CHECKPOINTS]]]
@@ -355,7 +328,7 @@ def print_equal_time(reports: list[dict], seconds: float) -> dict:
         bests = [best_epoch_end(report, f * seconds) for f in CHECKPOINTS]
         rows.append([report["variant"], f"{report['trained_seconds'] / max(report['epochs'], 1e-9):.1f}",
                      *["-" if best is None else f"{best:.1f}" for best in bests]])
-    tables.print_table(rows)
+    common.print_table(rows)
     seed = next((report for report in reports if report["variant"] == "seed"), None)
     ratios = {}
     if seed:
@@ -386,14 +359,14 @@ def full_lstmq() -> dict:
     import tensorflow  # noqa: F401
     from lstmq.worker.engine.training import train
 
-    text = read_corpus(0)
+    text = common.corpus_text(0)
     params = default_params().replace(epochs=1)
     started = time.monotonic()
     result = train(text, params, hashlib.sha256(text.encode()).hexdigest(), samples_each_epoch=False)
     return {"variant": f"lstmq bs={params.batch_size} lr={params.learning_rate:g}",
             "epoch_seconds": result.history[0]["seconds"], "train_targets": result.metrics["train_targets"],
             "val_perplexity": round(result.metrics["val_perplexity"], 2),
-            "total_seconds": round(time.monotonic() - started, 2), "peak_rss_mib": round(peak_rss_mib(), 1)}
+            "total_seconds": round(time.monotonic() - started, 2), "peak_rss_mib": round(common.peak_rss_mib(), 1)}
 
 
 def full_seed() -> dict:
@@ -401,33 +374,22 @@ def full_seed() -> dict:
 
     from lstmq.shared.text import Vocabulary
 
-    text = read_corpus(0)
+    text = common.corpus_text(0)
     vocabulary = Vocabulary.from_text(text)
     total_words = len(vocabulary)
-    examples = []
-    for line in text.split("\n"):
-        ids, _ = vocabulary.encode(line)
-        examples.extend(ids[:end] for end in range(2, len(ids) + 1))
-    sequences = np.array(keras.utils.pad_sequences(examples, maxlen=SEED_CONTEXT + 1, padding="pre"), np.int32)
+    sequences = common.seed_sequences(text, vocabulary)
 
     keras.utils.set_random_seed(RANDOM_SEED)
-    model = tables.seed_model(total_words, SEED_CONTEXT, EMBEDDING_DIM, LSTM_UNITS)
+    model = common.seed_model(total_words)
     started = time.monotonic()
     model.fit(OneHotBatches(keras, sequences, total_words), epochs=1, verbose=0)
     return {"variant": "seed (one-hot per batch)", "epoch_seconds": round(time.monotonic() - started, 2),
-            "train_targets": len(sequences), "peak_rss_mib": round(peak_rss_mib(), 1)}
+            "train_targets": len(sequences), "peak_rss_mib": round(common.peak_rss_mib(), 1)}
 
 
 def run_child(variant: str) -> dict:
     print(f"running {variant} for one epoch on the whole corpus ...", flush=True)
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    completed = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", variant],
-                               capture_output=True, text=True, env=environment)
-    reports = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-    if completed.returncode != 0 or not reports:
-        sys.stderr.write(completed.stderr[-4000:])
-        raise SystemExit(f"{variant} child failed with exit status {completed.returncode}")
-    return json.loads(reports[-1])
+    return common.run_child("benchmarks.train_speed", "--child", variant)
 
 
 def print_full(reports: list[dict]) -> dict:
@@ -435,7 +397,7 @@ def print_full(reports: list[dict]) -> dict:
     for report in reports:
         rows.append([report["variant"], str(report["train_targets"]), f"{report['epoch_seconds']:.1f}",
                      f"{report['train_targets'] / report['epoch_seconds']:.0f}", f"{report['peak_rss_mib']:.0f}"])
-    tables.print_table(rows)
+    common.print_table(rows)
     seed = next((r for r in reports if r["variant"].startswith("seed")), None)
     lstmq = next((r for r in reports if r["variant"].startswith("lstmq")), None)
     ratios = {}
@@ -450,8 +412,8 @@ def print_full(reports: list[dict]) -> dict:
     return ratios
 
 
-def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments():
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--lines", type=int, default=0,
                         help="corpus lines of the slice, 0 = all (default: all; a small slice overfits within seconds)")
     parser.add_argument("--seconds", type=float, default=150.0, help="training seconds per variant (default 150)")
@@ -460,18 +422,14 @@ def parse_arguments() -> argparse.Namespace:
                              "settings)")
     parser.add_argument("--full-corpus", action="store_true",
                         help="also time one epoch of lstmq (default settings) and of the seed on the whole corpus")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke run: {QUICK['lines']} lines, {QUICK['seconds']:g} s, "
-                             f"{' '.join(QUICK['variants'])}")
+    common.add_quick(parser, f"{QUICK['lines']} lines, {QUICK['seconds']:g} s, {' '.join(QUICK['variants'])}")
     parser.add_argument("--gradient-batches", type=int, default=GRADIENT_BATCHES,
                         help=f"training batches whose global gradient norm is measured at each scoring point "
                              f"(default {GRADIENT_BATCHES})")
     parser.add_argument("--child", choices=("seed", "lstmq"), help=argparse.SUPPRESS)
-    arguments = parser.parse_args()
-    if arguments.quick:
-        arguments.lines, arguments.seconds, arguments.variants = QUICK["lines"], QUICK["seconds"], QUICK["variants"]
-    if arguments.lines < 0 or arguments.seconds <= 0 or arguments.gradient_batches < 1:
-        parser.error("--lines must be >= 0, --seconds > 0 and --gradient-batches >= 1")
+    arguments = common.parse(parser, QUICK, positive=("gradient_batches",))
+    if arguments.lines < 0 or arguments.seconds <= 0:
+        parser.error("--lines must be >= 0 and --seconds > 0")
     return arguments
 
 

@@ -2,79 +2,52 @@
 
 A generate task does more than decode: it takes the chunk's lease, reads and decodes the chunk
 from Redis, checks and tokenizes each prompt, turns the generated ids into text, and writes the
-result. This benchmark runs that code (shared.execute.run_generate_chunk, as a worker's task runs
-it) in this process against a throwaway redis-server, with the seed-size network (the whole
-corpus's vocabulary, Embedding(100) -> LSTM(150) -> Dense(vocab), random weights), and times the
-decoder's own calls inside it. Host time per prompt = (task seconds - decoder seconds) / prompts;
-the target is <= 10 us at chunk sizes >= 4,096. A second table runs the same prompts through the
-decoder alone (Decoder.continuations_scored, the in-process ceiling): task words/s over decoder
-words/s.
+result. This benchmark runs that code (lstmq.worker.jobs.chunks.run_generate_chunk, as a
+worker's task runs it) in this process against a throwaway redis-server (tests/devstack.py), with
+the seed-size network (the whole corpus's vocabulary, Embedding(100) -> LSTM(150) -> Dense(vocab),
+random weights), and times the decoder's own calls inside it. Host time per prompt = (task seconds
+- decoder seconds) / prompts; the target is <= 10 us at chunk sizes >= 4,096. The last columns run
+the same prompts through the decoder alone (Decoder.continuations_scored, the in-process ceiling):
+task words/s over decoder words/s.
 
-    python benchmarks/worker_overhead.py [--chunk-sizes 1024,4096,16384] [--chunks 3] [--words 7] [--quick]
+    python -m benchmarks.worker_overhead [--chunk-sizes 1024,4096,16384] [--chunks 3] [--words 7] [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import common
+from benchmarks.common import RANDOM_SEED
+from tests import devstack
 
-import numpy as np  # noqa: E402
-
-from benchmarks import tables  # noqa: E402
-from tests import devstack  # noqa: E402
-
-RANDOM_SEED = 1234
+# --quick: the smoke test (tests/test_benchmarks.py)
+QUICK = {"chunk_sizes": "256,1024", "chunks": 2}
 
 
-def parse_arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_arguments():
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--chunk-sizes", default="1024,4096,16384", help="prompts per chunk (default 1024,4096,16384)")
     parser.add_argument("--chunks", type=int, default=3, help="chunks timed per size; the fastest counts (default 3)")
-    parser.add_argument("--words", type=int, default=7, help="words per prompt (default 7)")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: chunk sizes 256,1024, 2 chunks")
-    arguments = parser.parse_args()
-    if arguments.quick:
-        arguments.chunk_sizes, arguments.chunks = "256,1024", 2
-    arguments.chunk_sizes = [int(size) for size in arguments.chunk_sizes.split(",") if size.strip()]
-    if not arguments.chunk_sizes or min(arguments.chunk_sizes) < 1 or arguments.chunks < 1 or arguments.words < 1:
-        parser.error("chunk sizes, --chunks and --words must be positive")
-    return arguments
+    common.add_words(parser)
+    common.add_quick(parser, "chunk sizes 256,1024, 2 chunks each")
+    return common.parse(parser, QUICK, lists=("chunk_sizes",), positive=("chunk_sizes", "chunks", "words"))
 
 
 def register_random_model(store, text: str) -> tuple[str, int]:
-    """The seed-size network with random weights, registered as bench@1 through the registry."""
-    import keras
-
+    """The seed-size network (the default settings') with random weights over the corpus's whole
+    vocabulary, registered as bench@1 straight into the store (scale_out's model too)."""
     from lstmq.shared.config import load_settings
-    from lstmq.shared.messages import JobKind
-    from lstmq.shared.artifact import pack_artifact
-    from lstmq.worker.engine.network import build_models, save_keras_bytes
-    from lstmq.shared.store import sha256
-    from lstmq.shared.text import Vocabulary
 
-    vocabulary = Vocabulary.from_text(text)
-    keras.utils.set_random_seed(RANDOM_SEED)
-    params = load_settings().model_params()
-    _, inference = build_models(len(vocabulary), params.embedding_dim, params.lstm_units)
-    artifact = pack_artifact(save_keras_bytes(inference), vocabulary.tokens,
-                             {"network": {"vocab_size": len(vocabulary)}, "training": params.to_dict(),
-                              "corpus_sha256": sha256(text.encode("utf-8")), "metrics": {}})
-    job = store.jobs.create(JobKind.TRAIN, params, model_name="bench")
-    return "bench", store.registry.register(job, "bench", artifact, {"network": {"vocab_size": len(vocabulary)}})
+    artifact = devstack.random_model_artifact(text, load_settings().model_params(), seed=RANDOM_SEED)
+    return "bench", devstack.register_model(store, "bench", artifact)
 
 
 def corpus_prompts(text: str, count: int) -> list[str]:
-    from lstmq.shared.text import words
-
-    lines = [line.strip() for line in text.split("\n") if 5 <= len(words(line)) <= 15]
-    rng = np.random.default_rng(RANDOM_SEED)
-    return [lines[index] for index in rng.integers(0, len(lines), size=count)]
+    """`count` random corpus lines of 5 to 15 words (scale_out's prompts too)."""
+    return common.corpus_prompts(text, count, (5, 15))
 
 
 class TimedDecoder:
@@ -108,7 +81,7 @@ def main() -> None:
     from lstmq.shared.store import Store
     from lstmq.worker.runtime import ModelCache
 
-    text = devstack.corpus_path().read_text(encoding="utf-8")
+    text = common.corpus_text()
     rows = []
     with devstack.LocalRedis() as server:
         settings = load_settings(overrides={"broker_url": server.url})
@@ -143,19 +116,13 @@ def main() -> None:
                     best = (task, timed.seconds)
             task, decode = best
             requests, _ = ChunkPlan(store.jobs.chunk_input(job, 1), loaded.decoder.vocabulary, settings).prepare(0, size)
-            alone = min(_time(lambda: timed.decoder.continuations_scored(requests)) for _ in range(2))
+            alone, _ = common.fastest(lambda: timed.decoder.continuations_scored(requests), 2)
             words = size * arguments.words
             rows.append([f"{size:,}", f"{task:.3f}", f"{decode:.3f}", f"{(task - decode) / size * 1e6:.1f}",
                          f"{words / task:,.0f}", f"{words / alone:,.0f}", f"{alone / task:.2f}"])
-    tables.print_table([["chunk", "task s", "decoder s", "host us/prompt", "task words/s", "decoder-only words/s",
+    common.print_table([["chunk", "task s", "decoder s", "host us/prompt", "task words/s", "decoder-only words/s",
                          "task/decoder-only"], *rows])
     print("\ntarget: host us/prompt <= 10 at chunk sizes >= 4,096")
-
-
-def _time(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
