@@ -46,8 +46,8 @@ from tests import devstack
 
 PROMPT_WORDS = (5, 15)       # prompts are corpus lines of this many words, inclusive
 # --quick: small sizes, every table, random weights (the smoke test: tests/test_benchmarks.py)
-QUICK = {"prompts": 64, "baseline_prompts": 2, "repeats": 2, "batch_sizes": "1,64", "bound_batch_sizes": "256",
-         "bound_words": 8, "sampling": True, "mixed": True, "mixed_batch_size": 128, "trained_epochs": 0}
+QUICK = {"prompts": 16, "baseline_prompts": 1, "repeats": 1, "batch_sizes": "32", "bound_batch_sizes": "64",
+         "bound_words": 4, "sampling": True, "mixed": True, "mixed_batch_size": 32, "trained_epochs": 0}
 
 
 def parse_arguments():
@@ -72,7 +72,7 @@ def parse_arguments():
     parser.add_argument("--mixed-batch-size", type=int, default=1024, help="decoder batch size for --mixed (default 1024)")
     parser.add_argument("--trained-epochs", type=int, default=1,
                         help="train the network this many epochs on the corpus first (default 1; 0: random weights)")
-    common.add_quick(parser, "64 prompts, 2 repeats, random weights, every table")
+    common.add_quick(parser, "16 prompts, 1 repeat, random weights, every table")
     arguments = common.parse(parser, QUICK, lists=("batch_sizes", "bound_batch_sizes"),
                              positive=("prompts", "words", "baseline_prompts", "repeats", "bound_words",
                                        "mixed_batch_size", "batch_sizes"))

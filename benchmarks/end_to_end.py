@@ -49,7 +49,7 @@ from tests import devstack
 PROMPT_WORDS = (3, 12)       # prompts are corpus lines of this many words, inclusive
 MODEL_NAME = "bench"
 # --quick: the smoke test (tests/test_benchmarks.py)
-QUICK = {"prompts": 2000, "baseline_prompts": 3, "corpus_lines": 1500}
+QUICK = {"prompts": 500, "baseline_prompts": 1, "corpus_lines": 300}
 
 
 def parse_arguments():
@@ -63,7 +63,7 @@ def parse_arguments():
                              "with as many TensorFlow threads (default 1: one worker, every core)")
     parser.add_argument("--corpus-lines", type=int, default=0,
                         help="train on the corpus's first N lines only (default 0: the whole corpus)")
-    common.add_quick(parser, "2,000 prompts, 3 seed-loop prompts, training on 1,500 corpus lines")
+    common.add_quick(parser, "500 prompts, 1 seed-loop prompt, training on 300 corpus lines")
     parser.add_argument("--baseline-prompts", type=int, default=10,
                         help="prompts run through the seed's predict loop (default 10); its words/s is per word")
     parser.add_argument("--epochs", type=int, default=1, help="training epochs on the whole corpus (default 1)")
@@ -152,13 +152,6 @@ def in_process_decoder(export_dir: Path, prompts: list[str], words: int) -> dict
 def main() -> int:
     arguments = parse_arguments()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    from lstmq.shared.config import load_settings
-    from lstmq.worker.runtime import configure_threads
-
-    configure_threads(tf, load_settings())   # the in-process baselines: TensorFlow's threads as the worker sets them
-
     corpus = devstack.corpus_path()
     text = corpus.read_text(encoding="utf-8")
     prompts = common.corpus_prompts(text, arguments.prompts, PROMPT_WORDS)
@@ -175,9 +168,18 @@ def main() -> int:
     stack = devstack.LocalStack(log_path, worker_args=("--gpus", arguments.gpus) if arguments.gpus
                                 else ("--cpu", "--workers", str(arguments.cpu_workers)))
     with scratch, common.reported("end_to_end", stack):
+        stack_started = time.monotonic()
         stack.__enter__()
         broker = stack.broker
-        ready_seconds = common.wait_for_worker(stack.worker, log_path, r"\] worker .*: ready: TensorFlow")
+        # TensorFlow imported here while the worker starts; the in-process baselines take its threads as a worker sets them
+        import tensorflow as tf
+
+        from lstmq.shared.config import load_settings
+        from lstmq.worker.runtime import configure_threads
+
+        configure_threads(tf, load_settings())
+        common.wait_for_worker(stack.worker, log_path, r"\] worker .*: ready: TensorFlow")
+        ready_seconds = time.monotonic() - stack_started
         print(f"redis-server on {stack.broker}; lstmq-worker --cpu ready in {ready_seconds:.1f}s "
               f"(log: {log_path})", flush=True)
 

@@ -11,14 +11,17 @@ default the job is submitted with --detach and collected once it has ended: on a
 every core runs a worker, a producer writing the output meanwhile takes its CPU time from the
 workers (on 2 cores, about 6 us per line of a 7-word job, some 5 % of both cores at two workers'
 pace), which a fleet's producer on its own machine does not. `--producer attached` measures that.
-Every worker is warmed up first (a job of many small chunks, until each worker has served one).
+Every worker is warmed up first (jobs of many small chunks, until each worker's heartbeat says it
+has loaded the model; heartbeats come every third of lease_seconds, --lease-seconds).
 
 The result is a RATIO measured in one run: N workers' words/s over one worker's (target >= 0.9 N),
-each with the same TensorFlow threads per worker; one worker with every core is printed too. The
-producer and redis-server may use every core (with N = all cores, they share the workers').
+each with the same TensorFlow threads per worker; one worker with every core is printed too (unless
+--no-reference). The producer and redis-server may use every core (with N = all cores, they share
+the workers'). --quick: 1,024 prompts in chunks of 256, --lease-seconds 6, --no-reference.
 
     python -m benchmarks.scale_out [--prompts 65536] [--words 7] [--workers 1,2] [--tf-threads 1]
-                                    [--producer detached|attached] [--quick]
+                                    [--producer detached|attached] [--lease-seconds N] [--no-reference]
+                                    [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
@@ -35,7 +38,8 @@ from benchmarks.worker_overhead import corpus_prompts, register_random_model
 from tests import devstack
 
 # --quick: the smoke test (tests/test_benchmarks.py)
-QUICK = {"prompts": 2048, "chunk_size": 256}
+# (heartbeats every 2 s instead of 10, which say when every worker has loaded the model; no reference run)
+QUICK = {"prompts": 1024, "chunk_size": 256, "lease_seconds": 6, "no_reference": True}
 
 
 def parse_arguments():
@@ -50,7 +54,12 @@ def parse_arguments():
                         help="detached (default): `lstmq generate --detach`, then `lstmq collect` once the job has "
                              "ended, so that collecting does not share the workers' cores while they are timed; "
                              "attached: `lstmq generate` waits and writes the output beside the workers")
-    common.add_quick(parser, "2,048 prompts, chunks of 256")
+    parser.add_argument("--lease-seconds", type=int,
+                        help="the workers' lease_seconds (default: the setting's); they say every third of it that "
+                             "they are alive and which models they loaded, which the warm-up waits for")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the reference run, one worker with TensorFlow's own thread count")
+    common.add_quick(parser, "1,024 prompts, chunks of 256, lease_seconds 6, no reference run")
     return common.parse(parser, QUICK, lists=("workers",), positive=("workers", "prompts", "words", "tf_threads",
                                                                      "chunk_size"))
 
@@ -60,7 +69,9 @@ def lstmq(broker: str, *args) -> common.Completed:
 
 
 def run_configuration(broker, store, directory: Path, workers: int, threads: int | None, seeds: Path,
-                      warm: Path, arguments) -> dict:
+                      warm: Path, lease_seconds: int, arguments, while_starting=None) -> dict:
+    """Start the workers, warm them up, time one job; `while_starting` is called once the workers
+    are starting (the model's registration, while they import TensorFlow)."""
     log = directory / f"worker-{workers}-{threads}.log"
     args = ["--cpu", "--workers", str(workers)] + (["--tf-threads", str(threads)] if threads else [])
     cores = sorted(os.sched_getaffinity(0))
@@ -72,6 +83,8 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
             stack = exits.enter_context(devstack.LocalStack(log, broker=broker, worker_args=tuple(args)))
         finally:
             os.sched_setaffinity(0, cores)
+        if while_starting:
+            while_starting()
         deadline = time.monotonic() + 300
         while len(store.workers.live()) < workers:
             if time.monotonic() > deadline:
@@ -80,7 +93,7 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
         while True:   # warm every worker: each must have loaded the model (its heartbeat says so)
             lstmq(broker, "generate", warm, "--model", "bench@1", "-o", directory / "warm.jsonl", "--chunk-size", 16,
                   "--words", arguments.words)
-            beats = time.monotonic() + 15   # heartbeats come every lease_seconds / 3 (10 s)
+            beats = time.monotonic() + lease_seconds / 3 + 5   # a heartbeat comes every lease_seconds / 3
             while time.monotonic() < beats and not all(worker.get("models") for worker in store.workers.live()):
                 time.sleep(0.5)
             if all(worker.get("models") for worker in store.workers.live()):
@@ -113,24 +126,31 @@ def main() -> None:
     from lstmq.shared.config import load_settings
     from lstmq.shared.store import Store
 
+    if arguments.lease_seconds:   # the workers' and the CLI's (the settings' environment variable)
+        os.environ["LSTMQ_LEASE_SECONDS"] = str(arguments.lease_seconds)
     text = common.corpus_text()
     cores = len(os.sched_getaffinity(0))
     print(f"{cores} cores; {arguments.prompts:,} prompts x {arguments.words} words, chunks of {arguments.chunk_size}; "
-          f"workers {arguments.workers} with {arguments.tf_threads} TensorFlow thread(s) each, and 1 worker with "
-          f"TensorFlow's own thread count; producer {arguments.producer}", flush=True)
+          f"workers {arguments.workers} with {arguments.tf_threads} TensorFlow thread(s) each"
+          + ("" if arguments.no_reference else ", and 1 worker with TensorFlow's own thread count")
+          + f"; producer {arguments.producer}", flush=True)
     results = []
     with common.reported("scale_out"), tempfile.TemporaryDirectory() as temporary, devstack.LocalRedis() as server:
         directory = Path(temporary)
-        store = Store.from_settings(load_settings(overrides={"broker_url": server.url}))
-        register_random_model(store, text)
+        settings = load_settings(overrides={"broker_url": server.url})
+        store = Store.from_settings(settings)
         seeds = common.write_lines(directory / "seeds.txt", corpus_prompts(text, arguments.prompts))
         warm = common.write_lines(directory / "warm.txt", corpus_prompts(text, 256))
         for workers in arguments.workers:
+            # the first workers start while the model is registered here (TensorFlow imported in both)
+            register = (lambda: register_random_model(store, text)) if not results else None
             results.append(run_configuration(server.url, store, directory, workers, arguments.tf_threads, seeds, warm,
-                                             arguments))
+                                             settings.lease_seconds, arguments, while_starting=register))
             print(f"  {workers} worker(s) x {arguments.tf_threads} thread(s): "
                   f"{results[-1]['words_per_s']:,.0f} words/s", flush=True)
-        results.append(run_configuration(server.url, store, directory, 1, None, seeds, warm, arguments))
+        if not arguments.no_reference:
+            results.append(run_configuration(server.url, store, directory, 1, None, seeds, warm, settings.lease_seconds,
+                                             arguments))
     baseline = results[0]["words_per_s"]
     rows = [["workers", "TF threads each", "job seconds", "words/s", "ratio to 1 worker", "target"]]
     for result in results:

@@ -27,7 +27,7 @@ of float64, plus fit()'s copies does not fit in memory: see train_memory.py; the
 batch and examples are the seed's, only where the one-hot rows live differs).
 
     python -m benchmarks.train_speed [--lines 0] [--seconds 150] [--variants seed default bs=16:lr=0.001:clip=0]
-    python -m benchmarks.train_speed --quick          # a smoke run: small slice, short budget
+    python -m benchmarks.train_speed --quick          # a smoke run: small slice, short budget, 2 variants
     python -m benchmarks.train_speed --full-corpus --variants   # only the whole-corpus epochs
 
 Ratios and tables are printed; nothing is asserted about time. The last line is JSON.
@@ -49,8 +49,8 @@ from benchmarks.common import EMBEDDING_DIM, LSTM_UNITS, RANDOM_SEED, SEED_BATCH
 CHECKPOINTS = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)   # fractions of --seconds at which every variant is scored
 ONE_HOT_IN_MEMORY_BYTES = 2 << 30   # the seed's one-hot matrix as the notebook holds it, up to this size
 GRADIENT_BATCHES = 4   # training batches whose gradient norm is measured at each scoring point (--gradient-batches)
-# --quick: the smoke test (tests/test_benchmarks.py)
-QUICK = {"lines": 600, "seconds": 6.0, "variants": ["seed", "bs=16:lr=0.001:clip=0", "default"]}
+# --quick: the smoke test (tests/test_benchmarks.py): the seed against the default settings, briefly
+QUICK = {"lines": 300, "seconds": 1.5, "variants": ["seed", "default"], "gradient_batches": 1}
 # the former default (16 lines, 0.001), the measured alternatives, and the default settings
 DEFAULT_VARIANTS = ["seed", "bs=16:lr=0.001:clip=0", "bs=16:lr=0.003:clip=0", "bs=32:lr=0.006:clip=0",
                     "bs=64:lr=0.012:clip=0", "default"]
@@ -310,7 +310,7 @@ def best_epoch_end(report: dict, by_seconds: float) -> float | None:
 
 def print_equal_time(reports: list[dict], seconds: float) -> dict:
     header = ["variant", "steps/epoch", "epochs", "cpu/wall",
-              *[f"ppl@{f * seconds:.0f}s" for f in CHECKPOINTS], "best", "|grad| med", "|grad| max"]
+              *[f"ppl@{f * seconds:.3g}s" for f in CHECKPOINTS], "best", "|grad| med", "|grad| max"]
     rows = [header]
     for report in reports:
         points = report["points"]
@@ -323,7 +323,7 @@ def print_equal_time(reports: list[dict], seconds: float) -> dict:
     common.print_table(rows)
     print("\nbest held-out perplexity of an epoch's end reached by then (what early stopping keeps; '-': no epoch "
           "finished yet):")
-    rows = [["variant", "epoch s", *[f"by {f * seconds:.0f}s" for f in CHECKPOINTS]]]
+    rows = [["variant", "epoch s", *[f"by {f * seconds:.3g}s" for f in CHECKPOINTS]]]
     for report in reports:
         bests = [best_epoch_end(report, f * seconds) for f in CHECKPOINTS]
         rows.append([report["variant"], f"{report['trained_seconds'] / max(report['epochs'], 1e-9):.1f}",
@@ -422,7 +422,8 @@ def parse_arguments():
                              "settings)")
     parser.add_argument("--full-corpus", action="store_true",
                         help="also time one epoch of lstmq (default settings) and of the seed on the whole corpus")
-    common.add_quick(parser, f"{QUICK['lines']} lines, {QUICK['seconds']:g} s, {' '.join(QUICK['variants'])}")
+    common.add_quick(parser, f"{QUICK['lines']} lines, {QUICK['seconds']:g} s, {' '.join(QUICK['variants'])}, "
+                             f"{QUICK['gradient_batches']} gradient batch")
     parser.add_argument("--gradient-batches", type=int, default=GRADIENT_BATCHES,
                         help=f"training batches whose global gradient norm is measured at each scoring point "
                              f"(default {GRADIENT_BATCHES})")
