@@ -50,33 +50,35 @@ test-integration: setup
 test-faults: setup
 	$(BIN)/python -m pytest tests/faults
 
-# Each benchmark prints its table with ratios against a baseline measured in the same run.
-BENCH := $(BIN)/python benchmarks
+# Each benchmark prints its table with ratios against a baseline measured in the same run. They run
+# from the repository root as modules (they import tests.devstack and benchmarks.common).
+BENCH := $(BIN)/python -m benchmarks
 bench: setup
-	$(BENCH)/decode_throughput.py --sampling --mixed --bound-batch-sizes 256,1024,4096
-	$(BENCH)/worker_overhead.py
-	$(BENCH)/end_to_end.py
-	$(BENCH)/million.py
-	$(BENCH)/scale_out.py
-	$(BENCH)/train_speed.py --full-corpus
-	$(BENCH)/train_memory.py
+	$(BENCH).decode_throughput --sampling --mixed --bound-batch-sizes 256,1024,4096
+	$(BENCH).worker_overhead
+	$(BENCH).end_to_end
+	$(BENCH).million
+	$(BENCH).scale_out
+	$(BENCH).train_speed --full-corpus
+	$(BENCH).train_memory
 
-# The same, small: what tests/test_benchmarks.py runs in `make test` (a smoke test, no figure checked).
+# The same, small: what tests/test_benchmarks.py and tests/test_million.py run in `make test` (smoke
+# tests: each table is read back, no figure is compared with a target).
 bench-quick: setup
-	$(BENCH)/decode_throughput.py --quick
-	$(BENCH)/worker_overhead.py --quick
-	$(BENCH)/end_to_end.py --quick
-	$(BENCH)/million.py --quick
-	$(BENCH)/scale_out.py --quick
-	$(BENCH)/train_speed.py --quick
+	$(BENCH).decode_throughput --quick
+	$(BENCH).worker_overhead --quick
+	$(BENCH).end_to_end --quick
+	$(BENCH).million --quick
+	$(BENCH).scale_out --quick
+	$(BENCH).train_speed --quick
 
 # On a machine with NVIDIA GPUs (make setup installs tensorflow[and-cuda] where nvidia-smi finds
 # one): the GPU checks (device pinning, memory growth, the cuDNN kernel in training, a profile of
 # decoding), greedy decoding at 4,096 and 16,384 rows, and end to end with one GPU worker.
 bench-gpu: setup
-	$(BENCH)/gpu_check.py --profile-dir gpu-profile
-	$(BENCH)/decode_throughput.py --sampling --bound-batch-sizes 1024,4096,16384
-	$(BENCH)/end_to_end.py --gpus 0 --prompts 1000000 --chunk-size 65536
+	$(BENCH).gpu_check --profile-dir gpu-profile
+	$(BENCH).decode_throughput --sampling --bound-batch-sizes 1024,4096,16384
+	$(BENCH).end_to_end --gpus 0 --prompts 1000000 --chunk-size 65536
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache demo-out.jsonl demo-out.errors.jsonl
