@@ -442,13 +442,13 @@ def status(job, limit, as_json, config_file, broker):
     if job:   # a read: a lapsed submission is failed by the workers' watchdogs (or a waiting CLI)
         record = store.jobs.get(job)
         history = store.training.history(job) if record.kind is JobKind.TRAIN else []
-        failed, leases = store.jobs.failed_chunks(job), store.jobs.leases(job)
+        failed, leases, attempts = store.jobs.failed_chunks(job), store.jobs.leases(job), store.jobs.attempts(job)
         if as_json:
             extra = {"history": history} if record.kind is JobKind.TRAIN else {}
             render.echo_json({**record.to_json(), **extra, "failed_chunks": {str(k): v for k, v in failed.items()},
-                              "running": sorted(leases)})
+                              "running": sorted(leases), "attempts": attempts})
         else:
-            click.echo(render.job_details(record, history, failed, leases))
+            click.echo(render.job_details(record, history, failed, leases, attempts))
         return
     records = []
     for job_id in store.jobs.recent(limit):

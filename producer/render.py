@@ -72,7 +72,7 @@ def job_table(records: list[JobRecord], stalled: dict[str, int] | None = None) -
 
 
 def job_details(record: JobRecord, history: list[dict[str, Any]], failed_chunks: dict[int, str] | None = None,
-                leases: dict[str, float] | None = None) -> str:
+                leases: dict[str, float] | None = None, attempts: dict[str, dict[str, Any]] | None = None) -> str:
     data = record.to_json()
     lines = []
     for key in sorted(data):
@@ -83,8 +83,16 @@ def job_details(record: JobRecord, history: list[dict[str, Any]], failed_chunks:
         now = time.time()
         running = ", ".join(f"{member} ({deadline - now:+.0f}s)" for member, deadline in sorted(leases.items())[:10])
         lines.append(f"{'running':>16}: {running}  (lease time left)")
+    attempts = attempts or {}
     for chunk, reason in sorted((failed_chunks or {}).items())[:SHOWN_FAILURES]:
-        lines.append(f"{'failed chunk ' + str(chunk):>16}: {reason}")
+        tried = attempts.get(str(chunk), {}).get("attempts")
+        lines.append(f"{'failed chunk ' + str(chunk):>16}: {reason}" + (f" [{tried} attempts]" if tried else ""))
+    lost = {member: entry for member, entry in attempts.items()
+            if entry["lost"] and (not member.isdigit() or int(member) not in (failed_chunks or {}))}
+    for member, entry in sorted(lost.items())[:SHOWN_FAILURES]:
+        what = "training" if member == "train" else f"chunk {member}"
+        lines.append(f"{'retried':>16}: {what}: {entry['attempts']} attempts, {entry['lost']} lost "
+                     f"(last: {entry['last_end']})")
     if failed_chunks and len(failed_chunks) > SHOWN_FAILURES:
         lines.append(f"{'':>16}  ... and {len(failed_chunks) - SHOWN_FAILURES} more failed chunks")
     for entry in history:

@@ -231,7 +231,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
 
 
 # LSTMQ_* variables that are not settings (read elsewhere, documented in the README).
-_IGNORED_ENV = {"device", "gpu_index", "cpus",   # lstmq-worker
+_IGNORED_ENV = {"device", "gpu_index", "cpus", "parent_pid",   # lstmq-worker
                 "test_corpus",                    # tests and benchmarks
                 "kernel_cache"}                   # worker.engine.kernels: where the native kernels are built
 

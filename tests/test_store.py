@@ -191,7 +191,7 @@ def test_a_lapsed_lease_is_claimed_once_and_fails_after_the_limit(store):
     assert store.jobs.claim_lapsed(job, "0", 1, "lost") == "failed"          # second lapse, limit 1
     record = store.jobs.get(job)
     assert record.status is JobStatus.FAILED and (record.chunks_failed, record.prompts_failed) == (1, 2)
-    assert record.lease_lapses == 2 and store.jobs.failed_chunks(job) == {0: "lost (2 times)"}
+    assert record.lease_lapses == 2 and store.jobs.failed_chunks(job) == {0: "lost its worker 2 times (last: lost)"}
     assert job not in store.jobs.active()
 
 
@@ -199,7 +199,7 @@ def test_a_lapsed_training_lease_fails_the_job_after_the_limit(store):
     job = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
     store.jobs.take_lease(job, "train", "w1", lease_seconds=-1)
     assert store.jobs.claim_lapsed(job, "train", 0, "lost") == "failed"
-    assert store.jobs.get(job).status is JobStatus.FAILED and store.jobs.get(job).error == "lost (1 times)"
+    assert store.jobs.get(job).status is JobStatus.FAILED and store.jobs.get(job).error == "lost its worker 1 times (last: lost)"
 
 
 def test_cancel_skips_pending_chunks_and_keeps_what_was_done(store):
@@ -296,6 +296,8 @@ def test_live_workers_and_their_queues(store):
     assert {worker["name"] for worker in store.workers.consuming("generate")} == {"a"}
     time.sleep(0.3)
     assert [worker["name"] for worker in store.workers.live()] == ["a"] and not store.workers.consuming("train")
+    assert store.redis.zcard(keys.WORKERS) == 2       # live() only reads; the watchdog prunes
+    assert store.workers.prune() == 1 and store.redis.zcard(keys.WORKERS) == 1
 
 
 # -- chunks in Redis: the stored form of tests/test_chunks.py, written once, read back ----------
@@ -345,3 +347,52 @@ def test_a_job_keeps_the_result_ttl_it_was_submitted_with(store):
     worker_store.jobs.save_result(job, 0, [{"unknown": [], "samples": ["x"], "logprobs": [-1.0]}], words=1)
     assert 60 < store.redis.ttl(keys.job_key(job, "result", 0)) <= 3600
     assert 60 < store.redis.ttl(keys.job_key(job, "done")) <= 3600
+
+
+def test_every_attempt_counts_and_a_chunk_that_kills_its_workers_fails(store):
+    """Each take is an attempt; a process that dies holding one (its Celery main process or
+    lstmq-worker says how) loses it once, gives its lease back at once, and past the limit the
+    chunk is recorded failed with the last cause; the job goes on to its final state."""
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, seed_items(1, 2), lines=2, submit_deadline=time.time() + 60)
+    store.jobs.finish_submission(job, chunks=1, prompts=2, input_errors=0, lines=2)
+    oom = "signal 9 (SIGKILL), likely out of memory"
+    for attempt in (1, 2):
+        assert store.jobs.take_lease(job, 0, "w@h", 30, holder=f"w@h {100 + attempt}") == "ok"
+        assert store.jobs.attempt_ended(job, 0, "w@h 999", 1, oom) == "counted"     # not that process's attempt
+        assert store.jobs.attempt_ended(job, 0, f"w@h {100 + attempt}", 1, oom) == ("redispatch" if attempt == 1
+                                                                                      else "failed")
+        assert store.jobs.attempt_ended(job, 0, f"w@h {100 + attempt}", 1, oom) == "counted"   # once
+        assert store.jobs.leases(job) == {}                                          # given back at once
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED and (record.chunks_failed, record.prompts_failed) == (1, 2)
+    assert store.jobs.failed_chunks(job) == {0: f"killed its worker 2 times (last: {oom})"}
+    assert store.jobs.attempts(job) == {"0": {"attempts": 2, "lost": 2, "last_end": oom}}
+    assert store.jobs.take_lease(job, 0, "w@h", 30) == "failed"
+
+
+def test_an_attempt_that_ends_with_an_outcome_is_not_lost(store):
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
+    assert store.jobs.take_lease(job, 0, "w@h", 30, holder="w@h 7") == "ok"
+    store.jobs.save_result(job, 0, [{"unknown": [], "samples": ["x"], "logprobs": [-1.0]}], words=1)
+    assert store.jobs.attempt_ended(job, 0, "w@h ", 3, "signal 15 (SIGTERM)") == "counted"   # any process of w@h
+    assert store.jobs.attempts(job) == {"0": {"attempts": 1, "lost": 0, "last_end": None}}
+    # a training slice that ends well (the next one queued) closes its attempt too
+    train = store.jobs.create(JobKind.TRAIN, MODEL, model_name="t")
+    assert store.jobs.take_lease(train, "train", "w@h", 30, holder="w@h 7") == "ok"
+    store.jobs.drop_lease(train, "train")
+    assert store.jobs.attempt_ended(train, "train", "w@h 7", 0, "signal 9 (SIGKILL)") == "counted"
+    assert store.jobs.get(train).status is JobStatus.RUNNING
+
+
+def test_a_training_job_whose_slices_kill_their_workers_fails(store):
+    job = store.jobs.create(JobKind.TRAIN, MODEL, model_name="t")
+    for attempt in range(3):
+        assert store.jobs.take_lease(job, "train", "w@h", 30, holder=f"w@h {attempt}") == "ok"
+        outcome = store.jobs.attempt_ended(job, "train", f"w@h {attempt}", 2, "signal 9 (SIGKILL), likely out of memory")
+        assert outcome == ("redispatch" if attempt < 2 else "failed")
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.FAILED
+    assert record.error == "killed its worker 3 times (last: signal 9 (SIGKILL), likely out of memory)"
+    assert store.jobs.take_lease(job, "train", "w@h", 30) == "failed"

@@ -31,6 +31,7 @@ import kombu.exceptions
 import redis
 
 from lstmq.shared.messages import QUEUES
+from lstmq.worker.lifetime import PARENT_ENV
 
 
 def visible_gpus() -> list[str]:
@@ -80,7 +81,7 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
     TensorFlow threads as it has cores (LSTMQ_TF_THREADS)."""
     base = dict(os.environ)
     base.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for own in ("LSTMQ_METRICS_PORT", "LSTMQ_GPU_INDEX", "LSTMQ_CPUS"):   # set per worker below
+    for own in ("LSTMQ_METRICS_PORT", "LSTMQ_GPU_INDEX", "LSTMQ_CPUS", PARENT_ENV):   # set per worker below
         base.pop(own, None)
     if tf_threads is not None:
         base["LSTMQ_TF_THREADS"] = str(tf_threads)
@@ -102,6 +103,7 @@ def worker_commands(gpus: list[str] | None, queues: str, broker: str | None, con
             env.setdefault("LSTMQ_TF_THREADS", str(len(core_sets[index])))
         if broker:
             env["LSTMQ_BROKER_URL"] = broker     # not on the command line: `ps` shows that to everyone
+        env[PARENT_ENV] = str(os.getpid())       # the worker dies with this process (worker.lifetime)
         command = [*module_command("lstmq.worker.run"), "--name", f"{prefix}-{device}@%h", "--device", device,
                    "--queues", queues, "--loglevel", loglevel]
         if config:
@@ -179,7 +181,8 @@ def main(gpus, cpu, cpu_workers, tf_threads, queues, broker, config, loglevel, p
                    f"(CUDA_VISIBLE_DEVICES={env['CUDA_VISIBLE_DEVICES']}{cores}{threads}, queues {queues}{served})",
                    err=True)
         workers.append(Supervised(command, env))
-    sys.exit(supervise(workers, settings.shutdown_timeout, lambda names: give_back(settings, names)))
+    sys.exit(supervise(workers, settings.shutdown_timeout,
+                       lambda names, reason, verb="killed": give_back(settings, names, reason, verb)))
 
 
 def metrics_url(port: int) -> str:
@@ -187,22 +190,32 @@ def metrics_url(port: int) -> str:
     return f"http://{os.uname().nodename}:{port}/metrics"
 
 
-def give_back(settings, names: list[str]) -> None:
-    """Dispatch again at once the work that killed workers `names` held (see Lease)."""
-    from lstmq.shared.messages import Dispatcher
-    from lstmq.shared.recovery import recover
+def give_back(settings, names: list[str], reason: str, verb: str = "killed") -> None:
+    """The Celery workers `names` (node names) died, or were killed, holding work: each attempt is
+    lost, as `reason` says, and the work is dispatched again at once (or, lost past
+    redispatch_limit times, recorded failed); not after its lease lapses."""
+    from lstmq.shared.messages import Dispatcher, JobKind
     from lstmq.shared.store import Store
+    from lstmq.shared.store.jobs import TRAIN
 
     store, dispatcher = Store.from_settings(settings), Dispatcher(settings)
     try:
         for name in names:
             held = store.workers.holding(name)
-            if held is None:
-                continue
-            job, member = held
-            store.jobs.mark_lapsed(job, member)
-            for recovery in recover(store, dispatcher, settings.redispatch_limit, [job]):
-                click.echo(f"lstmq-worker: {name} stopped before it finished; {recovery.describe()}", err=True)
+            if held is not None:
+                job, member = held
+                what = "training" if member == TRAIN else f"chunk {member}"
+                outcome = store.jobs.attempt_ended(job, member, f"{name} ", settings.redispatch_limit,
+                                                   f"its worker {name} {reason}", verb)
+                if outcome == "redispatch":
+                    if member == TRAIN:
+                        dispatcher.train(job)
+                    else:
+                        dispatcher.send(JobKind.GENERATE, job=job, chunk=int(member))
+                    click.echo(f"lstmq-worker: {name} {reason}; job {job}: {what}: dispatched again", err=True)
+                elif outcome == "failed":
+                    click.echo(f"lstmq-worker: {name} {reason}; job {job}: {what}: lost its worker too often, "
+                               f"recorded failed", err=True)
             store.workers.release(name)
             store.workers.leave(name)
     finally:
@@ -261,8 +274,18 @@ FINAL_EXITS = (2, 3)   # bad settings; Redis refused the credentials or certific
 
 
 def supervise(workers: list[Supervised], shutdown_timeout: float = 60.0,
-              give_back=lambda names: None) -> int:
-    """Run the workers until they stop; returns lstmq-worker's exit status."""
+              give_back=lambda names, reason, verb="killed": None) -> int:
+    """Run the workers until they stop; returns lstmq-worker's exit status. `give_back(names,
+    reason, verb)`: hand back at once the work that dead (or killed) workers held."""
+
+    def hand_back(names: list[str], reason: str, verb: str = "killed") -> None:
+        try:
+            give_back(names, reason, verb)
+        except (redis.exceptions.RedisError, kombu.exceptions.KombuError) as error:
+            # Redis away: the lease lapses and another worker takes the work
+            click.echo(f"lstmq-worker: could not give the work back ({error}); its lease will lapse "
+                       f"and another worker will take it", err=True)
+
     stopping = False
     stop_deadline = None
 
@@ -292,12 +315,8 @@ def supervise(workers: list[Supervised], shutdown_timeout: float = 60.0,
                     pass
                 worker.process.wait()
             if busy:
-                try:
-                    give_back([worker.node for worker in busy])
-                except (redis.exceptions.RedisError, kombu.exceptions.KombuError) as error:
-                    # Redis away: the lease lapses and another worker takes the work
-                    click.echo(f"lstmq-worker: could not give the work back ({error}); its lease will lapse "
-                               f"and another worker will take it", err=True)
+                hand_back([worker.node for worker in busy], f"was still busy {shutdown_timeout:g}s after the stop",
+                          verb="lost")
             stop_deadline = None
         for worker in workers:
             if worker.restart_at is not None and now >= worker.restart_at and not stopping:
@@ -308,6 +327,8 @@ def supervise(workers: list[Supervised], shutdown_timeout: float = 60.0,
                 continue
             code = worker.process.returncode
             worker.process = None
+            if code != 0:   # died holding work, maybe: it goes out again now, not when its lease lapses
+                hand_back([worker.node], describe_exit(code), verb="killed" if code < 0 else "lost")
             if stopping:
                 continue
             if code in FINAL_EXITS:

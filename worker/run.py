@@ -33,6 +33,7 @@ from lstmq.shared.errors import BrokerUnavailable, ConfigError
 from lstmq.shared.messages import QUEUES
 from lstmq.shared.redact import redact, redact_url
 from lstmq.worker import runtime
+from lstmq.worker.lifetime import die_with_launcher
 
 EXIT_SETTINGS, EXIT_BROKER_REFUSED, EXIT_INTERRUPTED = 2, 3, 130
 FIRST_DELAY_S, MAX_DELAY_S = 1.0, 30.0
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--loglevel", default="INFO")
     args = parser.parse_args(argv)
+    die_with_launcher()   # never outlive lstmq-worker (worker.lifetime)
     try:
         settings = load_settings(args.config, {"broker_url": args.broker})
     except ConfigError as error:

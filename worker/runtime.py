@@ -184,7 +184,7 @@ class Watchdog(threading.Thread):
         with its traceback."""
         good = True
         for step, action in (("heartbeat", self.heartbeat), ("recovery", self.recover),
-                             ("index pruning", self.store.jobs.prune_indexes), ("model aliases", self.follow_aliases)):
+                             ("index pruning", self.prune), ("model aliases", self.follow_aliases)):
             try:
                 action()
             except (*TRANSIENT, kombu.exceptions.OperationalError) as error:
@@ -200,6 +200,10 @@ class Watchdog(threading.Thread):
     def heartbeat(self) -> None:
         self.store.workers.heartbeat(self.worker, {**self.info(), "watchdog_last_pass": self.last_good_pass},
                                      ttl=self.settings.lease_seconds)
+
+    def prune(self) -> None:
+        self.store.jobs.prune_indexes()
+        self.store.workers.prune()
 
     def recover(self) -> None:
         recover(self.store, self.dispatcher, self.settings.redispatch_limit, lease_seconds=self.settings.lease_seconds)
@@ -303,6 +307,17 @@ def init_process() -> None:
     if settings.metrics_port:   # this process counts, so this process serves (metrics_port + i on GPU i)
         metrics.serve(settings.metrics_port)
     log.info("ready: TensorFlow %s, %s, pid %d", tf.__version__, detail, os.getpid())
+
+
+_MAIN_STORE: Store | None = None
+
+
+def main_store() -> Store:
+    """A store for the Celery main process (the pool process has STATE.store), made on first use."""
+    global _MAIN_STORE
+    if _MAIN_STORE is None:
+        _MAIN_STORE = Store.from_settings(ensure_settings())
+    return _MAIN_STORE
 
 
 def ensure_settings() -> Settings:

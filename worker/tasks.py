@@ -5,27 +5,79 @@ fails in Celery's eyes too (an expected error: logged without a traceback)."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import Reject
 from celery.signals import celeryd_after_setup, worker_process_init
+from celery.worker.request import Request
 
 from lstmq.shared.errors import BadMessage, JobBusy, JobNotFound, LstmqError
+from lstmq.shared.store.jobs import TRAIN
 from lstmq.shared.messages import ROUTES, JobKind, parse_message
 from lstmq.worker import metrics, runtime
 from lstmq.worker.app import app
+from lstmq.worker.lifetime import watch_parent
 
 log = logging.getLogger("lstmq.worker")
 BUSY_RETRY_S = 15   # a redelivered training task checks again this often while another worker holds the job
+
+
+class LstmqRequest(Request):
+    """A task request as the Celery main process handles it. When the pool process running it dies
+    (the OOM killer, a crash in native code), the attempt it held is lost: recorded in the store
+    with how the process ended and its lease given back at once, before Celery puts the message
+    back (task_reject_on_worker_lost). Past redispatch_limit lost attempts the chunk (or training
+    job) is recorded failed, and the message put back finds it so: nothing loops for ever."""
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        error = getattr(exc_info.exception, "exc", exc_info.exception)   # unwrap billiard's ExceptionWithTraceback
+        if isinstance(error, WorkerLostError):
+            record_lost_attempt(self.task.name, self.kwargs, self.hostname, self.worker_pid, lost_worker_reason(error))
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def lost_worker_reason(error: WorkerLostError) -> str:
+    """'signal 9 (SIGKILL), likely out of memory' from billiard's "Worker exited prematurely:
+    signal 9 (SIGKILL) Job: 3.", or 'exitcode 1'."""
+    found = re.search(r"(signal \d+ \(\w+\)|exitcode -?\d+)", str(error))
+    reason = found.group(1) if found else str(error)
+    return reason + (", likely out of memory" if reason.startswith("signal 9 ") else "")
+
+
+def record_lost_attempt(task_name: str, kwargs: dict, node: str, pid: int | None, reason: str) -> None:
+    """In the Celery main process: the pool process `pid` died running this task (see LstmqRequest).
+    Never raises: if Redis cannot be told, the attempt's lease lapses and recovery counts it."""
+    kind = next((route.kind for route in ROUTES.values() if route.task == task_name), None)
+    try:
+        message = parse_message(kind, (), kwargs or {})
+        what = "training" if kind is JobKind.TRAIN else f"chunk {message.chunk}"
+        member = TRAIN if kind is JobKind.TRAIN else message.chunk
+        settings = runtime.ensure_settings()
+        outcome = runtime.main_store().jobs.attempt_ended(message.job, member, f"{node} {pid}",
+                                                          settings.redispatch_limit, reason)
+    except (BadMessage, ValueError) as error:
+        log.error("a task's worker process died (%s); its message cannot say which work: %s", reason, error)
+        return
+    except Exception as error:   # noqa: BLE001 (Redis away, say: the lease lapses instead)
+        log.error("a task's worker process died (%s); could not record the lost attempt: %s", reason, error)
+        return
+    if outcome == "failed":
+        log.error("job %s %s killed its worker process (%s) once too often: recorded failed", message.job, what, reason)
+    elif outcome == "redispatch":
+        log.error("job %s %s killed its worker process (%s); its lease is given back and it runs again",
+                  message.job, what, reason)
 
 
 class LstmqTask(Task):
     """Per-process resources (Celery's "Instantiation"): the store and the model cache are made
     once in the pool process (runtime.init_process) and shared by every task it runs."""
     throws = (LstmqError,)   # expected failures: recorded in the job, logged without a traceback
+    Request = LstmqRequest
 
     @property
     def store(self):
@@ -119,4 +171,5 @@ def _remember_queues(sender, instance, **_):
 
 @worker_process_init.connect
 def _init_pool_process(**_):
+    watch_parent()   # a pool process never outlives its Celery main process
     runtime.init_process()

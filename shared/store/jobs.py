@@ -6,6 +6,7 @@ the data they guard."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -43,7 +44,7 @@ end
 
 # Record a chunk's outcome once (a result, or a failure with its reason), drop its lease, and
 # finish the job when that was the last chunk. Returns {1 if recorded now else 0, job status}.
-# KEYS: job, done set, failed hash, result key, leases, active.
+# KEYS: job, done set, failed hash, result key, leases, active, holders.
 # ARGV: chunk, outcome ('done' or 'failed'), payload, prompts, words, ttl, now. The job's own
 # result_ttl (fixed at submission) wins over the caller's ttl: producer and workers may differ.
 _CHUNK_OUTCOME = _FINISH_IF_COMPLETE + """
@@ -67,6 +68,7 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS
   redis.call('HSET', KEYS[1], 'updated', ARGV[7])
 end
 redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[7], ARGV[1])   -- the attempt ended with an outcome
 return {first, finish_if_complete(KEYS[1], KEYS[6], ARGV[7])}
 """
 SAVE_RESULT = _CHUNK_OUTCOME
@@ -78,18 +80,63 @@ FINISH_SUBMISSION = _FINISH_IF_COMPLETE + """
 return finish_if_complete(KEYS[1], KEYS[2], ARGV[1])
 """
 
-# A worker takes a chunk (or a training slice, member 'train'): a lease that lapses unless renewed.
-# Returns 'ok', 'finished' (the chunk has an outcome already) or the job's final status.
-# KEYS: job, done set, failed hash, leases. ARGV: member, deadline (ms), worker, now, ttl.
+# Every attempt counts. Each time a process takes a chunk (or a training slice, member 'train')
+# is an attempt (the job's `attempts` hash counts them; `holders` says which process has the open
+# one). An attempt that ends without an outcome is lost: its process died (its Celery main process
+# or lstmq-worker saw it die, and says how), or its lease lapsed (nobody saw: a machine lost). Lost
+# attempts are counted per member (`lapses`, with the last one's end in `ends`); past the limit the
+# chunk is recorded failed ("killed its worker 4 times (last: signal 9 ...)") and its job goes on
+# to its final state; a training job fails the same way. Expects KEYS as ATTEMPT_LOST's.
+_ATTEMPT_LOST = _FINISH_IF_COMPLETE + """
+local function attempt_lost(member, limit, reason, verb, now, ttl)
+  redis.call('HDEL', KEYS[8], member)
+  redis.call('ZREM', KEYS[2], member)
+  local lost = redis.call('HINCRBY', KEYS[3], member, 1)
+  redis.call('HSET', KEYS[9], member, reason)
+  for _, key in ipairs({KEYS[3], KEYS[9]}) do redis.call('EXPIRE', key, ttl) end
+  redis.call('HSET', KEYS[1], 'updated', now)
+  if lost <= limit then return 'redispatch' end
+  local why = verb .. ' its worker ' .. lost .. ' times (last: ' .. reason .. ')'
+  if member == 'train' then
+    redis.call('HSET', KEYS[1], 'status', 'failed', 'error', why, 'finished', now)
+    redis.call('ZREM', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
+    return 'failed'
+  end
+  if redis.call('SISMEMBER', KEYS[4], member) == 0 and redis.call('HEXISTS', KEYS[5], member) == 0 then
+    local items = redis.call('HGET', KEYS[7], member)
+    redis.call('HSET', KEYS[5], member, why)
+    redis.call('EXPIRE', KEYS[5], ttl)
+    redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
+    redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(items or '0'))
+  end
+  finish_if_complete(KEYS[1], KEYS[6], now)
+  return 'failed'
+end
+
+local function ended(member)
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then return true end
+  return redis.call('SISMEMBER', KEYS[4], member) == 1 or redis.call('HEXISTS', KEYS[5], member) == 1
+end
+"""
+# KEYS (for every script built on _ATTEMPT_LOST, and TAKE_LEASE): job, leases, lapses hash,
+# done set, failed hash, active, chunk sizes hash, holders hash, ends hash, attempts hash.
+
+# A process takes a chunk (or a training slice): a lease that lapses unless renewed, and a new
+# attempt. Returns 'ok', 'finished' (the chunk has an outcome already) or the job's final status.
+# ARGV: member, deadline (ms), worker, now, ttl, holder (the taking process: "NODE PID").
 TAKE_LEASE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return status end
-if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 1 or redis.call('HEXISTS', KEYS[5], ARGV[1]) == 1 then
   return 'finished'
 end
-redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
-redis.call('EXPIRE', KEYS[4], tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[5]))
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[5])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[10], ARGV[1], 1)
+redis.call('HSET', KEYS[8], ARGV[1], ARGV[6])
+for _, key in ipairs({KEYS[2], KEYS[8], KEYS[10]}) do redis.call('EXPIRE', key, ttl) end
 redis.call('HSETNX', KEYS[1], 'started', ARGV[4])
 redis.call('HSET', KEYS[1], 'worker', ARGV[3], 'updated', ARGV[4])
 if status == 'queued' then redis.call('HSET', KEYS[1], 'status', 'running') end
@@ -105,38 +152,34 @@ end
 return 0
 """
 
-# A lease lapsed (its worker stopped renewing it): take it away, once, for whoever noticed first.
-# Returns 'live' (renewed meanwhile, or gone), 'redispatch' (send the work again), or 'failed'
-# (lapsed more than the limit: the chunk, or the training job, is recorded failed).
-# KEYS: job, leases, lapses hash, done set, failed hash, active, chunk sizes hash.
-# ARGV: member, now (ms), limit, now (s), ttl, reason.
-CLAIM_LAPSED = _FINISH_IF_COMPLETE + """
+# A lease lapsed (its worker stopped renewing it): take it away, once, for whoever noticed first;
+# the attempt is lost. Returns 'live' (renewed meanwhile, or gone), 'redispatch' (send the work
+# again), or 'failed' (lost past the limit). ARGV: member, now (ms), limit, now (s), ttl, reason.
+CLAIM_LAPSED = _ATTEMPT_LOST + """
 local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not deadline or tonumber(deadline) > tonumber(ARGV[2]) then return 'live' end
 redis.call('ZREM', KEYS[2], ARGV[1])
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return 'live' end
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[5])
-local lapses = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[3], ttl)
+if ended(ARGV[1]) then return 'live' end
 redis.call('HINCRBY', KEYS[1], 'lease_lapses', 1)
-redis.call('HSET', KEYS[1], 'updated', ARGV[4])
-if lapses <= tonumber(ARGV[3]) then return 'redispatch' end
-local reason = ARGV[6] .. ' (' .. lapses .. ' times)'
-if ARGV[1] == 'train' then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', reason, 'finished', ARGV[4])
-  redis.call('ZREM', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
-  return 'failed'
+return attempt_lost(ARGV[1], tonumber(ARGV[3]), ARGV[6], 'lost', ARGV[4],
+                    tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[5]))
+"""
+
+# The process that held the open attempt died, and whoever saw it says how (its Celery main
+# process for a pool process, lstmq-worker for a Celery worker): the attempt is lost, its lease
+# given back at once. Counted once: only while the open attempt is the one of `holder` (a whole
+# "NODE PID", or "NODE " for any process of that node). Returns 'redispatch', 'failed' or
+# 'counted' (not open any more: it ended, or its loss was counted already).
+# ARGV: member, holder, limit, reason, verb ('killed' or 'lost'), now, ttl.
+ATTEMPT_ENDED = _ATTEMPT_LOST + """
+local open = redis.call('HGET', KEYS[8], ARGV[1])
+if not open or string.sub(open, 1, string.len(ARGV[2])) ~= ARGV[2] then return 'counted' end
+if ended(ARGV[1]) then
+  redis.call('HDEL', KEYS[8], ARGV[1])
+  return 'counted'
 end
-if redis.call('SISMEMBER', KEYS[4], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then
-  local items = redis.call('HGET', KEYS[7], ARGV[1])
-  redis.call('HSET', KEYS[5], ARGV[1], reason)
-  redis.call('EXPIRE', KEYS[5], ttl)
-  redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
-  redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(items or '0'))
-end
-finish_if_complete(KEYS[1], KEYS[6], ARGV[4])
-return 'failed'
+return attempt_lost(ARGV[1], tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6],
+                    tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[7]))
 """
 
 # End a job that is not final yet: cancelled, or failed with a reason. Returns the final status.
@@ -177,6 +220,7 @@ class Jobs:
         self._take_lease = client.register_script(TAKE_LEASE)
         self._renew_lease = client.register_script(RENEW_LEASE)
         self._claim_lapsed = client.register_script(CLAIM_LAPSED)
+        self._attempt_ended = client.register_script(ATTEMPT_ENDED)
         self._end_job = client.register_script(END_JOB)
         self._submission_lapsed = client.register_script(SUBMISSION_LAPSED)
 
@@ -360,7 +404,8 @@ class Jobs:
     def _chunk_outcome(self, script, job_id: str, chunk: int, outcome: str, payload: str | bytes, prompts: int,
                        words: int) -> bool:
         chunk_keys = [keys.job_key(job_id), keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"),
-                      keys.job_key(job_id, "result", chunk), keys.job_key(job_id, "leases"), keys.ACTIVE]
+                      keys.job_key(job_id, "result", chunk), keys.job_key(job_id, "leases"), keys.ACTIVE,
+                      keys.job_key(job_id, "holders")]
         first, _status = script(keys=chunk_keys, args=[chunk, outcome, payload, prompts, words, self.ttl, now()])
         return bool(first)
 
@@ -377,12 +422,40 @@ class Jobs:
         return {int(k): v.decode() for k, v in self.redis.hgetall(keys.job_key(job_id, "failed")).items()}
 
     # -- leases ----------------------------------------------------------------------------------------
-    def take_lease(self, job_id: str, member: int | str, worker: str, lease_seconds: float) -> str:
-        """Start work on a chunk (or 'train'): 'ok', 'finished', 'missing' or the job's final status."""
-        lease_keys = [keys.job_key(job_id), keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"),
-                      keys.job_key(job_id, "leases")]
+    def _attempt_keys(self, job_id: str) -> list[str]:
+        return [keys.job_key(job_id), keys.job_key(job_id, "leases"), keys.job_key(job_id, "lapses"),
+                keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"), keys.ACTIVE,
+                keys.job_key(job_id, "chunk-sizes"), keys.job_key(job_id, "holders"), keys.job_key(job_id, "ends"),
+                keys.job_key(job_id, "attempts")]
+
+    def take_lease(self, job_id: str, member: int | str, worker: str, lease_seconds: float,
+                   holder: str | None = None) -> str:
+        """Start an attempt at a chunk (or 'train'): 'ok', 'finished', 'missing' or the job's final
+        status. `holder`: the taking process, "NODE PID" (default: `worker` and this process)."""
         deadline = int((time.time() + lease_seconds) * 1000)
-        return self._take_lease(keys=lease_keys, args=[member, deadline, worker, now(), self.ttl]).decode()
+        holder = holder or f"{worker} {os.getpid()}"
+        return self._take_lease(keys=self._attempt_keys(job_id),
+                                args=[member, deadline, worker, now(), self.ttl, holder]).decode()
+
+    def attempt_ended(self, job_id: str, member: int | str, holder: str, limit: int, reason: str,
+                      verb: str = "killed") -> str:
+        """The process `holder` ("NODE PID", or "NODE " for any process of a node) died holding the
+        attempt at `member`, as `reason` says: the attempt is lost and its lease given back now.
+        'redispatch' (the caller sends the work again), 'failed' (lost past `limit` times: recorded
+        failed) or 'counted' (the attempt had ended, or its loss was counted already)."""
+        args = [member, holder, limit, reason, verb, now(), self.ttl]
+        return self._attempt_ended(keys=self._attempt_keys(job_id), args=args).decode()
+
+    def attempts(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Per member taken at least once: {"attempts": times taken, "lost": attempts that ended
+        without an outcome, "last_end": how the last lost one ended (or None)}."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in ("attempts", "lapses", "ends"):
+            pipe.hgetall(keys.job_key(job_id, name))
+        taken, lost, ends = pipe.execute()
+        return {member.decode(): {"attempts": int(count), "lost": int(lost.get(member, 0)),
+                                  "last_end": ends[member].decode() if member in ends else None}
+                for member, count in taken.items()}
 
     def renew_lease(self, job_id: str, member: int | str, lease_seconds: float) -> bool:
         """Push the lease's deadline on; False when it was taken away (the work was dispatched again)."""
@@ -394,7 +467,12 @@ class Jobs:
         self.redis.zadd(keys.job_key(job_id, "leases"), {member: 0})
 
     def drop_lease(self, job_id: str, member: int | str) -> None:
-        self.redis.zrem(keys.job_key(job_id, "leases"), member)
+        """The attempt ended without an outcome of its own (a training slice done, the next one
+        queued): its lease and its open attempt go."""
+        pipe = self.redis.pipeline()
+        pipe.zrem(keys.job_key(job_id, "leases"), member)
+        pipe.hdel(keys.job_key(job_id, "holders"), member)
+        pipe.execute()
 
     def pending_chunks(self, job_id: str, chunks: int) -> list[int]:
         """Chunks (of the first `chunks`) with no outcome yet."""
@@ -413,11 +491,8 @@ class Jobs:
 
     def claim_lapsed(self, job_id: str, member: str, limit: int, reason: str) -> str:
         """'redispatch' (the caller sends the work again), 'failed' (over the limit) or 'live'."""
-        claim_keys = [keys.job_key(job_id), keys.job_key(job_id, "leases"), keys.job_key(job_id, "lapses"),
-                      keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"), keys.ACTIVE,
-                      keys.job_key(job_id, "chunk-sizes")]
         args = [member, int(time.time() * 1000), limit, now(), self.ttl, reason]
-        return self._claim_lapsed(keys=claim_keys, args=args).decode()
+        return self._claim_lapsed(keys=self._attempt_keys(job_id), args=args).decode()
 
     # -- seed lines that could not be used ----------------------------------------------------------
     def add_input_errors(self, job_id: str, errors: list[dict[str, Any]]) -> None:

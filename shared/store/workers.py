@@ -46,18 +46,26 @@ class Workers:
 
     def live(self) -> list[dict[str, Any]]:
         """Workers whose heartbeat has not expired: their description, `last_heartbeat` (Unix
-        seconds) and `current` (the job and chunk or 'train' they hold, if any)."""
+        seconds) and `current` (the job and chunk or 'train' they hold, if any). A read: the index
+        keeps expired workers until prune()."""
         beats = {name.decode(): score for name, score in self.redis.zrange(keys.WORKERS, 0, -1, withscores=True)}
         if not beats:
             return []
         names = sorted(beats)
         described = self.redis.mget([keys.worker_key(name) for name in names])
         current = self.redis.mget([keys.worker_key(name, "current") for name in names])
-        gone = [name for name, raw in zip(names, described) if raw is None]
-        if gone:
-            self.redis.zrem(keys.WORKERS, *gone)
         return [{**json.loads(raw), "last_heartbeat": beats[name], "current": json.loads(held) if held else None}
                 for name, raw, held in zip(names, described, current) if raw is not None]
+
+    def prune(self) -> int:
+        """Drop the workers whose heartbeat expired from the index (the watchdog does, every pass:
+        live() is a read); returns how many went."""
+        names = [name.decode() for name in self.redis.zrange(keys.WORKERS, 0, -1)]
+        if not names:
+            return 0
+        gone = [name for name, raw in zip(names, self.redis.mget([keys.worker_key(name) for name in names]))
+                if raw is None]
+        return int(self.redis.zrem(keys.WORKERS, *gone)) if gone else 0
 
     def consuming(self, queue: str) -> list[dict[str, Any]]:
         return [worker for worker in self.live() if queue in worker.get("queues", ())]

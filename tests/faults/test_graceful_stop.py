@@ -40,7 +40,10 @@ def test_a_stop_past_the_bound_gives_the_chunk_back(redis_server, random_artifac
         out = tmp_path / "out.jsonl"
         stack.cli("collect", job, "-o", out, "--timeout", "240", timeout=300)
         assert [line["id"] for line in read_jsonl(out)] == list(range(1, 3001))
-        assert stack.job(job).lease_lapses == 1
+        # given back by lstmq-worker at once (no lease lapsed), one attempt lost
+        attempts = stack.store.jobs.attempts(job)["0"]
+        assert stack.job(job).lease_lapses == 0 and (attempts["attempts"], attempts["lost"]) == (2, 1)
+        assert attempts["last_end"].endswith("was still busy 3s after the stop")
     finally:
         replacement.stop()
 
