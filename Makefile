@@ -36,7 +36,7 @@ compose-tool:
 	  else echo "docker-compose is missing (sudo apt-get install docker-compose): tests/test_compose.py will skip validating docker-compose.yml"; fi; }
 
 demo: setup
-	$(BIN)/python -m lstmq.producer.demo
+	$(BIN)/python -m examples.demo
 
 test: setup
 	$(BIN)/python -m pytest
