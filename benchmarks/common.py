@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -48,7 +49,7 @@ def argument_parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def add_quick(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--quick", action="store_true", help=f"a smoke run (tests/test_benchmarks.py): {what}")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run (make bench-quick, the tests): {what}")
 
 
 def add_prompts(parser: argparse.ArgumentParser, default: int, help: str | None = None) -> None:
@@ -198,8 +199,6 @@ def run_child(module: str, *arguments: Any) -> dict[str, Any]:
 def wait_for_worker(worker: subprocess.Popen, log: Path, pattern: str = r"ready: TensorFlow",
                     timeout: float = WORKER_READY_TIMEOUT_S) -> float:
     """Seconds until the worker's log matches `pattern` (its pool process imported TensorFlow)."""
-    import re
-
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if worker.poll() is not None:
@@ -301,8 +300,6 @@ def read_tables(text: str) -> list[list[list[str]]]:
     """Every table print_table printed in `text`: [header, row, ...] each, cells stripped. A table
     is a header line, a line of dash runs two spaces apart (one per column) of the same length,
     and the lines of that length after it."""
-    import re
-
     lines = text.splitlines()
     tables = []
     for number in range(1, len(lines)):

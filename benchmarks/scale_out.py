@@ -87,6 +87,9 @@ def run_configuration(broker, store, directory: Path, workers: int, threads: int
             while_starting()
         deadline = time.monotonic() + 300
         while len(store.workers.live()) < workers:
+            if stack.worker.poll() is not None:   # lstmq-worker gave up (its log says why): no use waiting
+                raise common.StepFailed(f"lstmq-worker exited with status {stack.worker.returncode}:\n"
+                                        f"{stack.log_tail()}")
             if time.monotonic() > deadline:
                 raise common.StepFailed(f"{workers} worker(s) did not come up:\n{stack.log_tail()}")
             time.sleep(0.5)
