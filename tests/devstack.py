@@ -173,6 +173,16 @@ def random_model_artifact(text: str, params, seed: int = 0) -> bytes:
     return pack_artifact(save_keras_bytes(inference), vocabulary.tokens, meta)
 
 
+def artifact_variant(artifact: bytes, variant: int) -> bytes:
+    """The same model as another artifact (other bytes, so another blob: the registry keeps blobs
+    by content), told apart by meta["variant"]."""
+    from lstmq.shared.artifact import pack_artifact, read_artifact
+
+    model_bytes, vocabulary, meta = read_artifact(artifact)
+    meta.pop("format", None)
+    return pack_artifact(model_bytes, vocabulary, {**meta, "variant": variant})
+
+
 def register_model(store, name: str, artifact: bytes, make_current: bool = True) -> int:
     """Register `artifact` as the next version of `name` straight into the store, the way a
     finished training job does (a succeeded train job record holds it); returns the version."""

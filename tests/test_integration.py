@@ -14,7 +14,7 @@ import pytest
 
 from lstmq.shared.store import Store
 from tests.conftest import BIN, WorkerProcess, clean_env, lstmq, read_jsonl, wait_for
-from tests.devstack import register_model
+from tests.devstack import artifact_variant, register_model
 
 pytestmark = pytest.mark.integration
 
@@ -428,15 +428,15 @@ def test_a_moved_alias_is_warmed_up_and_a_failed_load_is_recorded(trained, cli, 
     from lstmq.shared.store import keys
 
     store = Store.from_url(redis_server.url, ttl=3600)
-    register = lambda current: f"warm@{register_model(store, 'warm', random_artifact, make_current=current)}"  # noqa: E731
+    register = lambda current, variant: f"warm@{register_model(store, 'warm', artifact_variant(random_artifact, variant), make_current=current)}"  # noqa: E731
     seeds = tmp_path / "seeds.txt"
     seeds.write_text("the door opened\n")
-    assert register(True) == "warm@1"
+    assert register(True, 1) == "warm@1"
     cli("generate", seeds, "--model", "warm", "-o", tmp_path / "one.jsonl")            # the worker serves warm@1
-    assert register(False) == "warm@2"
+    assert register(False, 2) == "warm@2"
     cli("models", "promote", "warm@2")
     wait_for(lambda: "warmed up model warm@2" in worker.text(), timeout=40, interval=0.5, what="warm@2 to be warmed")
-    assert register(False) == "warm@3"
+    assert register(False, 3) == "warm@3"
     store.redis.set(keys.blob(store.registry.meta("warm", 3)["artifact_sha256"]), b"not a model")
     cli("models", "promote", "warm@3", "--alias", "canary")
     wait_for(lambda: "could not load model warm@3" in worker.text(), timeout=40, interval=0.5, what="a failed load")

@@ -2,8 +2,7 @@
 kills and checks the final state and the files:
 - `kill -9` of lstmq-worker alone (a supervisor's kill, the OOM killer, a crash): every process it
   started is gone within seconds; the work it held comes back through its lease, on another worker.
-- SIGKILL of a Celery main process alone: its pool process goes with it, and lstmq-worker, which
-  sees the exit, gives the chunk back at once (no lease lapses) and starts the worker again.
+- (SIGKILL of a Celery main process alone: tests/test_redelivery.py.)
 - A chunk whose pool process is killed each time it runs it (what a chunk too big for the
   machine's memory does with the OOM killer): past redispatch_limit lost attempts it is recorded
   failed with how its process died, its prompts go to the errors file, the job ends."""
@@ -17,19 +16,11 @@ import time
 import pytest
 
 from lstmq.shared.store import JobStatus, keys
-from tests.conftest import children, descendants
+from tests.conftest import alive, descendants
 from tests.faults.faultkit import Stack, read_jsonl, report, seeds_file, wait_for, write_config
 
 pytestmark = pytest.mark.integration
 EXIT_FAILED = 1
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"   # a zombie is dead, waiting for its reaper
-    except (OSError, IndexError):
-        return False
 
 
 def test_a_launcher_killed_alone_takes_every_process_it_started(redis_server, random_artifact, tmp_path):
@@ -61,35 +52,6 @@ def test_a_launcher_killed_alone_takes_every_process_it_started(redis_server, ra
         first.stop()
         if second is not None:
             second.stop()
-
-
-def test_a_celery_worker_killed_alone_takes_its_pool_and_its_chunk_comes_back_at_once(redis_server, random_artifact,
-                                                                                       tmp_path):
-    stack = Stack(redis_server.url, write_config(tmp_path / "settings.yaml"))   # lease_seconds 30: no lapse here
-    model = stack.register(random_artifact, "main")
-    worker = stack.worker(tmp_path / "worker.log")
-    try:
-        job = json.loads(stack.cli("generate", seeds_file(tmp_path / "seeds.txt", 1200), "--model", model, "--detach",
-                                   "--json", "--words", "80", "--chunk-size", "200").stdout)["job"]
-        node = f"lstmq-cpu@{os.uname().nodename}"
-        held = wait_for(lambda: stack.store.workers.holding(node), timeout=60, interval=0.01, what="a chunk at work")
-        (celery_main,) = children(worker.process.pid)
-        pool = children(celery_main)
-        os.kill(celery_main, signal.SIGKILL)          # one process, as the OOM killer does
-        killed = time.monotonic()
-        wait_for(lambda: not any(alive(pid) for pid in pool), timeout=15, interval=0.05, what="its pool process to die")
-        out = tmp_path / "out.jsonl"
-        stack.cli("collect", job, "-o", out, "--timeout", "120", timeout=180)
-        report("SIGKILL of a Celery worker (to the job's end, lease_seconds 30)", time.monotonic() - killed)
-        assert [line["id"] for line in read_jsonl(out)] == list(range(1, 1201))
-        record = stack.job(job)
-        assert record.status is JobStatus.SUCCEEDED and record.lease_lapses == 0   # given back, not lapsed
-        attempt = stack.store.jobs.attempts(job)[held[1]]
-        assert attempt["lost"] == 1 and attempt["last_end"] == f"its worker {node} was killed by signal SIGKILL (9)"
-        assert f"job {job}: chunk {held[1]}: dispatched again" in worker.text()
-        assert "restarting lstmq-cpu" in worker.text()
-    finally:
-        worker.stop()
 
 
 def test_a_chunk_that_kills_its_worker_every_time_fails_and_the_job_ends(redis_server, random_artifact, tmp_path):
