@@ -38,17 +38,23 @@ compose-tool:
 demo: setup
 	$(BIN)/python -m examples.demo
 
+# Test files run in TEST_JOBS processes (pytest-xdist), each file's tests in one of them (module
+# fixtures: one redis-server and one worker per file): most of a test's time is spent waiting on
+# real workers and leases, so 2 processes on 2 cores halve the wall time. TEST_JOBS=0: one process.
+TEST_JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile --durations=15
+
 test: setup
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-unit: setup
-	$(BIN)/python -m pytest -m "not integration"
+	$(PYTEST) -m "not integration"
 
 test-integration: setup
-	$(BIN)/python -m pytest -m integration
+	$(PYTEST) -m integration
 
 test-faults: setup
-	$(BIN)/python -m pytest tests/faults
+	$(PYTEST) tests/faults
 
 # Each benchmark prints its table with ratios against a baseline measured in the same run. They run
 # from the repository root as modules (they import tests.devstack and benchmarks.common).
