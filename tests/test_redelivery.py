@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 
 from lstmq.shared.store import Store
 from tests.conftest import WorkerProcess, alive, children, lstmq, read_jsonl, wait_for
+from tests.faults.faultkit import report
 from tests.devstack import register_model
 from tests.test_crashes import chunks_done_soon, status
 
@@ -39,9 +41,12 @@ def test_a_worker_killed_outright_is_restarted_and_its_chunk_given_back_at_once(
         (celery_main,) = children(worker.process.pid)
         pool = children(celery_main)
         os.kill(celery_main, signal.SIGKILL)
+        killed = time.monotonic()
         wait_for(lambda: not any(alive(pid) for pid in pool), timeout=15, interval=0.05, what="its pool process to die")
         out = tmp_path / "out.jsonl"
         cli("collect", job, "-o", out, timeout=400)
+        report("SIGKILL of a Celery worker's main process alone (to the job's end, lease_seconds 600)",
+               time.monotonic() - killed)
         assert [line["id"] for line in read_jsonl(out)] == list(range(1, 4001))
         record = status(cli, job)
         assert (record["prompts_done"], record["chunks_done"], record.get("chunks_failed", 0)) == (4000, 40, 0)
