@@ -19,7 +19,7 @@ from lstmq.shared.store import Store
 from tests.conftest import WorkerProcess, alive, children, lstmq, read_jsonl, wait_for
 from tests.faults.faultkit import report
 from tests.devstack import register_model
-from tests.test_crashes import chunks_done_soon, status
+from tests.test_crashes import status
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +37,10 @@ def test_a_worker_killed_outright_is_restarted_and_its_chunk_given_back_at_once(
         seeds.write_text("\n".join(f"the {i} men were" for i in range(4000)) + "\n")
         job = json.loads(cli("generate", seeds, "--model", "killed", "--detach", "--json", "--words", "200",
                              "--chunk-size", "100").stdout)["job"]
-        assert chunks_done_soon(redis_server.url, job) < 40, "the job finished before the worker could be killed"
+        node = f"lstmq-cpu@{os.uname().nodename}"
+        store = Store.from_url(redis_server.url, ttl=3600)
+        wait_for(lambda: store.workers.holding(node), timeout=120, interval=0.01, what="a chunk at work")
+        assert store.jobs.get(job).chunks_done < 40, "the job finished before the worker could be killed"
         (celery_main,) = children(worker.process.pid)
         pool = children(celery_main)
         os.kill(celery_main, signal.SIGKILL)

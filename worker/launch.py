@@ -201,9 +201,11 @@ def give_back(settings, names: list[str], reason: str, verb: str = "killed") -> 
     store, dispatcher = Store.from_settings(settings), Dispatcher(settings)
     try:
         for name in names:
-            held = store.workers.holding(name)
-            if held is not None:
-                job, member = held
+            held = set(store.jobs.open_attempts(f"{name} "))
+            announced = store.workers.holding(name)
+            if announced is not None:
+                held.add(announced)
+            for job, member in sorted(held):
                 what = "training" if member == TRAIN else f"chunk {member}"
                 outcome = store.jobs.attempt_ended(job, member, f"{name} ", settings.redispatch_limit,
                                                    f"its worker {name} {reason}", verb)

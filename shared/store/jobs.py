@@ -446,6 +446,17 @@ class Jobs:
         args = [member, holder, limit, reason, verb, now(), self.ttl]
         return self._attempt_ended(keys=self._attempt_keys(job_id), args=args).decode()
 
+    def open_attempts(self, holder: str) -> list[tuple[str, str]]:
+        """(job, member) of every attempt of a job not yet ended whose holder starts with `holder`
+        ("NODE " for any process of a node): what a dead worker held, even the attempt it took
+        but had not yet announced (workers.hold)."""
+        found = []
+        for job_id in self.active():
+            for member, held_by in self.redis.hgetall(keys.job_key(job_id, "holders")).items():
+                if held_by.decode().startswith(holder):
+                    found.append((job_id, member.decode()))
+        return found
+
     def attempts(self, job_id: str) -> dict[str, dict[str, Any]]:
         """Per member taken at least once: {"attempts": times taken, "lost": attempts that ended
         without an outcome, "last_end": how the last lost one ended (or None)}."""
