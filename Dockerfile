@@ -20,7 +20,7 @@ ENV PYTHONUNBUFFERED=1 \
 RUN groupadd --system --gid 10001 lstmq \
  && useradd --system --uid 10001 --gid lstmq --create-home --home-dir /home/lstmq --shell /usr/sbin/nologin lstmq
 
-# CPU workers build lstmq's native decoding kernels on first use (shared/kernels): they need g++.
+# CPU workers build lstmq's native decoding kernels on first use (worker/engine/kernels): they need g++.
 RUN if [ "$TF_EXTRA" = cpu ]; then apt-get update && apt-get install -y --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*; fi
 
