@@ -28,34 +28,8 @@ LARGE = 1024   # max_rows: every row of a test in one step
 
 
 @pytest.fixture(scope="module", autouse=True)
-def process_numerics():
-    """The numerics a worker's pool process sets at start (worker.runtime.init_process): full
-    float32 matmuls, no TensorFloat-32 on a GPU (no effect on CPUs)."""
-    from lstmq.worker.engine.decoder import set_process_numerics
-
-    set_process_numerics()
-
-
-def native_or_skip(setting: str) -> str:
-    """`setting` (a Decoder's native argument), or a skip saying why "on" cannot run here."""
-    if setting == "on":
-        import tensorflow as tf
-
-        from lstmq.worker.engine.kernels import KernelUnavailable, native_ops
-
-        if tf.config.list_logical_devices("GPU"):
-            pytest.skip("the native kernels pick words on the CPU only; this machine's decoder runs on its GPU")
-        try:
-            native_ops("on")
-        except KernelUnavailable as error:
-            pytest.skip(f"native kernels unavailable: {error}")
-    return setting
-
-
-@pytest.fixture(params=["on", "off"])
-def native(request):
-    """The decoder's native setting, each invariant with the native kernels and without."""
-    return native_or_skip(request.param)
+def numerics(process_numerics):
+    """Every test here runs with the numerics a worker's pool process sets (conftest.process_numerics)."""
 
 
 @pytest.fixture(scope="module")

@@ -248,14 +248,15 @@ def tiny_model():
 FALLBACK = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-    from lstmq.worker.engine.kernels import KernelUnavailable, native_ops
+    from lstmq.worker.engine.kernels import KernelUnavailable, decoding_path, native_ops
     print("auto:", native_ops("auto"))
     try:
         native_ops("on")
     except KernelUnavailable as error:
         print("on raised:", error)
     print("off:", native_ops("off"))
-""")
+    print("path:", decoding_path("auto", on_gpu=False))
+""")   # also run by tests/faults/test_kernel_cache.py
 
 
 BROKEN_COMPILER = ("#!/bin/sh\nif [ \"$1\" = --version ]; then echo broken 1.0; exit 0; fi\n"

@@ -9,32 +9,21 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import WorkerProcess, read_jsonl
+from tests.test_kernels import FALLBACK
 from tests.faults.faultkit import Stack, seeds_file, write_config
 
 pytestmark = pytest.mark.integration
 NOBODY = 65534
 
-PROBE = textwrap.dedent("""
-    import logging, sys
-    logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
-    from lstmq.worker.engine.kernels import KernelUnavailable, decoding_path, native_ops
-    print("auto:", native_ops("auto"))
-    try:
-        native_ops("on")
-    except KernelUnavailable as error:
-        print("on raised:", error)
-    print("path:", decoding_path("auto", on_gpu=False))
-""")
 
 
 def probe(cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "LSTMQ_KERNEL_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "3"})
 
 
