@@ -61,7 +61,7 @@ def test_a_chunk_that_kills_its_worker_every_time_fails_and_the_job_ends(redis_s
     try:
         out = tmp_path / "out.jsonl"
         waiting = stack.popen("generate", seeds_file(tmp_path / "seeds.txt", 90), "--model", model, "-o", out,
-                              "--words", "300", "--chunk-size", "30")
+                              "--words", "1000", "--chunk-size", "30")   # 30,000 words a chunk: time to kill it mid-work
         job = waiting.stderr.readline().split()[2].rstrip(":")
         kills = []
         deadline = time.monotonic() + 240
