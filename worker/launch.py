@@ -329,7 +329,7 @@ def supervise(workers: list[Supervised], shutdown_timeout: float = 60.0,
                 continue
             code = worker.process.returncode
             worker.process = None
-            if code != 0:   # died holding work, maybe: it goes out again now, not when its lease lapses
+            if code != 0 and code not in FINAL_EXITS:   # died holding work, maybe: out again now, not at lease lapse
                 hand_back([worker.node], describe_exit(code), verb="killed" if code < 0 else "lost")
             if stopping:
                 continue
