@@ -44,7 +44,7 @@ import time
 import numpy as np
 
 from benchmarks import common
-from benchmarks.common import EMBEDDING_DIM, LSTM_UNITS, RANDOM_SEED, SEED_BATCH_SIZE, SEED_CONTEXT
+from benchmarks.common import RANDOM_SEED, SEED_BATCH_SIZE, SEED_CONTEXT
 
 CHECKPOINTS = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0)   # fractions of --seconds at which every variant is scored
 ONE_HOT_IN_MEMORY_BYTES = 2 << 30   # the seed's one-hot matrix as the notebook holds it, up to this size

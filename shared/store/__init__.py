@@ -18,7 +18,6 @@ import redis
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import BrokerUnavailable
 from lstmq.shared.messages import JobKind
-from lstmq.shared.store import keys
 from lstmq.shared.store.blobs import Blobs, sha256
 from lstmq.shared.store.jobs import Jobs
 from lstmq.shared.store.queues import Queues

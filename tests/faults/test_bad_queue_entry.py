@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
-from pathlib import Path
 
 import pytest
 import redis

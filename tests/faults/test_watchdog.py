@@ -17,7 +17,7 @@ from lstmq.shared.config import load_settings
 from lstmq.shared.messages import Dispatcher, JobKind
 from lstmq.shared.store import JobStatus, Store, keys
 from lstmq.worker.runtime import Watchdog
-from tests.devstack import LocalRedis, register_model
+from tests.devstack import LocalRedis
 from tests.faults.faultkit import Stack, read_jsonl, report, wait_for, write_config
 
 pytestmark = pytest.mark.integration
