@@ -1,8 +1,10 @@
 """Host overhead per prompt: a worker's task time minus its decoder time, per chunk size.
 
-A generate task does more than decode: it takes the chunk's lease, reads and decodes the chunk
-from Redis, checks and tokenizes each prompt, turns the generated ids into text, and writes the
-result. This benchmark runs that code (lstmq.worker.jobs.chunks.run_generate_chunk, as a
+A generate task does more than decode: it takes the chunk's lease, reads the chunk's raw seed
+lines from Redis, parses and checks each line (a .jsonl chunk's ids registered with the job's),
+tokenizes each prompt, turns the generated ids into text, writes the output lines as finished
+JSONL, and stores them compressed with the chunk's share of the seed report. Both seed formats
+are timed: .txt lines, and .jsonl lines {"id", "prompt"}. This benchmark runs that code (lstmq.worker.jobs.chunks.run_generate_chunk, as a
 worker's task runs it) in this process against a throwaway redis-server (tests/devstack.py), with
 the seed-size network (the whole corpus's vocabulary, Embedding(100) -> LSTM(150) -> Dense(vocab),
 random weights), and times the decoder's own calls inside it. Host time per prompt = (task seconds
@@ -10,7 +12,8 @@ random weights), and times the decoder's own calls inside it. Host time per prom
 the same prompts through the decoder alone (Decoder.continuations_scored, the in-process ceiling):
 task words/s over decoder words/s.
 
-    python -m benchmarks.worker_overhead [--chunk-sizes 1024,4096,16384] [--chunks 3] [--words 7] [--quick]
+    python -m benchmarks.worker_overhead [--chunk-sizes 1024,4096,16384] [--chunks 3] [--words 7]
+                                         [--formats txt,jsonl] [--quick]
 
 The corpus is $LSTMQ_TEST_CORPUS, by default ../shared/data/sherlock.txt beside the repository.
 """
@@ -32,8 +35,13 @@ def parse_arguments():
     parser.add_argument("--chunk-sizes", default="1024,4096,16384", help="prompts per chunk (default 1024,4096,16384)")
     parser.add_argument("--chunks", type=int, default=3, help="chunks timed per size; the fastest counts (default 3)")
     common.add_words(parser)
+    parser.add_argument("--formats", default="txt,jsonl", help="seed formats timed (default txt,jsonl)")
     common.add_quick(parser, "chunk sizes 256,1024, 1 chunk each")
-    return common.parse(parser, QUICK, lists=("chunk_sizes",), positive=("chunk_sizes", "chunks", "words"))
+    arguments = common.parse(parser, QUICK, lists=("chunk_sizes",), positive=("chunk_sizes", "chunks", "words"))
+    arguments.formats = [fmt.strip() for fmt in arguments.formats.split(",") if fmt.strip()]
+    if not arguments.formats or set(arguments.formats) - {"txt", "jsonl"}:
+        parser.error("--formats takes txt, jsonl or both")
+    return arguments
 
 
 def register_random_model(store, text: str) -> tuple[str, int]:
@@ -75,9 +83,11 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
+    import json
+
     from lstmq.shared.config import load_settings
-    from lstmq.worker.jobs.chunks import ChunkPlan, run_generate_chunk
-    from lstmq.shared.messages import JobKind, PromptItem
+    from lstmq.worker.jobs.chunks import ChunkPlan, ParsedChunk, run_generate_chunk
+    from lstmq.shared.messages import JobKind
     from lstmq.shared.store import Store
     from lstmq.worker.runtime import ModelCache
 
@@ -94,33 +104,37 @@ def main() -> None:
         params = settings.generation_params().replace(words=arguments.words, seed=0)
         print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPUs; decode_batch_size {settings.decode_batch_size}; "
               f"{arguments.words} words per prompt; fastest of {arguments.chunks} chunks per size", flush=True)
-        for size in arguments.chunk_sizes:
-            prompts = corpus_prompts(text, size)
-            items = [PromptItem(line=i + 1, id=i + 1, prompt=prompt, key=i + 1, params=params).to_dict()
-                     for i, prompt in enumerate(prompts)]
-            job = store.jobs.create(JobKind.GENERATE, params, model_name=name, version=version,
-                                    model=f"{name}@{version}")
-            for chunk in range(arguments.chunks + 1):
-                store.jobs.put_chunk(job, chunk, items, size * (chunk + 1), time.time() + 600)
-            store.jobs.finish_submission(job, arguments.chunks + 1, size * (arguments.chunks + 1), 0,
-                                         size * (arguments.chunks + 1))
-            run_generate_chunk(store, cache, job, 0, "bench", settings)   # warm-up (traces the decoder)
-            best = None
-            for chunk in range(1, arguments.chunks + 1):
-                timed.seconds = 0.0
-                started = time.perf_counter()
-                outcome = run_generate_chunk(store, cache, job, chunk, "bench", settings)
-                task = time.perf_counter() - started
-                assert outcome.get("prompts") == size, outcome
-                if best is None or task < best[0]:
-                    best = (task, timed.seconds)
-            task, decode = best
-            requests, _ = ChunkPlan(store.jobs.chunk_input(job, 1), loaded.decoder.vocabulary, settings).prepare(0, size)
-            alone, _ = common.fastest(lambda: timed.decoder.continuations_scored(requests), 2)
-            words = size * arguments.words
-            rows.append([f"{size:,}", f"{task:.3f}", f"{decode:.3f}", f"{(task - decode) / size * 1e6:.1f}",
-                         f"{words / task:,.0f}", f"{words / alone:,.0f}", f"{alone / task:.2f}"])
-    common.print_table([["chunk", "task s", "decoder s", "host us/prompt", "task words/s", "decoder-only words/s",
+        for fmt in arguments.formats:
+            for size in arguments.chunk_sizes:
+                job = store.jobs.create(JobKind.GENERATE, params, model_name=name, version=version,
+                                        model=f"{name}@{version}", seeds_file=f"bench.{fmt}", seed_format=fmt)
+                for chunk in range(arguments.chunks + 1):
+                    first = size * chunk + 1
+                    prompts = corpus_prompts(text, size)
+                    lines = prompts if fmt == "txt" else [json.dumps({"id": f"p{first + i}", "prompt": prompt})
+                                                          for i, prompt in enumerate(prompts)]
+                    store.jobs.put_chunk(job, chunk, "".join(line + "\n" for line in lines).encode(), first,
+                                         time.time() + 600)
+                store.jobs.finish_submission(job, arguments.chunks + 1, size * (arguments.chunks + 1))
+                run_generate_chunk(store, cache, job, 0, "bench", settings)   # warm-up (traces the decoder)
+                best = None
+                for chunk in range(1, arguments.chunks + 1):
+                    timed.seconds = 0.0
+                    started = time.perf_counter()
+                    outcome = run_generate_chunk(store, cache, job, chunk, "bench", settings)
+                    task = time.perf_counter() - started
+                    assert outcome.get("prompts") == size, outcome
+                    if best is None or task < best[0]:
+                        best = (task, timed.seconds)
+                task, decode = best
+                first, _count, data = store.jobs.chunk_source(job, 1)
+                parsed = ParsedChunk.parse(store.jobs.get(job), first, data, settings, None)
+                requests, _ = ChunkPlan(parsed.input, loaded.decoder.vocabulary, settings).prepare(0, size)
+                alone, _ = common.fastest(lambda: timed.decoder.continuations_scored(requests), 2)
+                words = size * arguments.words
+                rows.append([fmt, f"{size:,}", f"{task:.3f}", f"{decode:.3f}", f"{(task - decode) / size * 1e6:.1f}",
+                             f"{words / task:,.0f}", f"{words / alone:,.0f}", f"{alone / task:.2f}"])
+    common.print_table([["format", "chunk", "task s", "decoder s", "host us/prompt", "task words/s", "decoder-only words/s",
                          "task/decoder-only"], *rows])
     print("\ntarget: host us/prompt <= 10 at chunk sizes >= 4,096")
 

@@ -4,7 +4,7 @@ Click commands only: submission is producer.submit, waiting and output files pro
 what is shown producer.render. Nothing here (or there) imports TensorFlow or lstmq.worker.
 
 Exit status: 0 done; 1 a job failed, or Redis could not be reached or was refused; 2 bad usage,
-settings or input file; 3 the job finished but some seed lines or prompts could not be used
+settings or input file (a seed file with no usable line too); 3 the job finished but some seed lines or prompts could not be used
 (they are in OUT.errors.jsonl); 4 --timeout passed while waiting (the job goes on); 5 the job
 was cancelled; 130 stopped waiting on Ctrl-C (the job goes on)."""
 from __future__ import annotations
@@ -244,19 +244,20 @@ def generate(seeds, model_spec, output, fmt, words, temperature, top_k, top_p, s
         report_bad_lines(error.submission.bad_lines, output)
         raise
     bad_lines = submission.bad_lines
-    report_bad_lines(bad_lines, output if detach else None)
-    click.echo(f"lstmq: job {submission.job}: {submission.report.describe()}", err=True)
+    if detach:   # else they are shown with the workers' bad lines as the chunks are collected
+        report_bad_lines(bad_lines, None)
+    click.echo(f"lstmq: job {submission.job}: {submission.lines:,} lines in {submission.chunks:,} chunk(s) sent; "
+               f"the workers check them", err=True)
     if detach:
         if as_json:
-            render.echo_json({**submission_json(submission, store), "output": output,
-                              "errors_file": str(errors_path_for(output)) if bad_lines and output else None})
+            render.echo_json({**submission_json(submission, store), "output": output, "errors_file": None})
         else:
             click.echo(submission.job)
         if bad_lines:
             sys.exit(EXIT_PARTIAL)
         return
     if not as_json:
-        click.echo(f"job {submission.job}: {submission.prompts} prompts with {submission.model}", err=True)
+        click.echo(f"job {submission.job}: {submission.lines:,} lines with {submission.model}", err=True)
     collect_job(store, settings, submission.job, output, as_json, timeout, stats)
 
 
@@ -279,18 +280,29 @@ def report_bad_lines(bad_lines, output) -> None:
 
 
 def submission_json(submission, store=None) -> dict:
-    """The keys every generate summary has (--detach, --dry-run and waiting alike)."""
-    status = store.jobs.get(submission.job).status.value if store is not None and submission.job else None
-    return {"job": submission.job, "status": status, "model": submission.model, "prompts": submission.prompts,
-            "bad_lines": len(submission.bad_lines), "chunks": submission.chunks, "seed": submission.seed,
-            "check": submission.report.to_json() if submission.report else None}
+    """The keys every generate summary has (--detach, --dry-run and waiting alike). `check`: the
+    seed report (a dry run's, or the workers' so far: "complete" says whether every line was read)."""
+    record = store.jobs.get(submission.job) if store is not None and submission.job else None
+    if record is not None:
+        check = record.seed_report(store.jobs.top_unknown_words(submission.job))
+        prompts, bad = record.prompts, record.input_errors
+    else:
+        check = submission.report.to_json() if submission.report else None
+        prompts, bad = submission.prompts, len(submission.bad_lines)
+    return {"job": submission.job, "status": record.status.value if record is not None else None,
+            "model": submission.model, "lines": submission.lines, "prompts": prompts, "bad_lines": bad,
+            "chunks": submission.chunks, "seed": submission.seed, "check": check}
 
 
 def preview(store, settings, seeds, model_spec, fmt, output, as_json) -> None:
-    """--dry-run: what the job would do, and nothing sent."""
+    """--dry-run: what the job would do, and nothing sent. Every line is checked in this process
+    (the slow path: a real run leaves that to the workers)."""
     from lstmq.producer import render
     from lstmq.producer.submit import dry_run
 
+    if not as_json:
+        click.echo("lstmq: dry run: checking every line here, as the workers would (the slow path: "
+                   "a real run leaves this to the workers)", err=True)
     submission = dry_run(store, settings, seeds, model_spec, fmt)
     report_bad_lines(submission.bad_lines, output)
     if as_json:
@@ -307,12 +319,21 @@ def preview(store, settings, seeds, model_spec, fmt, output, as_json) -> None:
 def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=False):
     from lstmq.producer import render
     from lstmq.producer.collect import Output, wait
+    from lstmq.producer.render import describe_report
     from lstmq.shared.store import JobKind, JobStatus
 
     record = store.jobs.get(job_id)
     if record.kind is not JobKind.GENERATE:
         raise InputError(f"job {job_id} is a {record.kind.value} job; only generate jobs have output to collect")
-    writer = Output(store, job_id, output)   # lines are written as chunks finish, in input order
+    shown = [0]
+
+    def show_error(error: dict) -> None:   # the first bad lines, as the workers found them
+        shown[0] += 1
+        where = f"{record.seeds_file}:{error['line']}" if error.get("line") is not None else f"job {job_id}"
+        click.echo(f"lstmq: {where}: {error['error']}", err=True)
+
+    writer = Output(store, job_id, output, settings, on_error=show_error,
+                    wants_errors=lambda: shown[0] < SHOWN_BAD_LINES)   # lines are written as chunks finish, in input order
     try:
         try:
             record = wait(store, job_id, settings, show_progress() and not as_json, dispatcher_for(settings), timeout,
@@ -325,17 +346,21 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=Fa
         raise
     written, errors = result.lines, result.errors
     errors_file = errors_path_for(output) if errors else None
+    check = record.seed_report(store.jobs.top_unknown_words(job_id))
     summary = {"job": job_id, "status": record.status.value, "model": record.model, "output": str(output),
-               "lines": written, "prompts": record.prompts, "bad_lines": record.input_errors, "errors": len(errors),
+               "lines": written, "prompts": record.prompts, "bad_lines": record.input_errors, "errors": errors,
                "errors_file": str(errors_file) if errors_file else None, "words": record.words_done,
-               "seconds": round(record.seconds, 3), "logprob": result.logprob_stats(),
+               "seconds": round(record.seconds, 3), "logprob": result.logprob_stats(), "check": check,
                "error": render.failure_summary(record, store.jobs.failed_chunks(job_id))
                if record.status is JobStatus.FAILED else None}
     if as_json:
         render.echo_json(summary, sys.stderr if output == "-" else None)
     else:
-        where = f"; {len(errors)} error(s) in {errors_file}" if errors_file else (
-            f"; {len(errors)} error(s) (above)" if errors else "")
+        if shown[0] >= SHOWN_BAD_LINES and errors > shown[0]:
+            click.echo(f"lstmq: ... and {errors - shown[0]} more error(s)", err=True)
+        click.echo(f"lstmq: job {job_id}: {describe_report(check)}", err=True)
+        where = f"; {errors} error(s) in {errors_file}" if errors_file else (
+            f"; {errors} error(s) (above)" if errors else "")
         click.echo(f"wrote {written} lines to {'standard output' if output == '-' else output} "
                    f"({record.words_done:,} words in {record.seconds:.1f}s){where}", err=True)
         if stats and summary["logprob"]:
@@ -345,7 +370,8 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=Fa
         sys.exit(EXIT_CANCELLED)
     if record.status is JobStatus.FAILED:
         click.echo(f"lstmq: job {job_id} failed: {summary['error']}", err=True)
-        sys.exit(EXIT_FAILED)
+        no_usable_line = (record.submitted and record.chunks_done == record.chunks and not record.prompts)   # the input's fault
+        sys.exit(EXIT_USAGE if no_usable_line else EXIT_FAILED)
     if errors:
         sys.exit(EXIT_PARTIAL)
 
@@ -443,12 +469,13 @@ def status(job, limit, as_json, config_file, broker):
         record = store.jobs.get(job)
         history = store.training.history(job) if record.kind is JobKind.TRAIN else []
         failed, leases, attempts = store.jobs.failed_chunks(job), store.jobs.leases(job), store.jobs.attempts(job)
+        report = record.seed_report(store.jobs.top_unknown_words(job)) if record.kind is JobKind.GENERATE else None
         if as_json:
-            extra = {"history": history} if record.kind is JobKind.TRAIN else {}
+            extra = {"history": history} if record.kind is JobKind.TRAIN else {"check": report}
             render.echo_json({**record.to_json(), **extra, "failed_chunks": {str(k): v for k, v in failed.items()},
                               "running": sorted(leases), "attempts": attempts})
         else:
-            click.echo(render.job_details(record, history, failed, leases, attempts))
+            click.echo(render.job_details(record, history, failed, leases, attempts, report))
         return
     records = []
     for job_id in store.jobs.recent(limit):

@@ -1,39 +1,38 @@
 """Wait for jobs (progress drawn by producer.render), and write a generate job's results as JSONL:
 one line per prompt and sample, in input order, written to a temporary file and renamed
-(re-runnable). OUT.errors.jsonl is written by write_errors alone, the same way."""
+(re-runnable), and OUT.errors.jsonl beside it the same way. The lines are the workers' finished
+JSONL, concatenated (Output)."""
 from __future__ import annotations
 
 import json
 import os
 import sys
 import time
-from array import array
 from collections.abc import Callable, Iterable
-from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, NamedTuple, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
+
+import numpy as np
 
 import kombu.exceptions
 import redis
 
 from lstmq.producer.render import GenerateProgress, TrainProgress, note
-from lstmq.shared.config import Settings
+from lstmq.shared.config import Settings, load_settings
 from lstmq.shared.errors import LstmqError
 from lstmq.shared.messages import ROUTES, Dispatcher
-from lstmq.shared.params import GenerationParams
+from lstmq.shared.seeds import ParamsChecker, Seed, duplicate_id_message, id_of_key, parse_chunk
 from lstmq.shared.recovery import recover
 from lstmq.shared.redact import redact, redact_url
 from lstmq.shared.store import JobKind, JobRecord, JobStatus, Store
-from lstmq.shared.store.chunks import ChunkInput, ChunkResult
+from lstmq.shared.store.chunks import LOGPROB_STEPS, ChunkOutput, LogprobHistogram
 
 STDOUT = "-"                   # -o -: the results go to standard output
 NO_WORKER_NOTICE_S = 10.0      # a waiting CLI says within this long that no worker consumes the queue
 UNREACHABLE_POLL_MAX_S = 5.0   # polling slows down to this while Redis is unreachable
 WATCH_INTERVAL_S = 0.5         # a waiting CLI's recovery and live-worker checks, however often it polls
-OUTPUT_PARAMS = tuple(key for key in GenerationParams.keys() if key != "seed")   # the seed has its own field
 WRITE_BUFFER_BYTES = 1 << 20   # output files are written in blocks this large
-TEMPLATE_CACHE_LIMIT = 4096    # distinct (parameters, sample) line tails remembered while writing
-_string = encode_basestring     # a str as JSON, as json.dumps(..., ensure_ascii=False) writes it
+SHOWN_ERRORS = 10              # error records of a chunk shown as they come (Output.on_error)
 
 
 def errors_path(out: str | Path) -> Path:
@@ -126,41 +125,39 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
 
 
 class LogprobSummary:
-    """The distribution of the written lines' logprob in constant memory: a count per 1e-4 step
-    (the output's precision) from LOWEST up to 0, and a dict for the rare value outside that range.
-    Rounding keeps order, so the k-th smallest rounded value is the k-th smallest value rounded:
-    the percentiles are those of the values themselves, at 4 decimals. Non-finite values are left out."""
+    """The distribution of the written lines' logprob in constant memory, added up from the
+    chunks' histograms (shared.store.chunks.LogprobHistogram): a count per 1e-4 step (the
+    output's precision) from LOWEST up to 0, and a dict for the rare value outside that range.
+    The percentiles are those of the values themselves, at 4 decimals."""
 
     LOWEST = -30.0
-    STEPS = 300_000                 # 1e-4 steps from 0 down to LOWEST
+    STEPS = LOGPROB_STEPS           # 1e-4 steps from 0 down to LOWEST
 
     def __init__(self) -> None:
         self.count, self.total = 0, 0.0
-        self.bins = array("I", bytes(4 * (self.STEPS + 1)))   # bins[s]: lines whose rounded logprob is -s / 1e4
+        self.bins = np.zeros(self.STEPS + 1, dtype=np.int64)   # bins[s]: lines whose rounded logprob is -s / 1e4
         self.outside: dict[float, int] = {}
 
     def __len__(self) -> int:
         return self.count
 
-    def add(self, logprob: float, rounded: float) -> None:
-        """`rounded`: round(logprob, 4), as written on the line."""
-        if rounded - rounded != 0:   # inf or NaN
+    def add_chunk(self, histogram: dict[str, Any] | None) -> None:
+        """A chunk's histogram (LogprobHistogram.to_value, as stored)."""
+        if not histogram:
             return
-        self.count += 1
-        self.total += logprob
-        step = round(rounded * -10_000)
-        if 0 <= step <= self.STEPS:
-            self.bins[step] += 1
-        else:
-            self.outside[rounded] = self.outside.get(rounded, 0) + 1
+        steps = np.frombuffer(histogram["steps"], dtype=np.uint32)
+        counts = np.frombuffer(histogram["counts"], dtype=np.uint32)
+        np.add.at(self.bins, steps, counts)
+        for value, count in histogram["outside"]:
+            self.outside[value] = self.outside.get(value, 0) + count
+        self.count += histogram["lines"]
+        self.total += histogram["total"]
 
     def stats(self) -> dict[str, float] | None:
         """mean, min, 10th, 50th and 90th percentile, max (None when no line has a logprob)."""
         if not self.count:
             return None
-        import numpy as np
-
-        counts = np.frombuffer(self.bins, dtype=np.uint32)[::-1].astype(np.int64)   # ascending values
+        counts = self.bins[::-1]   # ascending values
         below = sorted(item for item in self.outside.items() if item[0] < self.LOWEST)
         above = sorted(item for item in self.outside.items() if item[0] > 0)
         values = np.concatenate([np.array([value for value, _ in below], dtype=np.float64),
@@ -177,7 +174,7 @@ class LogprobSummary:
 
 class Written(NamedTuple):
     lines: int
-    errors: list[dict[str, Any]]
+    errors: int                    # error records written (OUT.errors.jsonl, or stderr with -o -)
     logprobs: LogprobSummary       # the written lines' mean log-probability per word
 
     def logprob_stats(self) -> dict[str, float] | None:
@@ -185,11 +182,11 @@ class Written(NamedTuple):
         return self.logprobs.stats()
 
 
-def write_results(store: Store, job_id: str, out: str | Path) -> Written:
+def write_results(store: Store, job_id: str, out: str | Path, settings: Settings | None = None) -> Written:
     """Write OUT.jsonl (and OUT.errors.jsonl when any line or prompt failed); OUT "-" writes the
     lines to standard output and the error records to stderr. Each line carries `logprob`, its
     mean log-probability per generated word under the model (<= 0). See Output."""
-    output = Output(store, job_id, out)
+    output = Output(store, job_id, out, settings)
     try:
         return output.finish(store.jobs.get(job_id))
     except BaseException:
@@ -198,25 +195,35 @@ def write_results(store: Store, job_id: str, out: str | Path) -> Written:
 
 
 class Output:
-    """OUT.jsonl written as the job goes: one line per prompt and sample, in input order.
-    advance(record) (on every poll while waiting) appends the lines of each chunk that has an
-    outcome once every earlier chunk has been written; finish(record) (once the job has ended)
-    writes the rest, then renames the file onto OUT and writes OUT.errors.jsonl. Until then the
-    lines go to .OUT.partial-PID, which abort() removes: OUT is never a truncated file. Memory
-    stays flat: a few chunks at a time, the error records, and the logprobs' histogram (--stats)."""
+    """OUT.jsonl written as the job goes, in input order, by concatenation: each chunk's output
+    is finished JSONL that its worker wrote, and its error records likewise. advance(record) (on
+    every poll while waiting) appends each chunk that has an outcome once every earlier chunk has
+    been written; finish(record) (once the job has ended) writes the rest and renames the files
+    into place. Until then the lines go to .OUT.partial-PID (and .OUT.errors.jsonl.partial-PID),
+    which abort() removes: OUT is never a truncated file. Memory stays flat: a few chunks at a
+    time and the logprobs' histogram (--stats).
+
+    Lines are looked at one by one only where something is rare: a chunk with no output (its
+    lines are listed in the errors with the reason), a .jsonl id that a later-registered earlier
+    line turned into a duplicate (store.jobs.retracted), a line too long to send. `on_error(record)`
+    sees each error record as it is written while `wants_errors()` says so (the CLI shows the first few)."""
 
     BATCH_CHUNKS = 16   # chunks read per Redis round trip
 
-    def __init__(self, store: Store, job_id: str, out: str | Path):
-        self.store, self.job_id, self.out = store, job_id, out
+    def __init__(self, store: Store, job_id: str, out: str | Path, settings: Settings | None = None,
+                 on_error: Callable[[dict[str, Any]], None] | None = None,
+                 wants_errors: Callable[[], bool] = lambda: False):
+        self.store, self.job_id, self.out, self.settings = store, job_id, out, settings
+        self.on_error, self.wants_errors = on_error, wants_errors
         self.to_stdout = str(out) == STDOUT
         self.file = None if self.to_stdout else _atomic(Path(out))
-        self.stream: TextIO = sys.stdout if self.file is None else self.file.__enter__()
+        self.stream: BinaryIO = sys.stdout.buffer if self.file is None else self.file.__enter__()
+        self.errors_file: _atomic | None = None
+        self.errors_stream: BinaryIO | None = None
         self.next_chunk = 0          # every chunk before it has been written
         self.written = 0
-        self.errors: list[dict[str, Any]] = []
+        self.errors = 0
         self.logprobs = LogprobSummary()
-        self.templates: dict[tuple, str] = {}
 
     def advance(self, record: JobRecord) -> None:
         """Write every chunk, in order from the next one, that has an outcome."""
@@ -226,108 +233,144 @@ class Output:
             ready = self.store.jobs.outcomes(self.job_id, self.next_chunk, count)
             finished = ready.index(False) if False in ready else count
             if finished:
-                self._write(record, range(self.next_chunk, self.next_chunk + finished), None)
+                self._write(record, range(self.next_chunk, self.next_chunk + finished))
             if finished < count:
                 return
 
     def finish(self, record: JobRecord) -> Written:
-        """Write the chunks not written yet (those with no result: their prompts go to the
-        errors with the reason), rename the file onto OUT, write OUT.errors.jsonl."""
-        failed = self.store.jobs.failed_chunks(self.job_id)
+        """Write the chunks not written yet (those with no output: their lines go to the errors
+        with the reason), rename the files into place (OUT.errors.jsonl only when there are errors)."""
         total = record.chunks if record.submitted else record.chunks_sent
         while self.next_chunk < total:
             count = min(self.BATCH_CHUNKS, total - self.next_chunk)
-            self._write(record, range(self.next_chunk, self.next_chunk + count), failed)
-        errors = list(self.store.jobs.input_errors(self.job_id)) + self.errors
-        errors.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
+            self._write(record, range(self.next_chunk, self.next_chunk + count))
         self.stream.flush()
         if self.file is not None:
             self.file.__exit__(None, None, None)
             self.file = None
-            write_errors(self.out, errors)
-        else:   # no OUT to put OUT.errors.jsonl beside: the errors go to stderr, one JSON object a line
-            for error in errors:
-                print(f"lstmq: error {json.dumps(error, ensure_ascii=False)}", file=sys.stderr)
-        return Written(self.written, errors, self.logprobs)
+            if self.errors_file is not None:
+                self.errors_file.__exit__(None, None, None)
+                self.errors_file = None
+            else:
+                errors_path(self.out).unlink(missing_ok=True)   # a stale file from an earlier run
+        return Written(self.written, self.errors, self.logprobs)
 
     def abort(self) -> None:
-        """Remove the partial file (OUT is left as it was)."""
-        if self.file is not None:
-            self.file.__exit__(RuntimeError, None, None)
-            self.file = None
+        """Remove the partial files (OUT and OUT.errors.jsonl are left as they were)."""
+        for attribute in ("file", "errors_file"):
+            target = getattr(self, attribute)
+            if target is not None:
+                target.__exit__(RuntimeError, None, None)
+                setattr(self, attribute, None)
 
-    def _write(self, record: JobRecord, chunks: range, failed: dict[int, str] | None) -> None:
-        """Write `chunks` (each has an outcome, or the job has ended); `failed`: the failed chunks' reasons
-        (read here when None and needed)."""
-        fetched = self.store.jobs.chunks_with_results(self.job_id, chunks)
-        for chunk, (inputs, result) in zip(chunks, fetched):
-            if result is None and failed is None:
-                failed = self.store.jobs.failed_chunks(self.job_id)
-            reason = None if result is not None else missing_reason(record, failed.get(chunk))
-            if inputs is None:   # its input is gone too: the prompts can only be counted
-                self.errors.append({"id": None, "line": None, "chunk": chunk,
-                                    "prompts": self.store.jobs.chunk_prompts(self.job_id, chunk),
-                                    "error": reason or "the chunk's input is gone (expired, or deleted)"})
-            elif reason is not None:
-                self.errors.extend({"id": identifier, "line": line, "error": reason}
-                                   for identifier, line in zip(inputs.ids, inputs.lines))
+    def _write(self, record: JobRecord, chunks: range) -> None:
+        """Write `chunks` (each has an outcome, or the job has ended)."""
+        jobs = self.store.jobs
+        outputs = jobs.outputs(self.job_id, chunks)
+        extra = self._extra_errors(record, chunks)
+        retracted = jobs.retracted(self.job_id) if record.seed_format == "jsonl" else {}
+        failed: dict[int, str] | None = None
+        for chunk, raw in zip(chunks, outputs):
+            chunk_errors = extra.get(chunk, [])
+            if raw is None:
+                if failed is None:
+                    failed = jobs.failed_chunks(self.job_id)
+                self._write_missing(record, chunk, missing_reason(record, failed.get(chunk)), chunk_errors, retracted)
             else:
-                self.stream.write("".join(self._lines(record.model, inputs, result)))
+                output = ChunkOutput.unpack(raw)
+                first, end = output.first_line, output.first_line + output.count
+                mine = {line: entry for line, entry in retracted.items() if first <= line < end} if retracted else {}
+                if mine:
+                    self._write_retracted(output, mine, chunk_errors)
+                else:
+                    self.stream.write(output.out)
+                    self.written += output.lines
+                    self.logprobs.add_chunk(output.hist)
+                    self._errors(output.err, output.errors, chunk_errors)
             self.next_chunk = chunk + 1
         if self.to_stdout:
             self.stream.flush()
 
-    def _template(self, model: str | None, params: dict[str, Any], sample: int) -> str:
-        """What follows the continuation on a line, up to the unknown words' list."""
-        try:
-            key = (tuple(params.items()), sample)
-            tail = self.templates.get(key)
-        except TypeError:   # an unhashable parameter value (an old chunk's): not remembered
-            key, tail = None, None
-        if tail is None:
-            output_params = json.dumps({name: params[name] for name in OUTPUT_PARAMS}, ensure_ascii=False)
-            tail = (f', "model": {json.dumps(model, ensure_ascii=False)}, "seed": '
-                    f'{json.dumps(params["seed"], ensure_ascii=False)}, "sample": {sample}, "params": {output_params}, '
-                    f'"unknown_words": ')
-            if key is not None:
-                if len(self.templates) >= TEMPLATE_CACHE_LIMIT:
-                    self.templates.clear()
-                self.templates[key] = tail
-        return tail
+    def _extra_errors(self, record: JobRecord, chunks: range) -> dict[int, list[dict[str, Any]]]:
+        """The bad lines the producer found itself (too long to send) in `chunks`, by chunk."""
+        if not record.input_errors:
+            return {}
+        found: dict[int, list[dict[str, Any]]] = {}
+        for error in self.store.jobs.input_errors(self.job_id):
+            if error.get("chunk") in chunks:
+                found.setdefault(error.pop("chunk"), []).append(error)
+        return found
 
-    def _lines(self, model: str | None, inputs: ChunkInput, result: ChunkResult) -> list[str]:
-        """The chunk's output lines, each exactly as json.dumps(..., ensure_ascii=False) writes the
-        record {id, prompt, continuation, model, seed, sample, params, unknown_words, logprob}."""
-        lines: list[str] = []
-        append, add_logprob = lines.append, self.logprobs.add
-        samples, logprobs, counts = result.samples, result.logprobs, result.counts
-        errors, unknown, overrides = result.errors, result.unknown, inputs.overrides
-        default_tail = self._template(model, inputs.defaults, 0) if inputs.defaults else ""
-        at = 0   # the next sample's index in `samples`
-        for position, (identifier, prompt) in enumerate(zip(inputs.ids, inputs.prompts)):
-            if errors and position in errors:
-                self.errors.append({"id": identifier, "line": inputs.lines[position], "error": errors[position]})
-                continue
-            count = 1 if counts is None else counts[position]
-            id_json = str(identifier) if type(identifier) is int else (
-                _string(identifier) if type(identifier) is str else json.dumps(identifier, ensure_ascii=False))
-            head = f'{{"id": {id_json}, "prompt": {_string(prompt)}, "continuation": '
-            unknown_words = "[]" if position not in unknown else json.dumps(unknown[position], ensure_ascii=False)
-            custom = position in overrides
-            params = inputs.params(position) if custom else inputs.defaults
-            for sample in range(count):
-                tail = default_tail if sample == 0 and not custom else self._template(model, params, sample)
-                logprob = None if logprobs is None else logprobs[at]
-                if logprob is None:
-                    score = "null"
-                else:
-                    rounded = round(logprob, 4)
-                    add_logprob(logprob, rounded)
-                    score = repr(rounded) if rounded - rounded == 0 else json.dumps(rounded)
-                append(f"{head}{_string(samples[at])}{tail}{unknown_words}, \"logprob\": {score}}}\n")
-                at += 1
-            self.written += count
-        return lines
+    def _errors(self, err: bytes, count: int, extra: list[dict[str, Any]]) -> None:
+        """Write a chunk's error records (finished JSONL) with `extra` records merged in line order."""
+        if extra:
+            records = [json.loads(line) for line in err.splitlines()] + extra
+            records.sort(key=lambda error: error["line"] if error["line"] is not None else float("inf"))
+            err = "".join(json.dumps(error, ensure_ascii=False) + "\n" for error in records).encode("utf-8")
+            count = len(records)
+        if not count:
+            return
+        if self.on_error is not None and self.wants_errors():
+            for line in err.splitlines()[:SHOWN_ERRORS]:
+                self.on_error(json.loads(line))
+        self.errors += count
+        if self.to_stdout:   # no OUT to put OUT.errors.jsonl beside: stderr, one JSON object a line
+            sys.stderr.write("".join(f"lstmq: error {line}\n" for line in err.decode("utf-8").splitlines()))
+            return
+        if self.errors_stream is None:
+            self.errors_file = _atomic(errors_path(self.out))
+            self.errors_stream = self.errors_file.__enter__()
+        self.errors_stream.write(err)
+
+    def _write_retracted(self, output: ChunkOutput, retracted: dict[int, tuple[str, int, bool, bool]],
+                         extra: list[dict[str, Any]]) -> None:
+        """A chunk some of whose lines turned out duplicates of earlier lines after it was written:
+        their output lines go, their error records come in."""
+        prefixes = tuple(f'{{"id": {json.dumps(id_of_key(key), ensure_ascii=False)}, "prompt": '.encode("utf-8")
+                         for key, _first, _first_implied, _implied in retracted.values())
+        kept = [line for line in output.out.splitlines(keepends=True) if not line.startswith(prefixes)]
+        self.stream.write(b"".join(kept))
+        self.written += len(kept)
+        for line in kept:
+            logprob = json.loads(line)["logprob"]
+            if logprob is not None:
+                self.logprobs.add_chunk(_single(logprob))
+        more = [{"id": id_of_key(key), "line": line,
+                 "error": duplicate_id_message(id_of_key(key), line, implied, first, first_implied)}
+                for line, (key, first, first_implied, implied) in retracted.items()]
+        self._errors(output.err, output.errors, extra + more)
+
+    def _write_missing(self, record: JobRecord, chunk: int, reason: str, extra: list[dict[str, Any]],
+                       retracted: dict[int, tuple[str, int, bool, bool]]) -> None:
+        """A chunk with no output: each of its lines goes to the errors, with its own fault when
+        it has one, else with `reason` (the chunk's failure, or the job's end)."""
+        source = self.store.jobs.sources(self.job_id, [chunk])[0]
+        if source is None:   # its input is gone too: the lines can only be counted
+            self._errors(b"", 0, extra + [{"id": None, "line": None, "chunk": chunk,
+                                           "lines": self.store.jobs.chunk_lines(self.job_id, chunk),
+                                           "error": reason if "input is gone" in reason
+                                           else f"{reason} (the chunk's input is gone: expired, or deleted)"}])
+            return
+        first_line, _count, data = source
+        settings = self.settings or load_settings()
+        limits = settings.limits()
+        records = []
+        for entry in parse_chunk(data, first_line, record.seed_format or "txt", record.seeds_file or "seeds",
+                                 ParamsChecker(record.params, limits), limits):
+            if type(entry) is Seed:
+                found = retracted.get(entry.line)
+                error = reason if found is None else duplicate_id_message(entry.id, entry.line, found[3], found[1],
+                                                                          found[2])
+                records.append({"id": entry.id, "line": entry.line, "error": error})
+            else:
+                records.append(entry.record())
+        self._errors(b"", 0, extra + records)
+
+
+def _single(logprob: float) -> dict[str, Any]:
+    histogram = LogprobHistogram()
+    histogram.add(logprob, round(logprob, 4))
+    return histogram.to_value()
 
 
 def missing_reason(record: JobRecord, failure: str | None) -> str:
@@ -350,8 +393,7 @@ def write_errors(out: str | Path, errors: Iterable[dict[str, Any]]) -> Path | No
         target.unlink(missing_ok=True)
         return None
     with _atomic(target) as stream:
-        for error in errors:
-            stream.write(json.dumps(error, ensure_ascii=False) + "\n")
+        stream.write("".join(json.dumps(error, ensure_ascii=False) + "\n" for error in errors).encode("utf-8"))
     return target
 
 
@@ -362,9 +404,9 @@ class _atomic:
         self.path = path
         self.temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
 
-    def __enter__(self) -> TextIO:
+    def __enter__(self) -> BinaryIO:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.stream = self.temporary.open("w", encoding="utf-8", buffering=WRITE_BUFFER_BYTES)
+        self.stream = self.temporary.open("wb", buffering=WRITE_BUFFER_BYTES)
         return self.stream
 
     def __exit__(self, exc_type, *_):

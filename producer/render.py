@@ -40,8 +40,8 @@ def progress_text(record: JobRecord) -> str:
         if record.val_perplexity is not None:
             text += f", val ppl {record.val_perplexity:.2f}"
         return text
-    return f"{record.prompts_done}/{progress.total if progress.total is not None else '?'} prompts, " \
-           f"{record.words_done} words"
+    return f"{progress.done:,.0f}/{progress.total if progress.total is not None else '?'} lines, " \
+           f"{record.prompts_done} prompts, {record.words_done} words"
 
 
 def pace_text(record: JobRecord, stalled: int = 0) -> str:
@@ -71,14 +71,25 @@ def job_table(records: list[JobRecord], stalled: dict[str, int] | None = None) -
     return "\n".join(lines)
 
 
+def describe_report(data: dict[str, Any]) -> str:
+    """A seed report (SeedReport.to_json or JobRecord.seed_report) in a sentence."""
+    top = ", ".join(f"{word} ({count})" for word, count in data["top_unknown_words"][:5])
+    return (f"{data['lines_valid']} valid line(s), {data['lines_invalid']} invalid; {data['prompts_with_unknown_words']} "
+            f"prompt(s) with unknown words ({data['unknown_word_rate']:.1%} of prompt words{': ' + top if top else ''}); "
+            f"{data['words_to_generate']:,} words to generate" + ("" if data.get("complete", True) else " (so far)"))
+
+
 def job_details(record: JobRecord, history: list[dict[str, Any]], failed_chunks: dict[int, str] | None = None,
-                leases: dict[str, float] | None = None, attempts: dict[str, dict[str, Any]] | None = None) -> str:
+                leases: dict[str, float] | None = None, attempts: dict[str, dict[str, Any]] | None = None,
+                seed_report: dict[str, Any] | None = None) -> str:
     data = record.to_json()
     lines = []
     for key in sorted(data):
         value = json.dumps(data[key]) if isinstance(data[key], dict) else data[key]
         lines.append(f"{key:>16}: {value}")
     lines.append(f"{'progress':>16}: {progress_text(record)}")
+    if seed_report is not None:
+        lines.append(f"{'seed lines':>16}: {describe_report(seed_report)}")
     if leases:
         now = time.time()
         running = ", ".join(f"{member} ({deadline - now:+.0f}s)" for member, deadline in sorted(leases.items())[:10])
@@ -251,16 +262,28 @@ def duration(seconds: float) -> str:
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
+def seed_text(record: JobRecord) -> str:
+    """What the workers found in the seed lines so far, for a progress line ("" when nothing)."""
+    parts = []
+    if record.input_errors:
+        parts.append(f"{record.input_errors:,} bad line(s)")
+    if record.unknown_words and record.prompt_words:
+        parts.append(f"{record.unknown_words / record.prompt_words:.1%} unknown words")
+    return "".join(f", {part}" for part in parts)
+
+
 class GenerateProgress:
-    """Prompts done (or failed) of the job's prompts, words/s and ETA since waiting began: a bar
-    on a terminal; otherwise a plain line every `interval` seconds (a log file reads it)."""
+    """Seed lines done (or failed) of the job's lines, words/s and ETA since waiting began, and
+    what the workers found in the lines so far (bad lines, unknown words): a bar on a terminal;
+    otherwise a plain line every `interval` seconds (a log file reads it)."""
 
     def __init__(self, record: JobRecord, show: bool, clock, log: TextIO = sys.stderr, interval: float = 10.0):
         self.clock, self.show, self.log, self.interval = clock, show, log, interval
         self.first_words, self.first_time = record.words_done, clock()
         self.first_done = record.progress().done
         self.last_line = clock()
-        self.bar = tqdm(total=record.prompts, unit="prompt", desc=f"job {record.id}", smoothing=0.1,
+        self.bar = tqdm(total=record.lines if record.submitted else None, unit="line", desc=f"job {record.id}",
+                        smoothing=0.1,
                         **_bar_options(show))
 
     def update(self, record: JobRecord) -> None:
@@ -272,21 +295,21 @@ class GenerateProgress:
         elapsed = now - self.first_time
         rate = (record.words_done - self.first_words) / elapsed if elapsed > 0 else 0.0
         if elapsed > 0:
-            self.bar.set_postfix_str(f"{rate:,.0f} words/s", refresh=False)
+            self.bar.set_postfix_str(f"{rate:,.0f} words/s{seed_text(record)}", refresh=False)
         if not self.show and (now - self.last_line >= self.interval or record.status.finished):
             self.last_line = now
             print(self.line(record, rate, elapsed), file=self.log, flush=True)
 
     def line(self, record: JobRecord, rate: float, elapsed: float) -> str:
         progress = record.progress()
-        done = f"{progress.done:,.0f}/{progress.total:,} prompts ({progress.fraction:.0%})" if progress.total else \
-            f"{progress.done:,.0f} prompts (submission still open)"
-        prompts_per_second = (progress.done - self.first_done) / elapsed if elapsed > 0 else 0.0
+        done = f"{progress.done:,.0f}/{progress.total:,} lines ({progress.fraction:.0%})" if progress.total else \
+            f"{progress.done:,.0f} lines (submission still open)"
+        lines_per_second = (progress.done - self.first_done) / elapsed if elapsed > 0 else 0.0
         eta = ""
-        if progress.total and prompts_per_second > 0 and not record.status.finished:
-            eta = f", ETA {duration((progress.total - progress.done) / prompts_per_second)}"
+        if progress.total and lines_per_second > 0 and not record.status.finished:
+            eta = f", ETA {duration((progress.total - progress.done) / lines_per_second)}"
         failed = f", {record.chunks_failed} chunk(s) failed" if record.chunks_failed else ""
-        return f"job {record.id}: {record.status.value}, {done}, {rate:,.0f} words/s{eta}{failed}"
+        return f"job {record.id}: {record.status.value}, {done}, {rate:,.0f} words/s{eta}{failed}{seed_text(record)}"
 
     def close(self) -> None:
         self.bar.refresh()

@@ -1,61 +1,45 @@
-"""Read and validate seed files, line by line, streaming.
+"""Seed files as the producer sees them: bytes. The file (or standard input) is read in large
+blocks and cut into chunks of whole lines by byte offsets; a chunk knows its first line number
+and goes to Redis as it is, and the worker that takes it parses its lines (shared.seeds). The
+producer looks at no line on its own: it finds line ends with numpy, a few nanoseconds a byte.
+The one exception is a line too long to be a seed line (over max_line_bytes), which is cut out
+here so that memory stays flat whatever the file holds; it is reported like any bad line.
 
-.txt: one prompt per line, id = 1-based line number, blank lines skipped.
-.jsonl: one object per line: {"id", "prompt"} plus optional words, temperature, top_k, top_p,
-n, seed. A line that cannot be used becomes a SeedError (file, line, what is wrong); the other
-lines go on. A UTF-8 byte order mark at the start of the file is skipped. JSON's non-standard
-NaN, Infinity and -Infinity are rejected: every number must be finite.
-"""
+read_seeds parses a whole file in this process, as `lstmq generate --dry-run` does: the slow
+path, with every rule of shared.seeds, ids included."""
 from __future__ import annotations
 
-import json
 import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
 
 from lstmq.shared.errors import InputError
-from lstmq.shared.messages import PromptItem
-from lstmq.shared.params import GenerationParams, Limits, check_generation_params, prompt_key
-from lstmq.shared.text import has_words
+from lstmq.shared.params import GenerationParams, Limits
+from lstmq.shared.seeds import (BYTE_ORDER_MARK, FORMATS, LocalIds, ParamsChecker, Seed, SeedError,
+                                parse_chunk)
+
+__all__ = ["Seed", "SeedError", "RawChunk", "check_path", "seed_format", "display_name", "read_chunks",
+           "read_seeds", "STDIN", "SUFFIXES"]
 
 SUFFIXES = (".txt", ".jsonl")
-JSONL_FIELDS = ("id", "prompt", *GenerationParams.keys())
-_PARAM_KEYS = GenerationParams.keys()
-_KNOWN_FIELDS = frozenset(JSONL_FIELDS)
-BYTE_ORDER_MARK = b"\xef\xbb\xbf"   # UTF-8 BOM, written by some Windows editors
+STDIN = "-"                  # read the seeds from standard input
+BLOCK_BYTES = 4 << 20        # a seed file is read in blocks this large
+NEWLINE = 10
 
 
-class Seed(NamedTuple):
-    """A usable seed line (a tuple: millions are made, one per line)."""
-    line: int
-    id: Any
-    prompt: str
-    params: GenerationParams
-
-    def item(self) -> PromptItem:
-        """The chunk item stored for the worker."""
-        return PromptItem(line=self.line, id=self.id, prompt=self.prompt, key=prompt_key(self.id), params=self.params)
-
-
-@dataclass(frozen=True)
-class SeedError:
-    path: str
-    line: int
-    id: Any
-    error: str
-
-    def record(self) -> dict[str, Any]:
-        return {"id": self.id, "line": self.line, "error": self.error}
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.error}"
-
-
-STDIN = "-"            # read the seeds from standard input
-FORMATS = ("txt", "jsonl")
+class RawChunk(NamedTuple):
+    """Whole seed lines as the file holds them: `lines` lines from `first_line` on, each ending in
+    a newline (the file's last line may not). `long_lines`: (line, bytes) of the lines over
+    max_line_bytes, left in `data` as empty lines."""
+    first_line: int
+    lines: int
+    data: bytes
+    long_lines: tuple[tuple[int, int], ...] = ()
 
 
 def seed_format(path: str | Path, fmt: str | None = None) -> str:
@@ -86,240 +70,127 @@ def display_name(path: str | Path) -> str:
     return "<stdin>" if str(path) == STDIN else str(path)
 
 
-def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits,
-               fmt: str | None = None) -> Iterator[Seed | SeedError]:
-    """Yield a Seed or a SeedError for every non-blank line, in file order. `path` STDIN ("-")
-    reads standard input (txt unless `fmt` says jsonl). Streams: memory does not grow with the
-    file, but for the ids a .jsonl file sets itself (kept to find duplicates). A line with the
-    job's own parameters gets `defaults`, checked once, as its params (the same object)."""
+def open_seeds(path: str | Path):
+    """A binary stream of the seed file, or of standard input for STDIN (a context manager)."""
+    return nullcontext(sys.stdin.buffer) if str(path) == STDIN else Path(path).open("rb", buffering=0)
+
+
+def read_chunks(stream: BinaryIO, lines_per_chunk: int, max_line_bytes: int, block_bytes: int = BLOCK_BYTES,
+                flush_after: float | None = None, clock: Callable[[], float] = time.monotonic) -> Iterator[RawChunk]:
+    """The stream's lines in chunks of `lines_per_chunk` (the last one may hold fewer), a UTF-8
+    byte order mark at its start dropped. With `flush_after` (seconds), whole lines that waited
+    that long for their chunk to fill go out as a smaller chunk (a slow standard input)."""
+    read = getattr(stream, "read1", stream.read)
+    pending = b""                               # bytes not yet in a chunk
+    ends = np.empty(0, dtype=np.int64)          # offsets just past each newline in `pending`
+    next_line = 1                               # the first line of the next chunk
+    long_lines: list[tuple[int, int]] = []      # over-long lines cut out of `pending`
+    skipping: tuple[int, int] | None = None     # (line, bytes so far) of an over-long line being dropped
+    waiting_since: float | None = None
+    first = True
+    limit = max_line_bytes + 1                  # a line may end in \r\n
+
+    def cut(count: int) -> RawChunk:
+        nonlocal pending, ends, next_line, long_lines
+        end = int(ends[count - 1]) if count <= len(ends) else len(pending)
+        data = pending[:end]
+        lines = count
+        starts = np.concatenate(([0], ends[:count - 1])) if count <= len(ends) else np.concatenate(([0], ends))
+        line_ends = ends[:count] if count <= len(ends) else np.concatenate((ends, [end + 1]))
+        lengths = line_ends - starts - 1
+        chunk_long = [entry for entry in long_lines if entry[0] < next_line + lines]
+        if (lengths > limit).any():   # rare: lines too long for a seed line, cut out here
+            data, more = _cut_long_lines(data, starts, lengths, limit, next_line)
+            chunk_long = sorted(chunk_long + more)
+        long_lines = [entry for entry in long_lines if entry[0] >= next_line + lines]
+        chunk = RawChunk(next_line, lines, data, tuple(chunk_long))
+        pending = pending[end:]
+        ends = ends[count:] - end if count <= len(ends) else np.empty(0, dtype=np.int64)
+        next_line += lines
+        return chunk
+
+    while True:
+        data = read(block_bytes)
+        if first and data:
+            first = False
+            if data.startswith(BYTE_ORDER_MARK):
+                data = data[len(BYTE_ORDER_MARK):]
+        if not data:
+            break
+        if skipping is not None:
+            at = data.find(b"\n")
+            if at < 0:
+                skipping = (skipping[0], skipping[1] + len(data))
+                continue
+            long_lines.append((skipping[0], skipping[1] + at - (1 if data[at - 1:at] == b"\r" else 0)))
+            skipping = None
+            data = data[at:]   # the line stays, empty: its newline keeps the numbering
+        scanned = len(pending)
+        pending += data
+        found = np.flatnonzero(np.frombuffer(pending, dtype=np.uint8, offset=scanned) == NEWLINE)
+        if len(found):
+            ends = np.concatenate((ends, found + (scanned + 1)))
+        tail = len(pending) - (int(ends[-1]) if len(ends) else 0)
+        if tail > limit:   # the line being read is already too long: drop it as it comes
+            skipping = (next_line + len(ends), tail)
+            pending = pending[:len(pending) - tail]
+        while len(ends) >= lines_per_chunk:
+            yield cut(lines_per_chunk)
+            waiting_since = None
+        if len(ends):
+            if waiting_since is None:
+                waiting_since = clock()
+            elif flush_after is not None and clock() - waiting_since >= flush_after:
+                yield cut(len(ends))
+                waiting_since = None
+    if skipping is not None:
+        long_lines.append(skipping)
+        pending += b"\n"
+        ends = np.concatenate((ends, [len(pending)]))
+    while len(ends) >= lines_per_chunk:
+        yield cut(lines_per_chunk)
+    if len(pending):
+        yield cut(len(ends) + (1 if len(pending) > (int(ends[-1]) if len(ends) else 0) else 0))
+
+
+def _cut_long_lines(data: bytes, starts, lengths, limit: int, first_line: int) -> tuple[bytes, list[tuple[int, int]]]:
+    """`data` with each line over `limit` bytes left empty, and (line, bytes) of each."""
+    pieces, cut_out, at = [], [], 0
+    for index in np.flatnonzero(lengths > limit):
+        start, length = int(starts[index]), int(lengths[index])
+        pieces.append(data[at:start])
+        if data[start + length - 1:start + length] == b"\r":
+            length -= 1
+        cut_out.append((first_line + int(index), length))
+        at = start + int(lengths[index])   # the newline stays
+    pieces.append(data[at:])
+    return b"".join(pieces), cut_out
+
+
+def long_line_error(name: str, line: int, size: int, max_line_bytes: int) -> SeedError:
+    return SeedError(name, line, line, f"line is {size} bytes, over max_line_bytes ({max_line_bytes})")
+
+
+def read_seeds(path: str | Path, defaults: GenerationParams, limits: Limits, fmt: str | None = None,
+               lines_per_chunk: int = 4096) -> Iterator[Seed | SeedError]:
+    """Yield a Seed or a SeedError for every non-blank line, in file order, checked here with
+    every rule a worker applies, duplicate ids included: the dry run's slow path. `path` STDIN
+    ("-") reads standard input (txt unless `fmt` says jsonl). Memory does not grow with the file
+    but for the ids a .jsonl file sets itself (kept to find duplicates)."""
     path = check_path(path, fmt)
-    is_jsonl = seed_format(path, fmt) == "jsonl"
-    source = nullcontext(sys.stdin.buffer) if path == STDIN else Path(path).open("rb", buffering=1 << 20)
-    params_for = _ParamsChecker(defaults, limits)
-    with source as stream:
-        if is_jsonl:
-            yield from _read_jsonl(stream, display_name(path), params_for, limits)
-        else:
-            yield from _read_txt(stream, display_name(path), params_for, limits)
-
-
-def _lines(stream) -> Iterator[tuple[int, bytes]]:
-    """(line number, the line without its end of line), the first one without a byte order mark."""
-    for number, raw in enumerate(stream, start=1):
-        raw = raw.rstrip(b"\n").rstrip(b"\r")
-        if number == 1 and raw.startswith(BYTE_ORDER_MARK):
-            raw = raw[len(BYTE_ORDER_MARK):]
-        yield number, raw
-
-
-def _read_txt(stream, name: str, params_for: _ParamsChecker, limits: Limits) -> Iterator[Seed | SeedError]:
-    """A prompt per line; its id is its line number (unique by construction)."""
-    max_line_bytes, max_prompt_chars = limits.max_line_bytes, limits.max_prompt_chars
-    for number, raw in _lines(stream):
-        if len(raw) > max_line_bytes:
-            yield SeedError(name, number, number, f"line is {len(raw)} bytes, over max_line_bytes ({max_line_bytes})")
-            continue
-        try:
-            prompt = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as error:
-            yield SeedError(name, number, number, _utf8_error(raw, error))
-            continue
-        if not prompt:
-            continue
-        if len(prompt) > max_prompt_chars or not has_words(prompt):
-            yield SeedError(name, number, number, _prompt_error(prompt, limits))
-            continue
-        params = params_for.defaults
-        if params is None:
-            try:
-                params = params_for({})
-            except InputError as error:
-                yield SeedError(name, number, number, str(error))
-                continue
-        yield Seed(number, number, prompt, params)
-
-
-def _read_jsonl(stream, name: str, params_for: _ParamsChecker, limits: Limits) -> Iterator[Seed | SeedError]:
-    """An object per line. Ids must be unique: those a line sets are kept (id -> line), those
-    implied by the line number only as a bit per line."""
-    explicit_ids: dict[Any, int] = {}
-    implied_lines = bytearray()   # implied_lines[n] == 1: line n was used with its line number as its id
-    for number, raw in _lines(stream):
-        identifier: Any = None
-        implied = True
-        try:
-            if len(raw) > limits.max_line_bytes:
-                raise InputError(f"line is {len(raw)} bytes, over max_line_bytes ({limits.max_line_bytes})")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InputError(_utf8_error(raw, error)) from None
-            if not text.strip():
-                continue
-            record = _parse_json_object(text)
-            implied = "id" not in record
-            identifier = _check_id(record.get("id", number))
-            prompt = _check_prompt_field(record)
-            overrides = {key: record[key] for key in _PARAM_KEYS if key in record}
-            first = explicit_ids.get(identifier)
-            if first is not None:
-                raise InputError(_duplicate_id_message(identifier, number, implied, first, False))
-            if type(identifier) is int and 0 < identifier < len(implied_lines) and implied_lines[identifier]:
-                raise InputError(_duplicate_id_message(identifier, number, implied, identifier, True))
-            _check_prompt(prompt, limits)
-            params = params_for(overrides)
-        except InputError as error:
-            yield SeedError(name, number, identifier, str(error))
-            continue
-        if implied:
-            if len(implied_lines) <= number:
-                implied_lines.extend(bytes(max(number + 1 - len(implied_lines), len(implied_lines))))
-            implied_lines[number] = 1
-        else:
-            explicit_ids[identifier] = number
-        yield Seed(number, identifier, prompt, params)
-
-
-class _ParamsChecker:
-    """A line's parameters, checked: the job's defaults with the line's overrides. The defaults
-    alone are checked once (`defaults`, None when they do not pass); overrides are remembered by
-    their values and types (a file repeats a few combinations many times)."""
-
-    CACHE_LIMIT = 4096
-
-    def __init__(self, defaults: GenerationParams, limits: Limits):
-        self.base, self.limits = defaults.to_dict(), limits
-        self.cache: dict[tuple, GenerationParams | str] = {}
-        try:
-            self.defaults: GenerationParams | None = check_generation_params(self.base, limits)
-        except InputError:
-            self.defaults = None
-
-    def __call__(self, overrides: dict[str, Any]) -> GenerationParams:
-        if not overrides and self.defaults is not None:
-            return self.defaults
-        try:
-            key = tuple((name, type(value), value) for name, value in overrides.items())
-            hash(key)
-        except TypeError:   # a list or an object as a value: not cached (and an error below)
-            return check_generation_params({**self.base, **overrides}, self.limits)
-        checked = self.cache.get(key)
-        if checked is None:
-            try:
-                checked = check_generation_params({**self.base, **overrides}, self.limits)
-            except InputError as error:
-                checked = str(error)
-            if len(self.cache) >= self.CACHE_LIMIT:
-                self.cache.clear()
-            self.cache[key] = checked
-        if isinstance(checked, str):
-            raise InputError(checked)
-        return checked
-
-
-def _prompt_error(prompt: str, limits: Limits) -> str:
-    try:
-        _check_prompt(prompt, limits)
-    except InputError as error:
-        return str(error)
-    raise AssertionError("the prompt passed its checks")
-
-
-def _utf8_error(raw: bytes, error: UnicodeDecodeError) -> str:
-    return f"not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
-
-
-def _duplicate_id_message(identifier: Any, line: int, implied: bool, first_line: int, first_implied: bool) -> str:
-    """Why `identifier` on `line` clashes with the same id on `first_line`, saying which id came from a line number."""
-    if not implied and not first_implied:
-        return f"duplicate id {identifier!r} (first used on line {first_line})"
-    if implied:
-        return (f"duplicate id {identifier!r} (line {line} has no \"id\", so its id is its line number; "
-                f"line {first_line} set \"id\": {json.dumps(identifier)})")
-    return (f"duplicate id {identifier!r} (line {first_line} has no \"id\", so its id is its line number; "
-            f"line {line} sets \"id\": {json.dumps(identifier)})")
-
-
-class _NonFinite:
-    """Stands in for a NaN, Infinity or -Infinity that json.loads met, so that it can be reported."""
-
-    def __init__(self, constant: str) -> None:
-        self.constant = constant
-
-
-def _parse_json_object(text: str) -> dict[str, Any]:
-    non_finite: list[_NonFinite] = []
-
-    def parse_constant(constant: str) -> _NonFinite:
-        # json.loads accepts NaN, Infinity and -Infinity, which are not JSON: remember them, reject below
-        non_finite.append(_NonFinite(constant))
-        return non_finite[-1]
-
-    try:   # parse_constant is only ever called where the text holds one of those words
-        record = (json.loads(text, parse_constant=parse_constant) if "NaN" in text or "Infinity" in text
-                  else json.loads(text))
-    except json.JSONDecodeError as error:
-        raise InputError(f"not valid JSON: {error.msg} at column {error.colno}") from None
-    except ValueError as error:   # e.g. an integer over Python's 4300-digit conversion limit
-        raise InputError(f"not valid JSON: {error}") from None
-    except RecursionError:
-        raise InputError("not valid JSON: arrays or objects nested too deeply") from None
-    if non_finite:
-        _reject_non_finite(text, record, non_finite[0])
-    if not isinstance(record, dict):
-        raise InputError(f"expected a JSON object like {{\"id\": 1, \"prompt\": \"...\"}}, got {type(record).__name__}")
-    unknown = [key for key in record if key not in _KNOWN_FIELDS]
-    if unknown:
-        raise InputError(f"unknown field {unknown[0]!r} (fields: {', '.join(JSONL_FIELDS)})")
-    return record
-
-
-def _reject_non_finite(text: str, record: Any, first: _NonFinite) -> None:
-    """Raise InputError for the first NaN or Infinity on the line, naming its field and column."""
-    column = _constant_column(text, first.constant)
-    where = f" at column {column}" if column else ""
-    if isinstance(record, dict):
-        for key, value in record.items():
-            if value is first and key in GenerationParams.keys():
-                raise InputError(f"field {key!r} must be a finite number, got {first.constant}{where}")
-    raise InputError(f"not valid JSON: {first.constant}{where} (JSON numbers must be finite)")
-
-
-def _constant_column(text: str, constant: str) -> int | None:
-    """The 1-based column of the first `constant` outside a JSON string, or None.
-    json.loads reads left to right, so the first one it met is the first one outside strings."""
-    in_string = escaped = False
-    for index, character in enumerate(text):
-        if in_string:
-            if escaped:
-                escaped = False
-            elif character == "\\":
-                escaped = True
-            elif character == '"':
-                in_string = False
-        elif character == '"':
-            in_string = True
-        elif text.startswith(constant, index):
-            return index + 1
-    return None
-
-
-def _check_id(identifier: Any) -> Any:
-    if isinstance(identifier, bool) or not isinstance(identifier, (str, int)):
-        raise InputError(f"field 'id' must be a string or an integer, got {json.dumps(identifier)}")
-    return identifier
-
-
-def _check_prompt_field(record: dict[str, Any]) -> str:
-    if "prompt" not in record:
-        raise InputError("missing field 'prompt'")
-    if not isinstance(record["prompt"], str):
-        raise InputError(f"field 'prompt' must be a string, got {json.dumps(record['prompt'])}")
-    return record["prompt"]
-
-
-def _check_prompt(prompt: str, limits: Limits) -> None:
-    if len(prompt) > limits.max_prompt_chars:
-        raise InputError(f"prompt is {len(prompt)} characters, over max_prompt_chars ({limits.max_prompt_chars})")
-    if not has_words(prompt):
-        raise InputError("prompt has no words (only spaces or punctuation)")
+    fmt = seed_format(path, fmt)
+    name = display_name(path)
+    params_for = ParamsChecker(defaults, limits)
+    ids = LocalIds() if fmt == "jsonl" else None
+    with open_seeds(path) as stream:
+        for chunk in read_chunks(stream, lines_per_chunk, limits.max_line_bytes):
+            long_lines = iter(chunk.long_lines)
+            cut_out = next(long_lines, None)
+            for entry in parse_chunk(chunk.data, chunk.first_line, fmt, name, params_for, limits, ids):
+                while cut_out is not None and cut_out[0] < entry.line:
+                    yield long_line_error(name, *cut_out, limits.max_line_bytes)
+                    cut_out = next(long_lines, None)
+                yield entry
+            while cut_out is not None:
+                yield long_line_error(name, *cut_out, limits.max_line_bytes)
+                cut_out = next(long_lines, None)

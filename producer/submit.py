@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import ExitStack
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,21 +13,22 @@ from typing import Any
 
 import redis
 
-from lstmq.producer.seeds import Seed, SeedError, check_path, display_name, read_seeds
+from lstmq.producer.render import describe_report
+from lstmq.producer.seeds import (Seed, SeedError, check_path, display_name, long_line_error, open_seeds, read_chunks,
+                                  read_seeds, seed_format)
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError
 from lstmq.shared.messages import ROUTES, Dispatcher, JobKind
-from lstmq.shared.store import JobStatus, Store, check_model_name
-from lstmq.shared.store.chunks import ChunkBuilder
+from lstmq.shared.store import Store, check_model_name
+from lstmq.shared.store.chunks import pack_input
 from lstmq.shared.artifact import read_artifact
-from lstmq.shared.params import GenerationParams
+from lstmq.shared.params import GenerationParams, check_generation_params
 from lstmq.shared.text import Vocabulary, words
 
 MIN_CORPUS_LINES = 2
 RENEW_SUBMISSION_S = 2.0   # how often a long submission renews its deadline between chunks
-PIPELINE_PROMPTS = 8192    # prompts' chunks stored per Redis round trip (their messages follow)
+PIPELINE_LINES = 65536     # seed lines' chunks stored per Redis round trip (their messages follow)
 PIPELINE_CHUNKS_MAX = 64   # and at most this many chunks
-OVERRIDES_CACHE_LIMIT = 4096   # distinct per-line parameter sets remembered while submitting
 FLUSH_AFTER_S = 0.5        # a slow input (standard input) still sends each finished chunk within this long
 
 
@@ -43,34 +45,24 @@ TOP_UNKNOWN = 10
 
 
 class SeedReport:
-    """What a seed file holds, checked against the pinned model's vocabulary: valid and invalid
-    lines, prompts with words the model does not know, the unknown-word rate and the most
-    frequent unknown words, and how many words the job would generate."""
+    """What a seed file holds, checked against the pinned model's vocabulary in this process (a
+    dry run): valid and invalid lines, prompts with words the model does not know, the unknown-word
+    rate and the most frequent unknown words, and how many words the job would generate. A real
+    run gets the same figures from its workers (JobRecord.seed_report)."""
 
     def __init__(self, vocabulary: Vocabulary):
         self.vocabulary = vocabulary
         self.valid = self.invalid = self.prompts_with_unknown = self.words = self.unknown = 0
         self.words_to_generate = 0
         self.unknown_counts: Counter[str] = Counter()
-        self._encoded: dict[str, tuple[int, tuple[str, ...]]] = {}   # prompt -> (words, unknown words)
-
-    CACHE_LIMIT = 50_000        # prompts whose word counts are remembered (a file repeats short prompts)
-    CACHED_PROMPT_CHARS = 64    # longer prompts are not remembered
 
     def add(self, entry: Seed | SeedError) -> None:
         if isinstance(entry, SeedError):
             self.invalid += 1
             return
         self.valid += 1
-        prompt = entry.prompt
-        counted = self._encoded.get(prompt)
-        if counted is None:
-            ids, unknown = self.vocabulary.encode(prompt)
-            counted = (len(ids), tuple(unknown))
-            if len(prompt) <= self.CACHED_PROMPT_CHARS and len(self._encoded) < self.CACHE_LIMIT:
-                self._encoded[prompt] = counted
-        words, unknown = counted
-        self.words += words
+        ids, unknown = self.vocabulary.encode(entry.prompt)
+        self.words += len(ids)
         if unknown:
             self.unknown += len(unknown)
             self.prompts_with_unknown += 1
@@ -82,15 +74,12 @@ class SeedReport:
         return {"lines_valid": self.valid, "lines_invalid": self.invalid,
                 "prompts_with_unknown_words": self.prompts_with_unknown,
                 "unknown_word_rate": round(self.unknown / self.words, 4) if self.words else 0.0,
-                "top_unknown_words": [[word, count] for word, count in self.unknown_counts.most_common(TOP_UNKNOWN)],
-                "words_to_generate": self.words_to_generate}
+                "top_unknown_words": [[word, count] for word, count in sorted(
+                    self.unknown_counts.items(), key=lambda pair: (-pair[1], pair[0]))[:TOP_UNKNOWN]],
+                "words_to_generate": self.words_to_generate, "complete": True}
 
     def describe(self) -> str:
-        data = self.to_json()
-        top = ", ".join(f"{word} ({count})" for word, count in data["top_unknown_words"][:5])
-        return (f"{self.valid} valid line(s), {self.invalid} invalid; {self.prompts_with_unknown} prompt(s) with "
-                f"unknown words ({data['unknown_word_rate']:.1%} of prompt words{': ' + top if top else ''}); "
-                f"{self.words_to_generate:,} words to generate")
+        return describe_report(self.to_json())
 
 
 @dataclass(frozen=True)
@@ -98,11 +87,12 @@ class GenerateSubmission:
     job: str | None                 # None for a dry run (nothing was submitted)
     model: str                      # NAME@VERSION, pinned for the whole job
     seed: int                       # the job's default seed (recorded in every output line)
-    lines: int = 0                  # non-blank seed lines read
-    prompts: int = 0
+    lines: int = 0                  # seed lines read (a dry run: non-blank ones)
+    prompts: int | None = None      # usable lines: known to a dry run; a real run's workers count them
     chunks: int = 0
-    bad_lines: list[SeedError] = field(default_factory=list)
+    bad_lines: list[SeedError] = field(default_factory=list)   # a dry run: every bad line; else lines too long to send
     report: SeedReport | None = None
+    bytes: int = 0                  # seed bytes sent
 
 
 def read_corpus(path: str | Path, settings: Settings) -> bytes:
@@ -156,7 +146,8 @@ def job_defaults(settings: Settings) -> GenerationParams:
 
 def dry_run(store: Store, settings: Settings, seeds: str | Path, model_spec: str,
             fmt: str | None = None) -> GenerateSubmission:
-    """Check every line against the pinned model version; store and send nothing."""
+    """Check every line against the pinned model version in this process, as a worker would;
+    store and send nothing. The slow path: a real run leaves the lines to the workers."""
     check_path(seeds, fmt)
     name, version = store.registry.resolve(model_spec)
     defaults = job_defaults(settings)
@@ -172,9 +163,9 @@ def dry_run(store: Store, settings: Settings, seeds: str | Path, model_spec: str
 
 
 def chunk_size_for(store: Store, settings: Settings) -> int:
-    """Prompts per chunk: the chunk_size setting, or chunk_size_gpu when it was left at its default
-    and a GPU worker consumes the generate queue (a GPU decodes a chunk of the CPU's size in a few
-    milliseconds, so the per-task costs would dominate)."""
+    """Seed lines per chunk: the chunk_size setting, or chunk_size_gpu when it was left at its
+    default and a GPU worker consumes the generate queue (a GPU decodes a chunk of the CPU's size
+    in a few milliseconds, so the per-task costs would dominate)."""
     from lstmq.shared.config import default_file
 
     if settings.sources.get("chunk_size") != str(default_file()):
@@ -190,101 +181,81 @@ def chunk_size_for(store: Store, settings: Settings) -> int:
 
 def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, seeds: str | Path, model_spec: str,
                     on_created: Callable[[str], None] | None = None, fmt: str | None = None) -> GenerateSubmission:
-    """Pin the model version, stream the seed file into chunks and send a task as each chunk
-    fills (workers start early). Bad lines are kept in the job (and returned), good lines go on.
-    `on_created(job_id)` runs once the job exists, before the first chunk is sent.
+    """Pin the model version and stream the seed file's bytes into chunks of whole lines, sending a
+    task as each chunk is stored (workers start early). No line is parsed here: the workers parse,
+    check and count them (the seed report comes from them, JobRecord.seed_report). A line too long
+    to be a seed line is cut out and kept in the job as a bad line. `on_created(job_id)` runs once
+    the job exists: when the first chunk with anything but blank lines is ready, before it is sent.
 
     While it streams, the submission renews a deadline (submission_timeout ahead): if the
     producer dies, whoever looks at the job after that deadline fails it ("submission
     interrupted after N lines") and the chunks already sent are cancelled (workers skip them).
-    A file with no usable line ends the job failed and raises InputError."""
-    check_path(seeds, fmt)
+    A file with nothing but blank lines raises NoPrompts, and no job is made."""
+    path = check_path(seeds, fmt)
+    fmt = seed_format(path, fmt)
     name, version = store.registry.resolve(model_spec)
     defaults = job_defaults(settings)
-    report = SeedReport(model_vocabulary(store, name, version))
-    job_id = store.jobs.create(JobKind.GENERATE, defaults, model_name=name, version=version, model=f"{name}@{version}",
-                               seeds_file=display_name(seeds),
-                               submit_deadline=time.time() + settings.submission_timeout)
-    if on_created:
-        on_created(job_id)
-    bad_lines: list[SeedError] = []
-    default_values = defaults.to_dict()
+    limits = settings.limits()
+    check_generation_params(defaults.to_dict(), limits, "settings")   # else every line would fail the same way
     chunk_size = chunk_size_for(store, settings)
-    chunks_per_round_trip = min(max(PIPELINE_PROMPTS // chunk_size, 1), PIPELINE_CHUNKS_MAX)
-    builder = ChunkBuilder(default_values)
-    pending: list[tuple[int, bytes, int]] = []   # encoded chunks not yet stored: (index, payload, prompts)
-    chunks = prompts = lines = 0
-    overrides_of: dict[int, tuple[GenerationParams, dict[str, Any] | None]] = {}   # id(params) -> (params, overrides)
+    chunks_per_round_trip = min(max(PIPELINE_LINES // chunk_size, 1), PIPELINE_CHUNKS_MAX)
+    source = display_name(seeds)
+    job_id: str | None = None
+    pending: list[tuple[int, bytes, int]] = []   # packed chunks not yet stored: (index, payload, lines)
+    pending_errors: list[dict[str, Any]] = []
+    bad_lines: list[SeedError] = []
+    chunks = lines = lines_sent = sent_bytes = 0   # lines: read; lines_sent: in the chunks sent
     renewed = time.monotonic()
-    add_to_report, add_to_chunk, monotonic = report.add, builder.add, time.monotonic
-    with dispatcher.chunks(job_id) as send:
+    with ExitStack() as stack:
+        stream = stack.enter_context(open_seeds(path))
+        send = None
+
         def flush() -> None:
-            """Store the pending chunks in one round trip, then send their messages."""
-            nonlocal pending, renewed
-            store.jobs.put_chunks(job_id, pending, lines, time.time() + settings.submission_timeout)
-            for index, _payload, _count in pending:
+            """Store the pending chunks (and the bad lines found in them) in one round trip, then send their messages."""
+            nonlocal pending, pending_errors, renewed
+            if pending_errors:
+                store.jobs.add_input_errors(job_id, pending_errors)
+            store.jobs.put_chunks(job_id, pending, lines_sent, time.time() + settings.submission_timeout)
+            for index, _payload, _lines in pending:
                 send(index)
-            pending, renewed = [], time.monotonic()
+            pending, pending_errors, renewed = [], [], time.monotonic()
 
-        def close_chunk() -> None:
-            nonlocal builder, add_to_chunk, chunks
-            pending.append((chunks, builder.encode(), len(builder)))
+        for raw in read_chunks(stream, chunk_size, limits.max_line_bytes, flush_after=FLUSH_AFTER_S):
+            lines = raw.first_line + raw.lines - 1
+            if not raw.long_lines and (not raw.data or raw.data.isspace()):   # blank lines only: nothing to do
+                if job_id is not None and time.monotonic() - renewed > RENEW_SUBMISSION_S:
+                    store.jobs.keep_submitting(job_id, lines_sent, time.time() + settings.submission_timeout)
+                    renewed = time.monotonic()
+                continue
+            if job_id is None:
+                job_id = store.jobs.create(JobKind.GENERATE, defaults, model_name=name, version=version,
+                                           model=f"{name}@{version}", seeds_file=source, seed_format=fmt,
+                                           submit_deadline=time.time() + settings.submission_timeout)
+                if on_created:
+                    on_created(job_id)
+                send = stack.enter_context(dispatcher.chunks(job_id))
+            for line, size in raw.long_lines:
+                bad_line = long_line_error(source, line, size, limits.max_line_bytes)
+                bad_lines.append(bad_line)
+                pending_errors.append({**bad_line.record(), "chunk": chunks})
+            pending.append((chunks, pack_input(raw.first_line, raw.lines, raw.data), raw.lines))
+            sent_bytes += len(raw.data)
+            lines_sent += raw.lines
             chunks += 1
-            builder = ChunkBuilder(default_values)
-            add_to_chunk = builder.add
-            if len(pending) >= chunks_per_round_trip:
+            if len(pending) >= chunks_per_round_trip or time.monotonic() - renewed > FLUSH_AFTER_S:
                 flush()
-
-        for entry in read_seeds(seeds, defaults, settings.limits(), fmt):
-            lines += 1
-            add_to_report(entry)
-            if type(entry) is Seed:
-                params = entry.params   # lines with the same parameters share one object (read_seeds)
-                known = overrides_of.get(id(params))
-                if known is None or known[0] is not params:
-                    if len(overrides_of) >= OVERRIDES_CACHE_LIMIT:
-                        overrides_of.clear()
-                    known = overrides_of[id(params)] = (params, _overrides(params, default_values))
-                add_to_chunk(entry.line, entry.id, entry.prompt, known[1])
-                prompts += 1
-                if len(builder) >= chunk_size:
-                    close_chunk()
-            else:
-                bad_lines.append(entry)
-            waited = monotonic() - renewed
-            if waited > FLUSH_AFTER_S and (pending or waited > RENEW_SUBMISSION_S):
-                if pending:     # a slow input: what is ready goes out now
-                    flush()
-                else:
-                    store.jobs.keep_submitting(job_id, lines, time.time() + settings.submission_timeout)
-                    renewed = monotonic()
-        if len(builder):
-            close_chunk()
         if pending:
             flush()
-    store.jobs.add_input_errors(job_id, [error.record() for error in bad_lines])
-    submission = GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
-                                    prompts=prompts, chunks=chunks, bad_lines=bad_lines, report=report)
-    if prompts == 0:
-        reason = (f"{display_name(seeds)}: no usable line ({len(bad_lines)} bad line(s))" if bad_lines
-                  else f"{display_name(seeds)}: no prompt in the file (it is empty or holds only blank lines)")
-        store.jobs.finish(job_id, JobStatus.FAILED, error=reason)
-    store.jobs.finish_submission(job_id, chunks=chunks, prompts=prompts, input_errors=len(bad_lines), lines=lines)
-    if prompts == 0:
-        raise NoPrompts(reason, submission)
-    return submission
-
-
-def _overrides(params: GenerationParams, default_values: dict[str, Any]) -> dict[str, Any] | None:
-    """The parameters of a line that differ from the job's (None when none do)."""
-    values = params.to_dict()
-    changed = {key: value for key, value in values.items()
-               if default_values.get(key) != value or type(default_values.get(key)) is not type(value)}
-    return changed or None
+    if job_id is None:
+        raise NoPrompts(f"{source}: no prompt in the file (it is empty or holds only blank lines); no job was made",
+                        GenerateSubmission(job=None, model=f"{name}@{version}", seed=defaults.seed, lines=lines))
+    store.jobs.finish_submission(job_id, chunks=chunks, lines=lines_sent)
+    return GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
+                              chunks=chunks, bad_lines=bad_lines, bytes=sent_bytes)
 
 
 class NoPrompts(InputError):
-    """A seed file with no usable line: the job ends failed; `submission` says what was read."""
+    """A seed file with no usable line: `submission` says what was read."""
 
     def __init__(self, message: str, submission: GenerateSubmission):
         super().__init__(message)

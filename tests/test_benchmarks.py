@@ -78,9 +78,10 @@ def test_quick_decode_throughput():
 
 def test_quick_worker_overhead():
     (table,) = tables_of(run_quick("worker_overhead"), 1)
-    rows = check_table(table, ["chunk", "task s", "decoder s", "host us/prompt", "task words/s",
-                               "decoder-only words/s", "task/decoder-only"])
-    assert [row["chunk"] for row in rows] == ["256", "1,024"]
+    rows = check_table(table, ["format", "chunk", "task s", "decoder s", "host us/prompt", "task words/s",
+                               "decoder-only words/s", "task/decoder-only"], text=["format"])
+    assert [(row["format"], row["chunk"]) for row in rows] == [("txt", "256"), ("txt", "1,024"), ("jsonl", "256"),
+                                                               ("jsonl", "1,024")]
 
 
 def test_quick_end_to_end():

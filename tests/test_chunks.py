@@ -1,87 +1,88 @@
-"""The chunk codec (lstmq.shared.store.chunks): pure, no Redis. What the producer writes is what
-a worker reads, column by column; what a worker writes is what the producer collects."""
+"""The chunk codec (lstmq.shared.store.chunks) and the output lines (lstmq.shared.output): pure,
+no Redis. What the producer stores is the seed file's bytes; what a worker stores is finished
+JSONL that the producer concatenates."""
 import json
 
 import pytest
 
 from lstmq.shared.config import load_settings
-from lstmq.shared.messages import PromptItem
-from lstmq.shared.params import prompt_key
-from lstmq.shared.store.chunks import (FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB, ChunkBuilder, ChunkInput, ChunkResult,
-                                       encode_items, encode_results, unpack)
+from lstmq.shared.output import LineWriter
+from lstmq.shared.store.chunks import (INPUT_FORMAT, PLAIN, ZSTD, ChunkInput, ChunkOutput, ChunkResult,
+                                       LogprobHistogram, compress, decompress, pack_input, unpack_input)
 
 GENERATION = load_settings(environ={}).generation_params().replace(seed=1)
 
 
-def chunk_items(params_for_line):
-    """Item dicts with odd ids and prompts (non-ASCII, quotes, tabs, long), lines with gaps."""
-    odd_ids = {3: "trois", 4: -7, 5: None, 6: -(2**63), 7: "", 8: "8", 9: 2**64 - 1}
-    items = []
-    for line in [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 20]:   # a gap: blank or bad lines between
-        identifier = odd_ids.get(line, line)
-        prompt = {1: "Sherlock «Holmes» — 福尔摩斯 🕵", 2: 'quote " and \\ back\tslash', 11: "x" * 300}.get(line, f"word{line}")
-        items.append(PromptItem(line, identifier, prompt, prompt_key(identifier), params_for_line(line)).to_dict())
-    return items
+def test_a_chunk_input_is_the_seed_bytes_packed():
+    data = "".join(f"Sherlock «Holmes» {i} — 福尔摩斯\r\n" for i in range(300)).encode()
+    raw = pack_input(1_000_001, 300, data)
+    assert raw[:1] == INPUT_FORMAT and len(raw) < len(data) / 4
+    assert unpack_input(raw) == (1_000_001, 300, data)
+    tiny = pack_input(1, 1, b"a\n")      # too small to pay: kept as it is
+    assert tiny.endswith(PLAIN + b"a\n") and unpack_input(tiny) == (1, 1, b"a\n")
 
 
-def test_chunk_items_round_trip_in_the_compact_format():
-    special = GENERATION.replace(words=3, temperature=0.7, top_k=5, n=2)
-    items = chunk_items(lambda line: special if line in (2, 12) else (GENERATION.replace(seed=9) if line == 4 else GENERATION))
-    raw = encode_items(items)
-    assert raw[:1] in (FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB) and len(raw) < len(json.dumps(items)) / 3
-    columns = ChunkInput.decode(raw)
-    assert columns.items() == items                   # what a worker reads: the same dicts, keys and all
-    assert columns.lines == [item["line"] for item in items] and columns.ids == [item["id"] for item in items]
-    assert sorted(columns.overrides) == [1, 3, 10]    # only the prompts whose parameters differ
-    assert columns.overrides[3] == {"seed": 9} and columns.params(0) is columns.defaults
+def test_compression_is_used_only_where_it_pays():
+    text = b"the door was open " * 100
+    assert compress(text)[:1] == ZSTD and decompress(compress(text)) == text
+    noise = bytes(range(256)) * 2
+    import os
+    random_bytes = os.urandom(4096)
+    assert compress(random_bytes)[:1] == PLAIN and decompress(compress(random_bytes)) == random_bytes
+    assert decompress(compress(noise)) == noise
+    with pytest.raises(ValueError, match="unknown codec"):
+        decompress(b"\x09abc")
 
 
-def test_an_id_beyond_64_bits_round_trips():
-    """A .jsonl id may be any integer; msgpack holds 64 bits, the codec keeps the rest as digits."""
-    items = chunk_items(lambda line: GENERATION)
-    items[0] = {**items[0], "id": 2**70, "key": prompt_key(2**70)}
-    items[1] = {**items[1], "id": -(2**90), "key": prompt_key(-(2**90))}
-    assert ChunkInput.decode(encode_items(items)).items() == items
+def test_a_chunk_output_round_trips_with_its_histogram():
+    histogram = LogprobHistogram()
+    for logprob in (-1.23456, -1.23456, -0.5, -45.0, float("nan")):
+        histogram.add(logprob, round(logprob, 4))
+    out = "".join(json.dumps({"id": i, "continuation": "é 福"}, ensure_ascii=False) + "\n" for i in range(200)).encode()
+    output = ChunkOutput(7, 210, out, 200, b'{"id": 9, "line": 9, "error": "x"}\n', 1, histogram.to_value())
+    back = ChunkOutput.unpack(output.pack())
+    assert (back.first_line, back.count, back.out, back.lines, back.err, back.errors) == (7, 210, out, 200,
+                                                                                         output.err, 1)
+    assert back.hist["lines"] == 4 and back.hist["outside"] == [[-45.0, 1]] or back.hist["outside"] == [(-45.0, 1)]
 
 
-def test_a_txt_chunk_keeps_no_ids_and_no_parameters_per_prompt():
-    builder = ChunkBuilder(GENERATION.to_dict())
-    for line in [*range(1, 200), *range(250, 300)]:
-        builder.add(line, line, "the")
-    value = unpack(builder.encode())
-    assert value["lines"] == [1, 199, 250, 50] and "ids" not in value and "overrides" not in value
-    decoded = ChunkInput.decode(builder.encode())
-    assert decoded.ids == decoded.lines == [*range(1, 200), *range(250, 300)]
-
-
-def test_chunk_results_round_trip_in_the_compact_format():
-    results = [{"unknown": [], "samples": ["the door"], "logprobs": [-1.23455]},
-               {"error": "prompt has no words"},
-               {"unknown": ["zzyzx", "ünïcode"], "samples": ["a b", "c d", "é 福"], "logprobs": [-0.5, -2.0, -11.99999]},
-               {"unknown": [], "samples": ["no score"]},
-               {"unknown": [], "samples": [], "logprobs": []}]
-    raw = encode_results(results)
-    assert len(raw) < len(json.dumps(results))
-    decoded = ChunkResult.decode(raw).results()
-    assert decoded[0] == results[0] and decoded[1] == results[1] and decoded[2] == results[2]
-    assert decoded[3] == {"unknown": [], "samples": ["no score"], "logprobs": [None]} and decoded[4] == results[4]
-    # logprobs that are not 5-decimal values (or not finite) are kept exactly, as floats
-    odd = [{"unknown": [], "samples": ["x"], "logprobs": [-0.123456789]},
-           {"unknown": [], "samples": ["y"], "logprobs": [float("-inf")]}]
-    assert ChunkResult.decode(encode_results(odd)).results() == odd
-    # one sample per prompt, no errors: no per-prompt counts are kept
-    plain = [{"unknown": [], "samples": [f"w{index}"], "logprobs": [-index / 8]} for index in range(300)]
-    raw = encode_results(plain)
-    assert "counts" not in unpack(raw) and ChunkResult.decode(raw).results() == plain
-    # columns (what a worker builds, no dict per item): the same stored form
-    columns = ChunkResult(["a", "b"], None, [-0.5, -1.25], {1: ["zz"]}, {})
-    assert len(columns) == 2 and ChunkResult.decode(columns.encode()).results() == [
-        {"unknown": [], "samples": ["a"], "logprobs": [-0.5]}, {"unknown": ["zz"], "samples": ["b"], "logprobs": [-1.25]}]
-
-
-@pytest.mark.parametrize("raw", [b'[{"line": 1}]', b"\x07junk", b""])
+@pytest.mark.parametrize("raw", [b'[{"line": 1}]', b"\x07junk", b"\x01\x93", b""])
 def test_anything_but_a_stored_chunk_is_refused_with_a_reason(raw):
     with pytest.raises(ValueError, match="not a stored chunk"):
-        ChunkInput.decode(raw)
+        unpack_input(raw)
     with pytest.raises(ValueError, match="not a stored chunk"):
-        ChunkResult.decode(raw)
+        ChunkOutput.unpack(raw)
+
+
+def test_output_lines_are_what_json_dumps_writes():
+    """The worker writes each line by template; it must be byte for byte json.dumps(record,
+    ensure_ascii=False), with odd ids and prompts (non-ASCII, quotes, tabs), per-prompt
+    parameters, several samples, a failed prompt and a missing logprob."""
+    defaults = GENERATION.to_dict()
+    special = {**defaults, "words": 3, "temperature": 0.7, "top_k": 5, "n": 2}
+    ids = [1, "trois", -7, "", "8", 2**70, 7]
+    prompts = ["Sherlock «Holmes» — 福尔摩斯 🕵", 'quote " and \\ back\tslash', "x" * 300, "a", "b", "c", "d"]
+    chunk = ChunkInput([1, 2, 3, 4, 5, 6, 9], ids, prompts, defaults, {1: {"words": 3, "temperature": 0.7, "top_k": 5,
+                                                                         "n": 2}, 5: {"seed": 99}})
+    samples = ["s0", "s1a", "s1b", "s2 «ü»", "s4", "s5", "s6"]
+    counts = [1, 2, 1, 0, 1, 1, 1]
+    logprobs = [-1.23456, -0.5, -2.0, -11.99999, None, -3.0, -0.00001]
+    result = ChunkResult(samples, counts, logprobs, {2: ["zzyzx", "ünï"]}, {3: "prompt has no words"})
+    histogram = LogprobHistogram()
+    text, count = LineWriter("m@1").lines(chunk, result, histogram)
+    expected, at = [], 0
+    for position, (identifier, prompt) in enumerate(zip(ids, prompts)):
+        if position == 3:
+            continue
+        params = {**defaults, **chunk.overrides.get(position, {})}
+        for sample in range(counts[position]):
+            logprob = logprobs[at]
+            expected.append(json.dumps({"id": identifier, "prompt": prompt, "continuation": samples[at], "model": "m@1",
+                                        "seed": params["seed"], "sample": sample,
+                                        "params": {key: value for key, value in params.items() if key != "seed"},
+                                        "unknown_words": ["zzyzx", "ünï"] if position == 2 else [],
+                                        "logprob": None if logprob is None else round(logprob, 4)},
+                                       ensure_ascii=False) + "\n")
+            at += 1
+    assert text == "".join(expected) and count == len(expected) == 7
+    assert histogram.lines == 6 and special["n"] == 2   # one line has no logprob

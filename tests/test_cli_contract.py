@@ -52,11 +52,12 @@ def test_every_command_prints_json_its_schema_accepts(cli, tmp_path):
     seeds.write_text("the door opened\n...\nholmes said\n")
     detached = check("generate", cli("generate", seeds, "--model", "contract", "--detach", "--json", "-o",
                                      tmp_path / "d.jsonl", check=False).stdout)
-    assert detached["status"] in ("queued", "running", "succeeded") and detached["bad_lines"] == 1
-    assert detached["check"]["lines_valid"] == 2 and detached["errors_file"].endswith("d.errors.jsonl")
+    assert detached["status"] in ("queued", "running", "succeeded") and detached["lines"] == 3
+    assert detached["errors_file"] is None              # the workers check the lines: collect writes the errors
     job = detached["job"]
     collected = check("collect", cli("collect", job, "-o", tmp_path / "out.jsonl", "--json", check=False).stdout)
     assert collected["lines"] == 2 and collected["bad_lines"] == 1 and collected["status"] == "succeeded"
+    assert collected["check"]["lines_valid"] == 2 and collected["errors_file"].endswith("out.errors.jsonl")
     waiting = check("generate", cli("generate", seeds, "--model", "contract", "-o", tmp_path / "w.jsonl", "--json",
                                     check=False).stdout)
     assert set(waiting) == set(collected)
@@ -122,15 +123,37 @@ def test_a_dry_run_checks_the_file_and_sends_nothing(cli, tmp_path):
     assert "3 valid line(s), 1 invalid" in text and "zzyzx (2)" in text
 
 
+def test_the_workers_find_what_a_dry_run_finds(cli, tmp_path):
+    """A real run checks the lines on the workers, chunk by chunk (here two lines a chunk): the
+    same seed report and the same bad lines as a dry run, duplicate ids across chunks included."""
+    seeds = tmp_path / "night.jsonl"
+    seeds.write_text("\n".join([json.dumps({"id": "a", "prompt": "holmes said the door"}),
+                                json.dumps({"prompt": "zzyzx qwerty holmes", "words": 3, "n": 2}),
+                                json.dumps({"id": "b", "prompt": 5}), "", json.dumps({"id": 2, "prompt": "the door"}),
+                                json.dumps({"id": "a", "prompt": "zzyzx again"}), "{not json",
+                                json.dumps({"id": "c", "prompt": "my dear watson", "temperature": float("nan")})])
+                     + "\n")
+    dry = cli("generate", seeds, "--model", "contract", "--dry-run", "--json", "-o", tmp_path / "dry.jsonl", check=False)
+    real = cli("generate", seeds, "--model", "contract", "--json", "-o", tmp_path / "real.jsonl", "--chunk-size", "2",
+               check=False)
+    assert dry.returncode == real.returncode == 3
+    dry_report, real_report = check("generate", dry.stdout), check("generate", real.stdout)
+    assert real_report["check"] == dry_report["check"] and dry_report["check"]["lines_invalid"] == 5
+    assert real_report["check"]["complete"] and real_report["bad_lines"] == 5 and real_report["prompts"] == 2
+    assert read_jsonl(tmp_path / "real.errors.jsonl") == read_jsonl(tmp_path / "dry.errors.jsonl")
+    assert [line["id"] for line in read_jsonl(tmp_path / "real.jsonl")] == ["a", 2, 2]
+    assert "duplicate id 'a' (first used on line 1)" in real.stderr
+
+
 def test_progress_lines_when_stderr_is_not_a_terminal(cli, tmp_path):
     seeds = tmp_path / "many.txt"
     seeds.write_text("".join(f"holmes said that the {i} men were\n" for i in range(3000)))
     env = {**clean_env(), "LSTMQ_PROGRESS_INTERVAL": "1"}
     result = cli("generate", seeds, "--model", "contract", "-o", tmp_path / "many.jsonl", "--words", "300",
                  "--chunk-size", "100", env=env)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("job ") and " prompts" in line]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("job ") and " lines (" in line]
     assert len(lines) >= 2, result.stderr                      # at least one while running, and the last one
-    assert "/3,000 prompts (" in lines[-1] and "words/s" in lines[-1] and lines[-1].split(": ")[1].startswith("succeeded")
+    assert "/3,000 lines (" in lines[-1] and "words/s" in lines[-1] and lines[-1].split(": ")[1].startswith("succeeded")
     assert any("ETA" in line for line in lines[:-1]) or len(lines) == 2, lines
 
 

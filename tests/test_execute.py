@@ -6,7 +6,7 @@ import pytest
 from lstmq.shared.config import load_settings
 from lstmq.worker.jobs.chunks import decode_items
 from lstmq.shared.messages import PromptItem
-from lstmq.shared.store.chunks import ChunkInput, ChunkResult, encode_items
+from lstmq.shared.store.chunks import ChunkInput, ChunkResult
 from lstmq.shared.text import Vocabulary
 
 
@@ -49,8 +49,17 @@ def items(settings, count):
 
 
 def columns(item_dicts):
-    """The chunk as a worker reads it from the store."""
-    return ChunkInput.decode(encode_items(item_dicts))
+    """The chunk as a worker has it once it parsed its lines: columns, each prompt's parameters
+    those of the first item unless they differ."""
+    defaults = item_dicts[0]["params"] if item_dicts else {}
+    overrides = {}
+    for position, item in enumerate(item_dicts):
+        changed = {key: value for key, value in item["params"].items()
+                   if defaults.get(key) != value or type(defaults.get(key)) is not type(value)}
+        if changed:
+            overrides[position] = changed
+    return ChunkInput([item["line"] for item in item_dicts], [item["id"] for item in item_dicts],
+                      [item["prompt"] for item in item_dicts], defaults, overrides)
 
 
 def test_slices_are_decoded_in_order_and_every_item_has_its_outcome(setting, vocabulary):
@@ -107,7 +116,8 @@ def test_a_chunk_in_columns_gives_its_results_in_columns(setting, vocabulary):
     assert result.unknown == {1: ["moriarty"]}
     assert result.errors[2] == "field 'prompt' must be a non-empty string" and "field 'words'" in result.errors[4]
     assert set(result.errors) == {2, 4, 5} and words == 3 * 5
-    assert ChunkResult.decode(result.encode()).results() == result.results()
+    assert result.results()[1] == {"unknown": ["moriarty"], "samples": ["<unk> holmes", "<unk> holmes"],
+                                   "logprobs": [-1.5, -1.5]}
 
 
 def test_settle_heap_freezes_what_lives_and_frees_what_was_dropped():

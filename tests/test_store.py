@@ -17,12 +17,17 @@ GENERATION = SETTINGS.generation_params().replace(seed=1)
 MODEL = SETTINGS.model_params()
 
 
-def seed_items(*lines: int) -> list[dict]:
-    """Chunk items (PromptItem dicts) for the given seed-file lines, prompt "the"."""
-    from lstmq.shared.messages import PromptItem
-    from lstmq.shared.params import prompt_key
+def put(store, job: str, chunk: int, first_line: int, count: int = 1) -> None:
+    """A chunk of `count` seed lines "the" from `first_line` on, stored as the producer stores it."""
+    store.jobs.put_chunk(job, chunk, b"the\n" * count, first_line, submit_deadline=time.time() + 60)
 
-    return [PromptItem(line, line, "the", prompt_key(line), GENERATION).to_dict() for line in lines]
+
+def save(store, job: str, chunk: int, words: int = 1, valid: int = 1, lines: int = 1) -> bool:
+    """A chunk's output as a worker stores it: `valid` output lines, its report, `words` generated."""
+    from lstmq.shared.store.chunks import ChunkOutput, ChunkReport
+
+    output = ChunkOutput(chunk + 1, lines, b'{"id": 1}\n' * valid, valid, b"", 0, None)
+    return store.jobs.save_output(job, chunk, output, words, ChunkReport(valid=valid, output_lines=valid))
 
 
 def test_blobs_are_content_addressed(store):
@@ -105,26 +110,26 @@ def test_nothing_reopens_a_finished_job(store):
 def test_chunk_results_are_written_once_and_finish_the_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     for chunk in range(3):
-        store.jobs.put_chunk(job, chunk, seed_items(chunk + 1), lines=chunk + 1, submit_deadline=time.time() + 60)
-    assert store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)
-    assert not store.jobs.save_result(job, 0, [{"samples": ["a b"]}], words=2)   # duplicate delivery
-    assert store.jobs.fail_chunk(job, 1, "boom", prompts=1)
-    assert not store.jobs.save_result(job, 1, [{"samples": ["late"]}], words=2)  # an outcome is final
-    assert store.jobs.finish_submission(job, chunks=3, prompts=3, input_errors=0, lines=3) is JobStatus.QUEUED
-    assert store.jobs.save_result(job, 2, [{"samples": ["c"]}], words=1)
+        put(store, job, chunk, chunk + 1)
+    assert save(store, job, 0, words=2)
+    assert not save(store, job, 0, words=2)   # duplicate delivery
+    assert store.jobs.fail_chunk(job, 1, "boom", lines=1)
+    assert not save(store, job, 1, words=2)  # an outcome is final
+    assert store.jobs.finish_submission(job, chunks=3, lines=3) is JobStatus.QUEUED
+    assert save(store, job, 2, words=1)
     record = store.jobs.get(job)
     assert record.status is JobStatus.FAILED   # one chunk failed
     assert (record.chunks_done, record.chunks_failed, record.prompts_done, record.words_done) == (2, 1, 2, 3)
     assert (record.progress().done, record.progress().total) == (3, 3)
-    assert store.jobs.result(job, 1) is None and store.jobs.failed_chunks(job) == {1: "boom"}
+    assert store.jobs.output(job, 1) is None and store.jobs.failed_chunks(job) == {1: "boom"}
 
 
 def test_job_finishes_when_submission_ends_after_the_last_chunk(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
-    store.jobs.save_result(job, 0, [{"samples": ["x"]}], words=1)
+    put(store, job, 0, 1)
+    save(store, job, 0, words=1)
     assert store.jobs.get(job).status is not JobStatus.SUCCEEDED    # submission still open
-    assert store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1) is JobStatus.SUCCEEDED
+    assert store.jobs.finish_submission(job, chunks=1, lines=1) is JobStatus.SUCCEEDED
     assert store.jobs.get(job).submitted
 
 
@@ -167,19 +172,19 @@ def test_training_lock_context_manager(store):
 
 def test_every_key_is_under_the_prefix(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION)
-    store.jobs.put_chunk(job, 0, [], lines=0, submit_deadline=time.time() + 60)
+    put(store, job, 0, 1, 0)
     store.jobs.take_lease(job, 0, "w", 30)
-    store.jobs.save_result(job, 0, [], 0)
+    save(store, job, 0, words=0, valid=0)
     store.workers.heartbeat("w", {"queues": ["generate"]}, ttl=5)
     assert all(key.startswith(b"lstmq:") for key in store.redis.keys("*"))
-    assert store.jobs.result(job, 0) == []
+    assert store.jobs.output(job, 0).out == b""
     assert keys.job_key("j") == "lstmq:job:j" and keys.job_key("j", "chunk", 3) == "lstmq:job:j:chunk:3"
 
 
 def test_a_lapsed_lease_is_claimed_once_and_fails_after_the_limit(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1, 2), lines=2, submit_deadline=time.time() + 60)
-    store.jobs.finish_submission(job, chunks=1, prompts=2, input_errors=0, lines=2)
+    put(store, job, 0, 1, 2)
+    store.jobs.finish_submission(job, chunks=1, lines=2)
     assert store.jobs.take_lease(job, 0, "w1", lease_seconds=60) == "ok"
     assert store.jobs.lapsed(job) == [] and store.jobs.claim_lapsed(job, "0", 1, "lost") == "live"
     assert store.jobs.take_lease(job, 0, "w1", lease_seconds=-1) == "ok"     # a deadline in the past: lapsed
@@ -190,7 +195,7 @@ def test_a_lapsed_lease_is_claimed_once_and_fails_after_the_limit(store):
     store.jobs.take_lease(job, 0, "w2", lease_seconds=-1)
     assert store.jobs.claim_lapsed(job, "0", 1, "lost") == "failed"          # second lapse, limit 1
     record = store.jobs.get(job)
-    assert record.status is JobStatus.FAILED and (record.chunks_failed, record.prompts_failed) == (1, 2)
+    assert record.status is JobStatus.FAILED and (record.chunks_failed, record.lines_failed) == (1, 2)
     assert record.lease_lapses == 2 and store.jobs.failed_chunks(job) == {0: "lost its worker 2 times (last: lost)"}
     assert job not in store.jobs.active()
 
@@ -205,11 +210,11 @@ def test_a_lapsed_training_lease_fails_the_job_after_the_limit(store):
 def test_cancel_skips_pending_chunks_and_keeps_what_was_done(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
     for chunk in range(2):
-        store.jobs.put_chunk(job, chunk, seed_items(chunk + 1), lines=chunk + 1, submit_deadline=time.time() + 60)
-    store.jobs.finish_submission(job, chunks=2, prompts=2, input_errors=0, lines=2)
+        put(store, job, chunk, chunk + 1)
+    store.jobs.finish_submission(job, chunks=2, lines=2)
     store.jobs.take_lease(job, 0, "w", 30)
     assert store.jobs.cancel(job) is JobStatus.CANCELLED
-    assert store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)    # the running chunk finishes
+    assert save(store, job, 0, words=1)    # the running chunk finishes
     assert store.jobs.take_lease(job, 1, "w", 30) == "cancelled"            # the pending one is skipped
     record = store.jobs.get(job)
     assert record.status is JobStatus.CANCELLED and record.chunks_done == 1 and job not in store.jobs.active()
@@ -219,12 +224,12 @@ def test_cancel_skips_pending_chunks_and_keeps_what_was_done(store):
 
 def test_remove_deletes_every_key_of_an_ended_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
+    put(store, job, 0, 1)
     store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "x"}])
     with pytest.raises(InputError, match="cancel it first"):
         store.jobs.remove(job)
-    store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=1, lines=2)
-    store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)
+    store.jobs.finish_submission(job, chunks=1, lines=2)
+    save(store, job, 0, words=1)
     other = store.jobs.create(JobKind.TRAIN, MODEL, model_name="m")
     assert store.jobs.remove(job) >= 4
     assert [key for key in store.redis.keys("*") if job.encode() in key] == []
@@ -235,10 +240,10 @@ def test_remove_deletes_every_key_of_an_ended_job(store):
 
 def test_every_job_key_expires(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
+    put(store, job, 0, 1)
     store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "x"}])
     store.jobs.take_lease(job, 0, "w", 30)
-    store.jobs.save_result(job, 0, [{"samples": ["a"]}], words=1)
+    save(store, job, 0, words=1)
     store.jobs.take_lease(job, 1, "w", 30)
     job_keys = [key for key in store.redis.keys("*") if job.encode() in key and key != keys.JOBS.encode()]
     assert len(job_keys) >= 5
@@ -247,7 +252,7 @@ def test_every_job_key_expires(store):
 
 def test_an_interrupted_submission_fails_the_job(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, submit_deadline=time.time() + 60)
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=7, submit_deadline=time.time() + 60)
+    put(store, job, 0, 1)
     assert not store.jobs.fail_lapsed_submission(job)
     store.jobs.keep_submitting(job, lines=9, submit_deadline=time.time() - 1)   # the producer went quiet
     assert store.jobs.fail_lapsed_submission(job)
@@ -260,16 +265,16 @@ def test_a_chunk_failure_is_recorded_when_redis_is_out_of_memory(store):
     from lstmq.shared.store.health import is_out_of_memory, out_of_memory
 
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
-    store.jobs.finish_submission(job, chunks=1, prompts=1, input_errors=0, lines=1)
+    put(store, job, 0, 1)
+    store.jobs.finish_submission(job, chunks=1, lines=1)
     store.redis.config_set("maxmemory", 1)   # every write is refused now (noeviction)
     try:
         with pytest.raises(Exception) as refused:
-            store.jobs.save_result(job, 0, [{"samples": ["x" * 1000]}], words=1)
+            save(store, job, 0, valid=100)
         assert is_out_of_memory(refused.value)
         error = out_of_memory(store.redis, refused.value)
         assert str(error).startswith("Redis is out of memory (maxmemory")
-        assert store.jobs.fail_chunk(job, 0, str(error), prompts=1)       # allow-oom: recorded anyway
+        assert store.jobs.fail_chunk(job, 0, str(error), lines=1)       # allow-oom: recorded anyway
     finally:
         store.redis.config_set("maxmemory", 0)
     record = store.jobs.get(job)
@@ -301,37 +306,66 @@ def test_live_workers_and_their_queues(store):
 
 
 # -- chunks in Redis: the stored form of tests/test_chunks.py, written once, read back ----------
-def test_chunk_items_and_results_are_stored_in_the_compact_form(store):
-    from tests.test_chunks import chunk_items
-    from lstmq.shared.store.chunks import FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB, ChunkResult
+def test_chunk_inputs_and_outputs_are_stored_packed(store):
+    from lstmq.shared.store.chunks import INPUT_FORMAT, ChunkOutput, ChunkReport
 
-    items = chunk_items(lambda line: GENERATION.replace(seed=9) if line == 4 else GENERATION)
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, items, lines=20, submit_deadline=time.time() + 60)
+    data = "".join(f"holmes said «{i}» to the door\n" for i in range(500)).encode()
+    store.jobs.put_chunk(job, 0, data, 11, submit_deadline=time.time() + 60)
     raw = store.redis.get(keys.job_key(job, "chunk", 0))
-    assert raw[:1] in (FORMAT_MSGPACK, FORMAT_MSGPACK_ZLIB) and len(raw) < len(json.dumps(items)) / 3
-    assert store.jobs.chunk(job, 0) == items          # what a worker reads: the same dicts, keys and all
-    assert store.jobs.chunk_input(job, 0).overrides == {3: {"seed": 9}}
-    assert store.jobs.chunk_prompts(job, 0) == len(items)
-    results = [{"unknown": [], "samples": ["the door"], "logprobs": [-1.23455]}, {"error": "prompt has no words"}]
-    assert store.jobs.save_result(job, 0, results, words=2)
-    assert len(store.redis.get(keys.job_key(job, "result", 0))) < len(json.dumps(results))
-    assert store.jobs.result(job, 0) == results
-    # a worker may hand over columns (no dict per item): the same stored form
-    store.jobs.put_chunk(job, 1, items[:2], lines=20, submit_deadline=time.time() + 60)
-    assert store.jobs.save_result(job, 1, ChunkResult(["a", "b"], None, [-0.5, -1.25], {1: ["zz"]}, {}), words=2)
-    assert store.jobs.result(job, 1) == [{"unknown": [], "samples": ["a"], "logprobs": [-0.5]},
-                                         {"unknown": ["zz"], "samples": ["b"], "logprobs": [-1.25]}]
-    assert store.jobs.get(job).prompts_done == 4
+    assert raw[:1] == INPUT_FORMAT and len(raw) < len(data) / 3
+    assert store.jobs.chunk_source(job, 0) == (11, 500, data)     # what a worker reads: the bytes as sent
+    assert store.jobs.chunk_lines(job, 0) == 500 and store.jobs.get(job).lines == 510
+    out = "".join(json.dumps({"id": i, "continuation": "the door"}) + "\n" for i in range(500)).encode()
+    err = b'{"id": 3, "line": 3, "error": "prompt has no words"}\n'
+    report = ChunkReport(valid=499, invalid=1, prompt_words=2000, unknown_words=3, prompts_with_unknown=2,
+                         words_to_generate=3493, output_lines=500, top_unknown=[("zz", 2), ("yy", 1)])
+    assert store.jobs.save_output(job, 0, ChunkOutput(11, 500, out, 500, err, 1, None), 3493, report)
+    assert len(store.redis.get(keys.job_key(job, "result", 0))) < len(out) / 3
+    stored = store.jobs.output(job, 0)
+    assert (stored.first_line, stored.count, stored.out, stored.lines, stored.err, stored.errors) == (
+        11, 500, out, 500, err, 1)
+    record = store.jobs.get(job)
+    assert (record.prompts, record.input_errors, record.prompts_done, record.lines_done) == (499, 1, 499, 500)
+    assert record.seed_report(store.jobs.top_unknown_words(job)) == {
+        "lines_valid": 499, "lines_invalid": 1, "prompts_with_unknown_words": 2, "unknown_word_rate": 0.0015,
+        "top_unknown_words": [["zz", 2], ["yy", 1]], "words_to_generate": 3493, "complete": False}
 
 
-def test_a_json_chunk_of_an_earlier_lstmq_is_refused_with_a_reason(store):
-    """Stored JSON chunks (lstmq before 0.2) are not read: the README says to collect such jobs
-    before upgrading; one met anyway is an error that says what it is."""
+def test_a_chunk_of_an_earlier_lstmq_is_refused_with_a_reason(store):
+    """Chunks an lstmq before 0.3 stored (msgpack columns) are not read: the README says to
+    collect such jobs before upgrading; one met anyway is an error that says what it is."""
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.redis.set(keys.job_key(job, "chunk", 0), json.dumps([{"line": 1, "prompt": "the"}]))
-    with pytest.raises(ValueError, match="an lstmq before 0.2 stored JSON"):
-        store.jobs.chunk_input(job, 0)
+    store.redis.set(keys.job_key(job, "chunk", 0), b"\x02" + b"x" * 20)
+    with pytest.raises(ValueError, match="an lstmq before 0.3 stored columns"):
+        store.jobs.chunk_source(job, 0)
+
+
+def test_ids_are_registered_and_the_first_line_holds_each(store):
+    """A .jsonl job's ids, registered chunk by chunk in any order: the lowest line holds an id; a
+    later line is a duplicate, whether its chunk ran first (retracted) or second (told at once);
+    an implied id (a line's number) clashes with the same integer id."""
+    from lstmq.shared.seeds import id_key
+
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
+    store.redis.hset(keys.job_key(job), mapping={"prompts": 10, "input_errors": 0})
+    # chunk 1 (lines 6-10) runs first: "a" on 7, the integer 3 on 8, line 9 with no id
+    assert store.jobs.register_ids(job, [(7, id_key("a"), False), (8, id_key(3), False), (9, id_key(9), True)]) == []
+    # chunk 0 (lines 1-5): "a" on 2 (so 7 was the duplicate), line 3 with no id (so 8 was), 9 on 4
+    assert store.jobs.register_ids(job, [(2, id_key("a"), False), (3, id_key(3), True), (4, id_key(9), False),
+                                         (5, id_key("a"), False)]) == [(5, 2, False)]
+    assert store.jobs.retracted(job) == {7: (id_key("a"), 2, False, False), 8: (id_key(3), 3, True, False),
+                                         9: (id_key(9), 4, False, True)}
+    record = store.jobs.get(job)
+    assert (record.prompts, record.input_errors) == (7, 3)
+    # chunk 1 runs again (its worker died): its lines are duplicates now, told to it; the retractions go
+    assert store.jobs.register_ids(job, [(7, id_key("a"), False), (8, id_key(3), False), (9, id_key(9), True)]) == [
+        (7, 2, False), (8, 3, True), (9, 4, False)]
+    assert store.jobs.retracted(job) == {}
+    assert (store.jobs.get(job).prompts, store.jobs.get(job).input_errors) == (10, 0)
+    # and chunk 0 again: its own registrations, no change
+    assert store.jobs.register_ids(job, [(2, id_key("a"), False), (3, id_key(3), True), (4, id_key(9), False)]) == []
+    assert all(0 < store.redis.ttl(keys.job_key(job, part)) <= 3600 for part in ("ids", "implied-ids"))
 
 
 def test_a_job_keeps_the_result_ttl_it_was_submitted_with(store):
@@ -340,11 +374,11 @@ def test_a_job_keeps_the_result_ttl_it_was_submitted_with(store):
 
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)   # ttl 3600
     assert store.jobs.get(job).result_ttl == 3600
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
+    put(store, job, 0, 1)
     worker_store = Store(store.redis, ttl=60)
     assert worker_store.jobs.take_lease(job, 0, "w", 30) == "ok"
     assert worker_store.for_job(store.jobs.get(job)).ttl == 3600
-    worker_store.jobs.save_result(job, 0, [{"unknown": [], "samples": ["x"], "logprobs": [-1.0]}], words=1)
+    save(worker_store, job, 0, words=1)
     assert 60 < store.redis.ttl(keys.job_key(job, "result", 0)) <= 3600
     assert 60 < store.redis.ttl(keys.job_key(job, "done")) <= 3600
 
@@ -354,8 +388,8 @@ def test_every_attempt_counts_and_a_chunk_that_kills_its_workers_fails(store):
     lstmq-worker says how) loses it once, gives its lease back at once, and past the limit the
     chunk is recorded failed with the last cause; the job goes on to its final state."""
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1, 2), lines=2, submit_deadline=time.time() + 60)
-    store.jobs.finish_submission(job, chunks=1, prompts=2, input_errors=0, lines=2)
+    put(store, job, 0, 1, 2)
+    store.jobs.finish_submission(job, chunks=1, lines=2)
     oom = "signal 9 (SIGKILL), likely out of memory"
     for attempt in (1, 2):
         assert store.jobs.take_lease(job, 0, "w@h", 30, holder=f"w@h {100 + attempt}") == "ok"
@@ -365,7 +399,7 @@ def test_every_attempt_counts_and_a_chunk_that_kills_its_workers_fails(store):
         assert store.jobs.attempt_ended(job, 0, f"w@h {100 + attempt}", 1, oom) == "counted"   # once
         assert store.jobs.leases(job) == {}                                          # given back at once
     record = store.jobs.get(job)
-    assert record.status is JobStatus.FAILED and (record.chunks_failed, record.prompts_failed) == (1, 2)
+    assert record.status is JobStatus.FAILED and (record.chunks_failed, record.lines_failed) == (1, 2)
     assert store.jobs.failed_chunks(job) == {0: f"killed its worker 2 times (last: {oom})"}
     assert store.jobs.attempts(job) == {"0": {"attempts": 2, "lost": 2, "last_end": oom}}
     assert store.jobs.take_lease(job, 0, "w@h", 30) == "failed"
@@ -373,9 +407,9 @@ def test_every_attempt_counts_and_a_chunk_that_kills_its_workers_fails(store):
 
 def test_an_attempt_that_ends_with_an_outcome_is_not_lost(store):
     job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1)
-    store.jobs.put_chunk(job, 0, seed_items(1), lines=1, submit_deadline=time.time() + 60)
+    put(store, job, 0, 1)
     assert store.jobs.take_lease(job, 0, "w@h", 30, holder="w@h 7") == "ok"
-    store.jobs.save_result(job, 0, [{"unknown": [], "samples": ["x"], "logprobs": [-1.0]}], words=1)
+    save(store, job, 0, words=1)
     assert store.jobs.attempt_ended(job, 0, "w@h ", 3, "signal 15 (SIGTERM)") == "counted"   # any process of w@h
     assert store.jobs.attempts(job) == {"0": {"attempts": 1, "lost": 0, "last_end": None}}
     # a training slice that ends well (the next one queued) closes its attempt too

@@ -156,8 +156,7 @@ def _generate(self, args, kwargs):
             # whoever notices dispatches it again (at most redispatch_limit times)
             reason = f"Redis unreachable after {settings.task_retries} retries: {describe(error)}"
             try:
-                prompts = self.store.jobs.chunk_prompts(message.job, message.chunk)
-                self.store.jobs.fail_chunk(message.job, message.chunk, reason, prompts)
+                self.store.jobs.fail_chunk(message.job, message.chunk, reason)
             except TRANSIENT:
                 log.error("%s: %s; could not record it either", what, reason)
             raise

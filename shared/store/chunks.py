@@ -1,79 +1,85 @@
-"""The chunk codec: a generate chunk's input (ChunkInput, made by ChunkBuilder) and result
-(ChunkResult) as they are kept in Redis. Pure: bytes in, columns out, no I/O (tests/test_chunks.py
-checks it without Redis); lstmq.shared.store.jobs stores and reads the bytes."""
+"""The chunk codec: a generate chunk's input (the seed file's raw lines) and its output (finished
+JSONL bytes) as they are kept in Redis, and the columns a worker works with in between. Pure:
+bytes in, bytes out, no I/O (tests/test_chunks.py checks it without Redis);
+lstmq.shared.store.jobs stores and reads the bytes.
+
+How chunks are kept in Redis (each one Redis string):
+  input:  INPUT_FORMAT, first line and line count (struct "<QI"), then the lines as the seed file
+          holds them, packed (see compress): what the producer read, untouched.
+  output: OUTPUT_FORMAT, then a msgpack map {"v": 2, "first": first line, "count": lines,
+          "out": the chunk's output lines, finished JSONL, packed; "lines": how many,
+          "err": its error records ({"id", "line", "error"} per line, in line order), packed, or
+          absent; "errors": how many, "hist": the lines' logprob histogram (see LogprobHistogram)}
+The producer writes a chunk's input without looking at a line, and collects its output by
+concatenation: per-line work belongs to the workers.
+Chunks that an lstmq before 0.3 stored (msgpack columns) are not read: collect jobs from an older
+version before upgrading (stored data expires after result_ttl anyway).
+"""
 from __future__ import annotations
 
-import zlib
+import struct
+import threading
 from typing import Any
 
 import msgpack
+import numpy as np
+import zstandard
 
-from lstmq.shared.params import prompt_key
+INPUT_FORMAT = b"\x03"
+OUTPUT_FORMAT = b"\x04"
+ENCODING_VERSION = 2
+_HEADER = struct.Struct("<QI")   # first line, lines
+PLAIN = b"\x00"                  # packed bytes: a codec byte, then the bytes
+ZSTD = b"\x01"
+COMPRESS_LEVEL = 1               # zstd: level 1 runs at hundreds of MB/s a core and takes most of the gain on text
+COMPRESS_MIN_BYTES = 256         # smaller payloads are stored as they are
+LOGPROB_STEPS = 300_000          # the histogram: 1e-4 steps from 0 down to -30
 
-
-# -- how chunks are kept in Redis -----------------------------------------------------------------
-# A chunk's input and its result are each one Redis string: a format byte, then a msgpack map,
-# zlib-compressed (FORMAT_MSGPACK_ZLIB) when that is smaller. Columns, not one object per prompt,
-# and only what the output needs:
-#   input:  {"v": 1, "lines": [first, count, first, count, ...] (runs of seed-file line numbers),
-#            "ids": [...] (absent when every id is its line number, as in a .txt file),
-#            "prompts": [...], "defaults": {params of the job}, "overrides": {position: {key: value}}
-#            (only the parameters that differ from the defaults; absent when none do)}
-#   result: {"v": 1, "samples": [every continuation, item after item], "counts": [samples per item]
-#            (absent when each item has one, and a failed item none), "logprobs": [per sample, in
-#            units of 1e-5 (the worker rounds to 5 decimals; None for a missing one)] or
-#            "logprobs_float": [...] for values that are not, "unknown": {position: [words]}
-#            (non-empty lists only), "errors": {position: reason}}
-# A prompt's key in the random stream is not stored: it is prompt_key(id) (shared.params).
-# An integer beyond 64 bits (a .jsonl id may be one) is kept as msgpack extension type BIG_INT,
-# its decimal digits. Chunks that an lstmq before 0.2 wrote as JSON are not read: collect jobs
-# from an older version before upgrading (stored data expires after result_ttl anyway).
-FORMAT_MSGPACK = b"\x01"
-FORMAT_MSGPACK_ZLIB = b"\x02"
-ENCODING_VERSION = 1
-COMPRESS_LEVEL = 1             # zlib: 1 is fast and takes most of the gain on prompt text
-COMPRESS_MIN_BYTES = 128       # smaller payloads are stored as plain msgpack
-LOGPROB_SCALE = 100_000        # logprobs are kept as integers in units of 1e-5
-BIG_INT = 1                    # msgpack extension type: an integer beyond 64 bits, as decimal digits
+_local = threading.local()       # zstd contexts are not thread-safe: one per thread
 
 
-def _big_int(value: Any) -> Any:
-    if isinstance(value, int):
-        return msgpack.ExtType(BIG_INT, str(value).encode("ascii"))
-    raise TypeError(f"cannot store a {type(value).__name__} in a chunk")
+def _contexts() -> tuple[zstandard.ZstdCompressor, zstandard.ZstdDecompressor]:
+    contexts = getattr(_local, "contexts", None)
+    if contexts is None:
+        contexts = _local.contexts = (zstandard.ZstdCompressor(level=COMPRESS_LEVEL), zstandard.ZstdDecompressor())
+    return contexts
 
 
-def _extension(code: int, data: bytes) -> Any:
-    if code == BIG_INT:
-        return int(data)
-    raise ValueError(f"unknown msgpack extension type {code} in a chunk")
+def compress(data: bytes) -> bytes:
+    """`data` packed: zstd when that makes it smaller, else as it is (a codec byte says which)."""
+    if len(data) >= COMPRESS_MIN_BYTES:
+        packed = _contexts()[0].compress(data)
+        if len(packed) < len(data):
+            return ZSTD + packed
+    return PLAIN + data
 
 
-def pack(value: dict[str, Any]) -> bytes:
-    """The stored form of a chunk's map: a format byte, then msgpack, compressed when that pays."""
-    packed = msgpack.packb(value, use_bin_type=True, default=_big_int)
-    if len(packed) >= COMPRESS_MIN_BYTES:
-        compressed = zlib.compress(packed, COMPRESS_LEVEL)
-        if len(compressed) < len(packed):
-            return FORMAT_MSGPACK_ZLIB + compressed
-    return FORMAT_MSGPACK + packed
+def decompress(packed: bytes) -> bytes:
+    codec, body = packed[:1], packed[1:]
+    if codec == ZSTD:
+        return _contexts()[1].decompress(body)
+    if codec == PLAIN:
+        return bytes(body)
+    raise ValueError(f"unknown codec byte {codec!r} in a stored chunk")
 
 
-def unpack(raw: bytes) -> Any:
-    """The map pack() stored; ValueError for anything else (an unknown format byte)."""
-    marker = raw[:1]
-    if marker == FORMAT_MSGPACK_ZLIB:
-        raw = zlib.decompress(raw[1:])
-    elif marker == FORMAT_MSGPACK:
-        raw = raw[1:]
-    else:
-        raise ValueError(f"not a stored chunk (format byte {marker!r}; an lstmq before 0.2 stored JSON)")
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True, ext_hook=_extension)
+def pack_input(first_line: int, lines: int, data: bytes) -> bytes:
+    """A chunk's input as stored: its first line number, its line count and its raw lines."""
+    return INPUT_FORMAT + _HEADER.pack(first_line, lines) + compress(data)
+
+
+def unpack_input(raw: bytes) -> tuple[int, int, bytes]:
+    """(first line, line count, the raw lines) of a stored input; ValueError for anything else."""
+    if raw[:1] != INPUT_FORMAT:
+        raise ValueError(f"not a stored chunk input (format byte {raw[:1]!r}; an lstmq before 0.3 stored columns)")
+    first_line, lines = _HEADER.unpack_from(raw, 1)
+    return first_line, lines, decompress(raw[1 + _HEADER.size:])
 
 
 class ChunkInput:
-    """A chunk's prompts as columns: lines, ids, prompts, and each prompt's parameters (the
-    chunk's defaults unless `overrides` has the position)."""
+    """A chunk's usable prompts as columns, in line order: lines, ids, prompts, and each prompt's
+    parameters (the job's `defaults` unless `overrides` has the position). A worker makes it from
+    the lines it parsed."""
 
     __slots__ = ("lines", "ids", "prompts", "defaults", "overrides")
 
@@ -89,84 +95,10 @@ class ChunkInput:
         override = self.overrides.get(position)
         return self.defaults if override is None else {**self.defaults, **override}
 
-    def items(self) -> list[dict[str, Any]]:
-        """One dict per prompt (PromptItem.to_dict()'s shape): line, id, prompt, key, params."""
-        return [{"line": line, "id": identifier, "prompt": prompt, "key": prompt_key(identifier),
-                 "params": self.params(position)}
-                for position, (line, identifier, prompt) in enumerate(zip(self.lines, self.ids, self.prompts))]
-
-    @classmethod
-    def decode(cls, raw: bytes) -> ChunkInput:
-        return cls.from_value(unpack(raw))
-
-    @classmethod
-    def from_value(cls, value: Any) -> ChunkInput:
-        """From a stored chunk, unpacked (a map of columns)."""
-        lines: list[int] = []
-        runs = value["lines"]
-        for index in range(0, len(runs), 2):
-            lines.extend(range(runs[index], runs[index] + runs[index + 1]))
-        ids = value.get("ids")
-        return cls(lines, lines if ids is None else ids, value["prompts"], value.get("defaults") or {},
-                   value.get("overrides") or {})
-
-
-class ChunkBuilder:
-    """Collects a chunk's prompts (in line order) for ChunkBuilder.encode: the producer's side of
-    ChunkInput. `defaults`: the job's parameters, as a dict; add() takes only what differs."""
-
-    def __init__(self, defaults: dict[str, Any]):
-        self.defaults = defaults
-        self.runs: list[int] = []
-        self.ids: list[Any] = []
-        self.prompts: list[str] = []
-        self.overrides: dict[int, dict[str, Any]] = {}
-        self.ids_are_lines = True
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def add(self, line: int, identifier: Any, prompt: str, overrides: dict[str, Any] | None = None) -> None:
-        runs = self.runs
-        if runs and runs[-2] + runs[-1] == line:
-            runs[-1] += 1
-        else:
-            runs += (line, 1)
-        if self.ids_are_lines and (identifier != line or type(identifier) is not int):
-            self.ids_are_lines = False
-        self.ids.append(identifier)
-        if overrides:
-            self.overrides[len(self.prompts)] = overrides
-        self.prompts.append(prompt)
-
-    def add_item(self, item: dict[str, Any]) -> None:
-        params = item["params"]
-        overrides = {key: value for key, value in params.items()
-                     if key not in self.defaults or self.defaults[key] != value
-                     or type(self.defaults[key]) is not type(value)}
-        self.add(item["line"], item["id"], item["prompt"], overrides)
-
-    def encode(self) -> bytes:
-        value: dict[str, Any] = {"v": ENCODING_VERSION, "lines": self.runs, "prompts": self.prompts,
-                                 "defaults": self.defaults}
-        if not self.ids_are_lines:
-            value["ids"] = self.ids
-        if self.overrides:
-            value["overrides"] = self.overrides
-        return pack(value)
-
-
-def encode_items(items: list[dict[str, Any]]) -> bytes:
-    """Item dicts (PromptItem.to_dict(): line, id, prompt, params) in the stored form."""
-    builder = ChunkBuilder(items[0]["params"] if items else {})
-    for item in items:
-        builder.add_item(item)
-    return builder.encode()
-
 
 class ChunkResult:
-    """A chunk's results as columns: per item its samples and their logprobs, its unknown words,
-    or its error."""
+    """A chunk's decoded results as columns: per item its samples and their logprobs, its unknown
+    words, or its error (what the worker's decoding produces, before it writes the lines)."""
 
     __slots__ = ("samples", "counts", "logprobs", "unknown", "errors")
 
@@ -176,7 +108,7 @@ class ChunkResult:
         self.unknown, self.errors = unknown, errors
 
     def results(self, items: int | None = None) -> list[dict[str, Any]]:
-        """One dict per item, the shape the worker wrote: {"samples", "logprobs", "unknown"} or {"error"}."""
+        """One dict per item: {"samples", "logprobs", "unknown"} or {"error"} (for tests and debugging)."""
         if items is None:
             items = len(self.counts) if self.counts is not None else len(self.samples) + len(self.errors)
         results, start = [], 0
@@ -194,78 +126,88 @@ class ChunkResult:
             start += count
         return results
 
-    @classmethod
-    def from_results(cls, results: list[dict[str, Any]]) -> ChunkResult:
-        samples: list[str] = []
-        counts: list[int] = []
-        logprobs: list[float | None] = []
-        unknown: dict[int, list[str]] = {}
-        errors: dict[int, str] = {}
-        scored = False
-        for position, result in enumerate(results):
-            if "error" in result:
-                errors[position] = result["error"]
-                counts.append(0)
-                continue
-            item_samples = result["samples"]
-            samples.extend(item_samples)
-            counts.append(len(item_samples))
-            scores = result.get("logprobs")
-            if scores:
-                scored = True
-                logprobs.extend(scores)
-            else:
-                logprobs.extend([None] * len(item_samples))
-            if result.get("unknown"):
-                unknown[position] = result["unknown"]
-        return cls(samples, counts, logprobs if scored else None, unknown, errors)
 
-    def __len__(self) -> int:
-        """How many items (prompts) the chunk had."""
-        return len(self.counts) if self.counts is not None else len(self.samples) + len(self.errors)
+class LogprobHistogram:
+    """The distribution of lines' logprob, exactly at the output's 4 decimals: a count per 1e-4
+    step from 0 down to -30 (steps and counts, only the steps that occur), the rare value outside
+    that range by value, and the sum of the unrounded values (for the mean)."""
 
-    def encode(self) -> bytes:
-        """The stored form (see "how chunks are kept")."""
-        value: dict[str, Any] = {"v": ENCODING_VERSION, "samples": self.samples}
-        if self.counts is not None and any(count != (0 if position in self.errors else 1)
-                                           for position, count in enumerate(self.counts)):
-            value["counts"] = self.counts
-        if self.logprobs is not None:
-            try:
-                scaled = [None if score is None else round(score * LOGPROB_SCALE) for score in self.logprobs]
-                exact = all(score is None or scaled_score / LOGPROB_SCALE == score
-                            for score, scaled_score in zip(self.logprobs, scaled))
-            except (OverflowError, ValueError, TypeError):   # inf, NaN, not a number
-                exact = False
-            if exact:
-                value["logprobs"] = scaled
-            else:
-                value["logprobs_float"] = self.logprobs
-        if self.unknown:
-            value["unknown"] = self.unknown
-        if self.errors:
-            value["errors"] = self.errors
-        return pack(value)
+    __slots__ = ("counts", "outside", "total", "lines")
 
-    @classmethod
-    def decode(cls, raw: bytes) -> ChunkResult:
-        value = unpack(raw)
-        logprobs = value.get("logprobs")
-        if logprobs is not None:
-            logprobs = [None if score is None else score / LOGPROB_SCALE for score in logprobs]
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.outside: dict[float, int] = {}
+        self.total = 0.0
+        self.lines = 0
+
+    def add(self, logprob: float, rounded: float) -> None:
+        """`rounded`: round(logprob, 4), as written on the line; non-finite values are left out."""
+        if rounded - rounded != 0:
+            return
+        self.lines += 1
+        self.total += logprob
+        step = round(rounded * -10_000)
+        if 0 <= step <= LOGPROB_STEPS:
+            self.counts[step] = self.counts.get(step, 0) + 1
         else:
-            logprobs = value.get("logprobs_float")
-        counts = value.get("counts")
-        errors = value.get("errors") or {}
-        if counts is None and errors:   # one sample per item, none for a failed one
-            total = len(value["samples"]) + len(errors)
-            counts = [0 if position in errors else 1 for position in range(total)]
-        return cls(value["samples"], counts, logprobs, value.get("unknown") or {}, errors)
+            self.outside[rounded] = self.outside.get(rounded, 0) + 1
+
+    def to_value(self) -> dict[str, Any]:
+        steps = np.fromiter(self.counts.keys(), dtype=np.uint32, count=len(self.counts))
+        counts = np.fromiter(self.counts.values(), dtype=np.uint32, count=len(self.counts))
+        return {"steps": steps.tobytes(), "counts": counts.tobytes(), "outside": list(self.outside.items()),
+                "total": self.total, "lines": self.lines}
 
 
-def encode_results(results: list[dict[str, Any]] | ChunkResult) -> bytes:
-    """Result dicts ({"samples", "logprobs", "unknown"} or {"error"}), or a ChunkResult, in the
-    stored form."""
-    if isinstance(results, ChunkResult):
-        return results.encode()
-    return ChunkResult.from_results(results).encode()
+class ChunkOutput:
+    """What a worker stores for a finished chunk: its output lines and its error records as
+    finished JSONL (bytes, UTF-8), how many of each, and the lines' logprob histogram."""
+
+    __slots__ = ("first_line", "count", "out", "lines", "err", "errors", "hist")
+
+    def __init__(self, first_line: int, count: int, out: bytes, lines: int, err: bytes, errors: int,
+                 hist: dict[str, Any] | None):
+        self.first_line, self.count = first_line, count
+        self.out, self.lines, self.err, self.errors, self.hist = out, lines, err, errors, hist
+
+    def pack(self) -> bytes:
+        value: dict[str, Any] = {"v": ENCODING_VERSION, "first": self.first_line, "count": self.count,
+                                 "out": compress(self.out), "lines": self.lines, "errors": self.errors}
+        if self.err:
+            value["err"] = compress(self.err)
+        if self.hist is not None:
+            value["hist"] = self.hist
+        return OUTPUT_FORMAT + msgpack.packb(value, use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> ChunkOutput:
+        if raw[:1] != OUTPUT_FORMAT:
+            raise ValueError(f"not a stored chunk output (format byte {raw[:1]!r}; an lstmq before 0.3 stored columns)")
+        value = msgpack.unpackb(memoryview(raw)[1:], raw=False, strict_map_key=False)
+        err = value.get("err")
+        return cls(value["first"], value["count"], decompress(value["out"]), value["lines"],
+                   decompress(err) if err is not None else b"", value.get("errors", 0), value.get("hist"))
+
+
+TOP_UNKNOWN_PER_CHUNK = 20   # a chunk reports this many of its most frequent unknown words
+
+
+class ChunkReport:
+    """A chunk's share of the job's seed report, as its worker found it: valid and invalid lines,
+    prompt words, unknown words and the prompts that have any, words to generate, output lines,
+    and its most frequent unknown words. The job record adds them up (store.jobs.save_output)."""
+
+    __slots__ = ("valid", "invalid", "prompt_words", "unknown_words", "prompts_with_unknown", "words_to_generate",
+                 "output_lines", "top_unknown")
+
+    def __init__(self, valid: int = 0, invalid: int = 0, prompt_words: int = 0, unknown_words: int = 0,
+                 prompts_with_unknown: int = 0, words_to_generate: int = 0, output_lines: int = 0,
+                 top_unknown: list[tuple[str, int]] | None = None):
+        self.valid, self.invalid, self.prompt_words, self.unknown_words = valid, invalid, prompt_words, unknown_words
+        self.prompts_with_unknown, self.words_to_generate = prompts_with_unknown, words_to_generate
+        self.output_lines, self.top_unknown = output_lines, top_unknown or []
+
+    def counters(self) -> list[int]:
+        """In the order the outcome script adds them to the job record."""
+        return [self.valid, self.invalid, self.prompt_words, self.unknown_words, self.prompts_with_unknown,
+                self.words_to_generate, self.output_lines]

@@ -18,7 +18,7 @@ from lstmq.shared.errors import InputError, JobNotFound
 from lstmq.shared.messages import JobKind
 from lstmq.shared.params import GenerationParams, ModelParams
 from lstmq.shared.store import keys
-from lstmq.shared.store.chunks import ChunkInput, ChunkResult, encode_items, encode_results
+from lstmq.shared.store.chunks import ChunkOutput, ChunkReport, pack_input, unpack_input
 from lstmq.shared.store.clock import now
 from lstmq.shared.store.records import JobRecord, JobStatus, encode_fields
 
@@ -27,7 +27,8 @@ from lstmq.shared.store.records import JobRecord, JobStatus, encode_fields
 # Expects `job` (the record key) and `active` (the index of jobs not yet final); returns the status.
 _FINISH_IF_COMPLETE = """
 local function finish_if_complete(job, active, now)
-  local fields = redis.call('HMGET', job, 'status', 'submitted', 'chunks', 'chunks_done', 'chunks_failed', 'id')
+  local fields = redis.call('HMGET', job, 'status', 'submitted', 'chunks', 'chunks_done', 'chunks_failed', 'id',
+                            'prompts', 'input_errors', 'seeds_file')
   local status = fields[1]
   if status == 'succeeded' or status == 'failed' or status == 'cancelled' then return status end
   if fields[2] ~= '1' then return status end
@@ -36,17 +37,27 @@ local function finish_if_complete(job, active, now)
   if done + failed < tonumber(fields[3] or '0') then return status end
   status = 'succeeded'
   if failed > 0 then status = 'failed' end
+  if failed == 0 and tonumber(fields[7] or '0') <= 0 then   -- every line was read: none was usable
+    local bad = tonumber(fields[8] or '0')
+    local why = 'no usable line (' .. bad .. ' bad line(s))'
+    if bad == 0 then why = 'no prompt in the file (it is empty or holds only blank lines)' end
+    status = 'failed'
+    redis.call('HSET', job, 'error', (fields[9] or 'the seed file') .. ': ' .. why)
+  end
   redis.call('HSET', job, 'status', status, 'finished', now, 'updated', now)
   redis.call('ZREM', active, fields[6])
   return status
 end
 """
 
-# Record a chunk's outcome once (a result, or a failure with its reason), drop its lease, and
+# Record a chunk's outcome once (its output, or a failure with its reason), drop its lease, and
 # finish the job when that was the last chunk. Returns {1 if recorded now else 0, job status}.
-# KEYS: job, done set, failed hash, result key, leases, active, holders.
-# ARGV: chunk, outcome ('done' or 'failed'), payload, prompts, words, ttl, now. The job's own
-# result_ttl (fixed at submission) wins over the caller's ttl: producer and workers may differ.
+# KEYS: job, done set, failed hash, output key, leases, active, holders, unknown-words zset.
+# ARGV: chunk, outcome ('done' or 'failed'), payload, lines (the chunk's), words, ttl, now; for
+# 'done' then the chunk's seed report: valid lines, invalid lines, prompt words, unknown words,
+# prompts with unknown words, words to generate, output lines; then (word, count) pairs, its most
+# frequent unknown words. The job's own result_ttl (fixed at submission) wins over the caller's
+# ttl: producer and workers may differ.
 _CHUNK_OUTCOME = _FINISH_IF_COMPLETE + """
 local first = 0
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then
@@ -56,12 +67,21 @@ if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 and redis.call('HEXISTS', KEYS
     redis.call('SET', KEYS[4], ARGV[3], 'EX', ttl)
     redis.call('SADD', KEYS[2], ARGV[1])
     redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
-    redis.call('HINCRBY', KEYS[1], 'prompts_done', tonumber(ARGV[4]))
+    redis.call('HINCRBY', KEYS[1], 'lines_done', tonumber(ARGV[4]))
     redis.call('HINCRBY', KEYS[1], 'words_done', tonumber(ARGV[5]))
+    local counters = {'prompts', 'input_errors', 'prompt_words', 'unknown_words', 'prompts_with_unknown',
+                      'words_to_generate', 'output_lines'}
+    for index, field in ipairs(counters) do
+      local value = tonumber(ARGV[7 + index])
+      if value ~= 0 then redis.call('HINCRBY', KEYS[1], field, value) end
+    end
+    redis.call('HINCRBY', KEYS[1], 'prompts_done', tonumber(ARGV[8]))
+    for index = 15, #ARGV, 2 do redis.call('ZINCRBY', KEYS[8], tonumber(ARGV[index + 1]), ARGV[index]) end
+    if #ARGV >= 15 then redis.call('EXPIRE', KEYS[8], ttl) end
   else
     redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
     redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
-    redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(ARGV[4]))
+    redis.call('HINCRBY', KEYS[1], 'lines_failed', tonumber(ARGV[4]))
   end
   redis.call('EXPIRE', KEYS[2], ttl)
   redis.call('EXPIRE', KEYS[3], ttl)
@@ -103,11 +123,11 @@ local function attempt_lost(member, limit, reason, verb, now, ttl)
     return 'failed'
   end
   if redis.call('SISMEMBER', KEYS[4], member) == 0 and redis.call('HEXISTS', KEYS[5], member) == 0 then
-    local items = redis.call('HGET', KEYS[7], member)
+    local lines = redis.call('HGET', KEYS[7], member)
     redis.call('HSET', KEYS[5], member, why)
     redis.call('EXPIRE', KEYS[5], ttl)
     redis.call('HINCRBY', KEYS[1], 'chunks_failed', 1)
-    redis.call('HINCRBY', KEYS[1], 'prompts_failed', tonumber(items or '0'))
+    redis.call('HINCRBY', KEYS[1], 'lines_failed', tonumber(lines or '0'))
   end
   finish_if_complete(KEYS[1], KEYS[6], now)
   return 'failed'
@@ -208,6 +228,69 @@ return 'failed'
 """
 
 
+# A .jsonl job's ids must be unique. A worker registers the ids of its chunk's usable lines, in
+# line order, before it decodes them; the first use of an id (the lowest line) holds it. KEYS:
+# ids (hash: id key -> "line,implied"), implied (bitmap: lines whose id is their line number),
+# retracted (hash: line -> JSON), job. ARGV: ttl, then per line: line, id key (shared.seeds.id_key),
+# '1' when the id is implied by the line number else '0'. Returns, per line of the caller's that
+# is a duplicate: line, first line, '1'/'0' (the first line's id was implied). A line that held
+# the id but is later than the caller's (its chunk ran first) is a duplicate too: it is recorded
+# in `retracted` (the collector leaves its output out and reports it), and the job's counts move
+# it from valid to invalid. A chunk that runs again finds its own lines holding their ids (no
+# change), or its line retracted: then the retraction goes (the chunk reports the line itself).
+REGISTER_IDS = """
+local ttl = tonumber(ARGV[1])
+local duplicates = {}
+local function implied_holder(key, line)
+  if string.sub(key, 1, 1) ~= 'i' then return nil end
+  local digits = string.sub(key, 2)
+  if #digits == 0 or #digits > 10 or string.find(digits, '%D') then return nil end
+  local number = tonumber(digits)
+  if number < 1 or number > 4294967295 or number == line then return nil end
+  if redis.call('GETBIT', KEYS[2], number) == 1 then return number end
+  return nil
+end
+local function hold(key, line, implied)
+  if implied == '1' then redis.call('SETBIT', KEYS[2], line, 1) end
+  redis.call('HSET', KEYS[1], key, line .. ',' .. implied)
+end
+for index = 2, #ARGV, 3 do
+  local line, key, implied = tonumber(ARGV[index]), ARGV[index + 1], ARGV[index + 2]
+  local holder, holder_implied = nil, '0'
+  local held = redis.call('HGET', KEYS[1], key)
+  if held then
+    local comma = string.find(held, ',')
+    holder, holder_implied = tonumber(string.sub(held, 1, comma - 1)), string.sub(held, comma + 1)
+  else
+    holder = implied_holder(key, line)
+    if holder then holder_implied = '1' end
+  end
+  if holder == nil then
+    if implied == '1' then redis.call('SETBIT', KEYS[2], line, 1) else hold(key, line, implied) end
+  elseif holder == line then
+    -- this line's own registration (the chunk runs again)
+  elseif holder < line then
+    if redis.call('HDEL', KEYS[3], line) == 1 then
+      redis.call('HINCRBY', KEYS[4], 'prompts', 1)
+      redis.call('HINCRBY', KEYS[4], 'input_errors', -1)
+    end
+    table.insert(duplicates, line)
+    table.insert(duplicates, holder)
+    table.insert(duplicates, holder_implied)
+  else
+    redis.call('HSET', KEYS[3], holder, cjson.encode({key, line, implied, holder_implied}))
+    redis.call('HINCRBY', KEYS[4], 'prompts', -1)
+    redis.call('HINCRBY', KEYS[4], 'input_errors', 1)
+    hold(key, line, implied)
+  end
+end
+for _, key in ipairs({KEYS[1], KEYS[2], KEYS[3]}) do
+  if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ttl) end
+end
+return duplicates
+"""
+
+
 TRAIN = "train"   # the lease member of a training job's running slice
 
 
@@ -223,6 +306,7 @@ class Jobs:
         self._attempt_ended = client.register_script(ATTEMPT_ENDED)
         self._end_job = client.register_script(END_JOB)
         self._submission_lapsed = client.register_script(SUBMISSION_LAPSED)
+        self._register_ids = client.register_script(REGISTER_IDS)
 
     # -- the record ------------------------------------------------------------------------------
     def create(self, kind: JobKind, params: ModelParams | GenerationParams, **fields: Any) -> str:
@@ -275,10 +359,6 @@ class Jobs:
         """Drop a job that no longer exists from the index of active jobs."""
         self.redis.zrem(keys.ACTIVE, job_id)
 
-    def chunk_prompts(self, job_id: str, chunk: int) -> int:
-        """How many prompts the producer put in the chunk (known even when its input is gone)."""
-        return int(self.redis.hget(keys.job_key(job_id, "chunk-sizes"), chunk) or 0)
-
     def pinning(self, name: str, version: int) -> list[str]:
         """Jobs that have not ended and use model NAME@VERSION (generate jobs pin their version)."""
         pinned = []
@@ -311,26 +391,24 @@ class Jobs:
         return sum(pipe.execute())
 
     # -- submission --------------------------------------------------------------------------------
-    def put_chunk(self, job_id: str, chunk: int, items: list[dict[str, Any]] | bytes, lines: int,
-                  submit_deadline: float, prompts: int | None = None) -> None:
-        """Store a chunk's prompts, and count it sent (with the seed lines read so far and the time
-        by which the producer will have shown a sign of life again). `items`: PromptItem dicts, or
-        a payload ChunkBuilder.encode made (then `prompts` says how many it holds)."""
-        if not isinstance(items, bytes):
-            items, prompts = encode_items(items), len(items)
-        self.put_chunks(job_id, [(chunk, items, prompts or 0)], lines, submit_deadline)
+    def put_chunk(self, job_id: str, chunk: int, data: bytes, first_line: int, submit_deadline: float) -> None:
+        """Store one chunk of raw seed lines (`data`, from line `first_line` on) and count it sent,
+        with the lines read so far and the time by which the producer will have shown a sign of life."""
+        lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        self.put_chunks(job_id, [(chunk, pack_input(first_line, lines, data), lines)], first_line + lines - 1,
+                        submit_deadline)
 
     def put_chunks(self, job_id: str, chunks: list[tuple[int, bytes, int]], lines: int,
                    submit_deadline: float) -> None:
-        """Store several chunks in one round trip: (chunk index, ChunkBuilder payload, prompts) in
-        index order; then count them sent as put_chunk does."""
+        """Store several chunks in one round trip: (chunk index, pack_input payload, its lines) in
+        index order; then count them sent, with `lines`, the seed lines read so far."""
         if not chunks:
             return
         sizes = keys.job_key(job_id, "chunk-sizes")
         pipe = self.redis.pipeline(transaction=False)
-        for chunk, payload, _prompts in chunks:
+        for chunk, payload, _lines in chunks:
             pipe.set(keys.job_key(job_id, "chunk", chunk), payload, ex=self.ttl)
-        pipe.hset(sizes, mapping={chunk: prompts for chunk, _payload, prompts in chunks})
+        pipe.hset(sizes, mapping={chunk: count for chunk, _payload, count in chunks})
         pipe.expire(sizes, self.ttl)
         pipe.hset(keys.job_key(job_id), mapping={"chunks_sent": chunks[-1][0] + 1, "lines": lines,
                                                  "submit_deadline": submit_deadline, "updated": now()})
@@ -339,8 +417,8 @@ class Jobs:
     def keep_submitting(self, job_id: str, lines: int, submit_deadline: float) -> None:
         self.redis.hset(keys.job_key(job_id), mapping={"lines": lines, "submit_deadline": submit_deadline})
 
-    def finish_submission(self, job_id: str, chunks: int, prompts: int, input_errors: int, lines: int) -> JobStatus:
-        self.update(job_id, chunks=chunks, prompts=prompts, input_errors=input_errors, lines=lines, submitted=True)
+    def finish_submission(self, job_id: str, chunks: int, lines: int) -> JobStatus:
+        self.update(job_id, chunks=chunks, lines=lines, submitted=True)
         return JobStatus(self._finish_submission(keys=[keys.job_key(job_id), keys.ACTIVE], args=[now()]).decode())
 
     def fail_lapsed_submission(self, job_id: str) -> bool:
@@ -348,32 +426,34 @@ class Jobs:
         return bool(self._submission_lapsed(keys=[keys.job_key(job_id), keys.ACTIVE], args=[now()]))
 
     # -- chunks --------------------------------------------------------------------------------------
-    def chunk(self, job_id: str, chunk: int) -> list[Any]:
-        """The chunk's prompts as item dicts (line, id, prompt, key, params): what a worker reads."""
+    def chunk_lines(self, job_id: str, chunk: int) -> int:
+        """How many seed lines the producer put in the chunk (known even when its input is gone)."""
+        return int(self.redis.hget(keys.job_key(job_id, "chunk-sizes"), chunk) or 0)
+
+    def chunk_source(self, job_id: str, chunk: int) -> tuple[int, int, bytes]:
+        """The chunk's first line, line count and raw lines; LookupError when its input is gone."""
         raw = self.redis.get(keys.job_key(job_id, "chunk", chunk))
         if raw is None:
             raise LookupError(f"job {job_id} has no chunk {chunk} (its input expired or was deleted)")
-        return ChunkInput.decode(raw).items()
+        return unpack_input(raw)
 
-    def chunk_input(self, job_id: str, chunk: int) -> ChunkInput:
-        """The chunk's prompts as columns (ChunkInput); LookupError when its input is gone."""
-        raw = self.redis.get(keys.job_key(job_id, "chunk", chunk))
-        if raw is None:
-            raise LookupError(f"job {job_id} has no chunk {chunk} (its input expired or was deleted)")
-        return ChunkInput.decode(raw)
-
-    def chunks_with_results(self, job_id: str, chunks: Iterable[int]
-                            ) -> list[tuple[ChunkInput | None, ChunkResult | None]]:
-        """Per chunk, in one round trip: its input (None when gone) and its result (None when none)."""
-        chunks = list(chunks)
+    def sources(self, job_id: str, chunks: Iterable[int]) -> list[tuple[int, int, bytes] | None]:
+        """Per chunk, in one round trip: its first line, line count and raw lines (None when gone)."""
         pipe = self.redis.pipeline(transaction=False)
         for chunk in chunks:
             pipe.get(keys.job_key(job_id, "chunk", chunk))
+        return [None if raw is None else unpack_input(raw) for raw in pipe.execute()]
+
+    def outputs(self, job_id: str, chunks: Iterable[int]) -> list[bytes | None]:
+        """Per chunk, in one round trip: its stored output (ChunkOutput.pack's bytes), None when none."""
+        pipe = self.redis.pipeline(transaction=False)
+        for chunk in chunks:
             pipe.get(keys.job_key(job_id, "result", chunk))
-        raw = pipe.execute()
-        return [(None if raw_input is None else ChunkInput.decode(raw_input),
-                 None if raw_result is None else ChunkResult.decode(raw_result))
-                for raw_input, raw_result in zip(raw[0::2], raw[1::2])]
+        return pipe.execute()
+
+    def output(self, job_id: str, chunk: int) -> ChunkOutput | None:
+        raw = self.redis.get(keys.job_key(job_id, "result", chunk))
+        return None if raw is None else ChunkOutput.unpack(raw)
 
     def outcomes(self, job_id: str, first: int, count: int) -> list[bool]:
         """For chunks first .. first+count-1: whether each has an outcome (a result, or failed)."""
@@ -390,33 +470,52 @@ class Jobs:
         return bool(self.redis.sismember(keys.job_key(job_id, "done"), chunk)
                     or self.redis.hexists(keys.job_key(job_id, "failed"), chunk))
 
-    def save_result(self, job_id: str, chunk: int, results: list[dict[str, Any]] | ChunkResult, words: int) -> bool:
-        """Write a chunk's results once; False when it was already written (a redelivered task).
-        `results`: one dict per item ({"samples", "logprobs", "unknown"} or {"error"}), or the
-        same as columns (ChunkResult: what a worker that builds columns passes, with no dicts)."""
-        return self._chunk_outcome(self._save_result, job_id, chunk, "done", encode_results(results), len(results),
-                                   words)
+    def register_ids(self, job_id: str, entries: list[tuple[int, str, bool]]) -> list[tuple[int, int, bool]]:
+        """Register a chunk's ids (line, id key, implied) in line order (see REGISTER_IDS); returns
+        (line, first line, first implied) for each of its lines whose id an earlier line holds."""
+        if not entries:
+            return []
+        args: list[Any] = [self.ttl]
+        for line, key, implied in entries:
+            args += (line, key, "1" if implied else "0")
+        found = self._register_ids(keys=[keys.job_key(job_id, "ids"), keys.job_key(job_id, "implied-ids"),
+                                         keys.job_key(job_id, "retracted"), keys.job_key(job_id)], args=args)
+        return [(int(found[index]), int(found[index + 1]), found[index + 2] == b"1") for index in range(0, len(found), 3)]
 
-    def fail_chunk(self, job_id: str, chunk: int, error: str, prompts: int) -> bool:
+    def retracted(self, job_id: str) -> dict[int, tuple[str, int, bool, bool]]:
+        """Lines whose output a later-registered earlier line made duplicates: line -> (id key,
+        first line, first implied, implied). Few or none."""
+        found = {}
+        for line, raw in self.redis.hgetall(keys.job_key(job_id, "retracted")).items():
+            key, first, first_implied, implied = json.loads(raw)
+            found[int(line)] = (key, int(first), first_implied == "1", implied == "1")
+        return found
+
+    def save_output(self, job_id: str, chunk: int, output: ChunkOutput, words: int, report: ChunkReport) -> bool:
+        """Write a chunk's output once, with its seed report; False when it was written already
+        (a redelivered task)."""
+        args = [*report.counters(), *[value for pair in report.top_unknown for value in pair]]
+        return self._chunk_outcome(self._save_result, job_id, chunk, "done", output.pack(), output.count, words, args)
+
+    def fail_chunk(self, job_id: str, chunk: int, error: str, lines: int | None = None) -> bool:
         """Record the chunk failed with its reason (once; works when Redis is out of memory)."""
-        return self._chunk_outcome(self._fail_chunk, job_id, chunk, "failed", error, prompts, 0)
+        lines = self.chunk_lines(job_id, chunk) if lines is None else lines
+        return self._chunk_outcome(self._fail_chunk, job_id, chunk, "failed", error, lines, 0, [])
 
-    def _chunk_outcome(self, script, job_id: str, chunk: int, outcome: str, payload: str | bytes, prompts: int,
-                       words: int) -> bool:
+    def _chunk_outcome(self, script, job_id: str, chunk: int, outcome: str, payload: str | bytes, lines: int,
+                       words: int, more: list[Any]) -> bool:
         chunk_keys = [keys.job_key(job_id), keys.job_key(job_id, "done"), keys.job_key(job_id, "failed"),
                       keys.job_key(job_id, "result", chunk), keys.job_key(job_id, "leases"), keys.ACTIVE,
-                      keys.job_key(job_id, "holders")]
-        first, _status = script(keys=chunk_keys, args=[chunk, outcome, payload, prompts, words, self.ttl, now()])
+                      keys.job_key(job_id, "holders"), keys.job_key(job_id, "unknown-words")]
+        first, _status = script(keys=chunk_keys, args=[chunk, outcome, payload, lines, words, self.ttl, now(), *more])
         return bool(first)
 
-    def result(self, job_id: str, chunk: int) -> list[dict[str, Any]] | None:
-        """The chunk's results as dicts (as the worker wrote them), or None when it has none."""
-        result = self.chunk_result(job_id, chunk)
-        return None if result is None else result.results()
-
-    def chunk_result(self, job_id: str, chunk: int) -> ChunkResult | None:
-        raw = self.redis.get(keys.job_key(job_id, "result", chunk))
-        return None if raw is None else ChunkResult.decode(raw)
+    def top_unknown_words(self, job_id: str, count: int = 10) -> list[tuple[str, int]]:
+        """The job's most frequent unknown prompt words so far (as the workers reported them: each
+        chunk its TOP_UNKNOWN_PER_CHUNK most frequent), the most frequent first, ties by the word."""
+        found = self.redis.zrevrange(keys.job_key(job_id, "unknown-words"), 0, 4 * count - 1, withscores=True)
+        ranked = sorted(((word.decode(), int(score)) for word, score in found), key=lambda pair: (-pair[1], pair[0]))
+        return ranked[:count]
 
     def failed_chunks(self, job_id: str) -> dict[int, str]:
         return {int(k): v.decode() for k, v in self.redis.hgetall(keys.job_key(job_id, "failed")).items()}
@@ -507,11 +606,14 @@ class Jobs:
 
     # -- seed lines that could not be used ----------------------------------------------------------
     def add_input_errors(self, job_id: str, errors: list[dict[str, Any]]) -> None:
+        """Bad seed lines the producer found itself (lines too long to send), counted in the job's
+        input_errors. Each {"id", "line", "error"}, with "chunk": the chunk the line is in."""
         if errors:
             key = keys.job_key(job_id, "input-errors")
             pipe = self.redis.pipeline()
-            pipe.rpush(key, *(json.dumps(error) for error in errors))
+            pipe.rpush(key, *(json.dumps(error, ensure_ascii=False) for error in errors))
             pipe.expire(key, self.ttl)
+            pipe.hincrby(keys.job_key(job_id), "input_errors", len(errors))
             pipe.execute()
 
     def input_errors(self, job_id: str) -> list[dict[str, Any]]:

@@ -74,15 +74,23 @@ class JobRecord:
     val_perplexity: float | None = None
     # generation
     seeds_file: str | None = None
-    lines: int = 0                     # non-blank seed lines read
-    prompts: int = 0
-    input_errors: int = 0              # seed lines that could not be used
+    seed_format: str | None = None     # txt or jsonl: how workers parse the chunks' lines
+    lines: int = 0                     # seed lines read and sent (blank ones too)
     chunks: int = 0
     chunks_done: int = 0
     chunks_failed: int = 0
-    prompts_done: int = 0
-    prompts_failed: int = 0
+    lines_done: int = 0                # seed lines of the chunks with an output
+    lines_failed: int = 0              # seed lines of the chunks that failed
     words_done: int = 0
+    # the seed report, added up from the chunks' outputs as workers parse the lines
+    prompts: int = 0                   # usable seed lines found so far
+    input_errors: int = 0              # seed lines that could not be used
+    prompts_done: int = 0              # usable lines of the chunks with an output
+    prompt_words: int = 0
+    unknown_words: int = 0             # prompt words the model does not know
+    prompts_with_unknown: int = 0
+    words_to_generate: int = 0
+    output_lines: int = 0
     submitted: bool = False            # every chunk of the seed file has been stored and sent
     chunks_sent: int = 0               # chunks stored and sent so far (while submitting)
     submit_deadline: float | None = None   # a submission not renewed by then was interrupted
@@ -99,7 +107,17 @@ class JobRecord:
             if self.epoch_running == self.epoch + 1 and self.steps:
                 done += min((self.step or 0) / self.steps, 0.999)   # the epoch in progress
             return Progress(done, self.epochs or getattr(self.params, "epochs", None), "epoch")
-        return Progress(self.prompts_done + self.prompts_failed, self.prompts if self.submitted else None, "prompt")
+        return Progress(self.lines_done + self.lines_failed, self.lines if self.submitted else None, "line")
+
+    def seed_report(self, top_unknown: list[tuple[str, int]] | None = None) -> dict[str, Any]:
+        """What the workers found in the seed lines so far (all of them once every chunk has an
+        outcome): valid and invalid lines, unknown words, words to generate."""
+        return {"lines_valid": self.prompts, "lines_invalid": self.input_errors,
+                "prompts_with_unknown_words": self.prompts_with_unknown,
+                "unknown_word_rate": round(self.unknown_words / self.prompt_words, 4) if self.prompt_words else 0.0,
+                "top_unknown_words": [[word, count] for word, count in (top_unknown or [])],
+                "words_to_generate": self.words_to_generate,
+                "complete": self.status.finished or (self.submitted and self.chunks_done + self.chunks_failed >= self.chunks)}
 
     @property
     def seconds(self) -> float | None:

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 
 from lstmq.shared.config import load_settings
-from lstmq.shared.messages import Dispatcher, JobKind, PromptItem
-from lstmq.shared.params import prompt_key
+from lstmq.shared.messages import Dispatcher, JobKind
 from lstmq.shared.store import Store, keys
 from tests.conftest import (BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, read_jsonl,  # noqa: F401
                             wait_for)   # read_jsonl, wait_for: for the tests
@@ -55,28 +54,26 @@ class Stack:
         return f"{name}@{register_model(self.store, name, artifact)}"
 
     def submit_by_hand(self, chunks: dict[int, list[str] | None], send: bool = True) -> str:
-        """A generate job on self.model stored and dispatched as the producer does, where a chunk
-        given None has no stored input (as if it vanished); with send=False no message is sent."""
+        """A generate job on self.model stored and dispatched as the producer does (.txt lines),
+        where a chunk given None has no stored input (as if it vanished: it had 2 lines); with
+        send=False no message is sent."""
         settings = load_settings(self.config, {"broker_url": self.url}, environ={})
         params = settings.generation_params().replace(seed=3, words=4)
         name, version = self.store.registry.resolve(self.model)
         job = self.store.jobs.create(JobKind.GENERATE, params, model_name=name, version=version, model=self.model,
-                                      submit_deadline=time.time() + 60)
-        line = 0
+                                      seeds_file="by-hand.txt", seed_format="txt", submit_deadline=time.time() + 60)
+        line = 1
         with Dispatcher(settings).chunks(job) as dispatch:
             for chunk, prompts in chunks.items():
-                items = []
-                for prompt in prompts or []:
-                    line += 1
-                    items.append(PromptItem(line, line, prompt, prompt_key(line), params).to_dict())
-                self.store.jobs.put_chunk(job, chunk, items, line, time.time() + 60)
+                lines = prompts if prompts is not None else ["vanished", "vanished"]
+                self.store.jobs.put_chunk(job, chunk, "".join(f"{prompt}\n" for prompt in lines).encode(), line,
+                                          time.time() + 60)
+                line += len(lines)
                 if prompts is None:
                     self.store.redis.delete(keys.job_key(job, "chunk", chunk))
-                    self.store.redis.hset(keys.job_key(job, "chunk-sizes"), chunk, 2)
                 if send:
                     dispatch(chunk)
-        vanished = 2 * sum(prompts is None for prompts in chunks.values())   # a vanished chunk counts 2 prompts
-        self.store.jobs.finish_submission(job, chunks=len(chunks), prompts=line + vanished, input_errors=0, lines=line)
+        self.store.jobs.finish_submission(job, chunks=len(chunks), lines=line - 1)
         return job
 
     def status(self, job: str) -> dict:

@@ -43,7 +43,7 @@ def test_a_chunk_whose_input_vanished_fails_with_its_reason(stack, tmp_path):
     assert "chunk 1: its input is gone" in result.stderr
     assert [line["prompt"] for line in read_jsonl(out)] == ["the door was open", "holmes said"]
     errors = read_jsonl(tmp_path / "out.errors.jsonl")
-    assert errors == [{"id": None, "line": None, "chunk": 1, "prompts": 2,
+    assert errors == [{"id": None, "line": None, "chunk": 1, "lines": 2,
                        "error": errors[0]["error"]}] and "its input is gone" in errors[0]["error"]
     record = stack.status(job)
     assert record["status"] == "failed" and record["chunks_failed"] == 1 and "1" in record["failed_chunks"]

@@ -1,11 +1,14 @@
-"""The chunk pipeline: what a worker does with one chunk of a generate job. Read its prompts,
-check and tokenize them, decode them in slices with the host work overlapped, write the result
-once; or record the chunk failed with its reason (missing input, Redis out of memory, a bug alike)."""
+"""The chunk pipeline: what a worker does with one chunk of a generate job. Read its raw seed
+lines, parse and check them (shared.seeds; a .jsonl job's ids against the whole job's), tokenize
+them, decode them in slices with the host work overlapped, and write the chunk's output once as
+finished JSONL with its error records and its share of the seed report; or record the chunk
+failed with its reason (missing input, Redis out of memory, a bug alike)."""
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,10 +18,14 @@ import redis
 from lstmq.shared.config import Settings
 from lstmq.shared.errors import InputError
 from lstmq.shared.messages import JobKind
+from lstmq.shared.output import LineWriter, error_line
 from lstmq.shared.params import SAMPLING_STREAM, prompt_key
+from lstmq.shared.seeds import ParamsChecker, Seed, duplicate_id_message, id_key, parse_chunk
 from lstmq.shared.store import Store
-from lstmq.shared.store.chunks import ChunkInput, ChunkResult
+from lstmq.shared.store.chunks import (TOP_UNKNOWN_PER_CHUNK, ChunkInput, ChunkOutput, ChunkReport, ChunkResult,
+                                       LogprobHistogram)
 from lstmq.shared.store.health import is_out_of_memory, out_of_memory
+from lstmq.shared.store.records import JobRecord
 from lstmq.worker.jobs.leases import TRANSIENT, Lease, describe, job_of_kind
 from lstmq.worker.runtime import settled_if_traced
 
@@ -27,7 +34,7 @@ log = logging.getLogger("lstmq.jobs")
 
 def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: str,
                        settings: Settings) -> dict[str, Any]:
-    """Decode one chunk of a generate job and write its result once; or record it failed."""
+    """Parse and decode one chunk of a generate job and write its output once; or record it failed."""
     started = time.monotonic()
     record = job_of_kind(store, job_id, JobKind.GENERATE)
     store = store.for_job(record)   # the job's result_ttl, not this worker's
@@ -38,20 +45,23 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
     if taken != "ok":
         log.info("job %s is %s; skipping chunk %d", job_id, taken, chunk)
         return {"job": job_id, "chunk": chunk, "skipped": True}
-    items: ChunkInput | None = None
+    lines: int | None = None
     with Lease(store, job_id, chunk, settings.lease_seconds, worker):
         try:
             try:
-                items = store.jobs.chunk_input(job_id, chunk)
+                first_line, lines, data = store.jobs.chunk_source(job_id, chunk)
             except LookupError as error:
                 raise InputError(f"chunk {chunk}: its input is gone ({error})") from None
             loaded = models.get(record.model_name, record.version)
             if record.sampling_stream != SAMPLING_STREAM:   # once per job: which stream its samples come from
                 store.jobs.update(job_id, sampling_stream=SAMPLING_STREAM)
+            parsed = ParsedChunk.parse(record, first_line, data, settings,
+                                       lambda entries: store.jobs.register_ids(job_id, entries))
             with settled_if_traced(loaded.decoder):
-                results, words = decode_items(items, loaded.decoder, settings)
+                plan, words = decode_chunk(parsed.input, loaded.decoder, settings)
+            output, report = parsed.output(record.model, plan, lines)
             try:
-                first = store.jobs.save_result(job_id, chunk, results, words)
+                first = store.jobs.save_output(job_id, chunk, output, words, report)
             except redis.exceptions.ResponseError as error:   # OutOfMemoryError is one
                 if is_out_of_memory(error):
                     raise out_of_memory(store.redis, error) from None
@@ -59,14 +69,110 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
         except TRANSIENT:
             raise      # retried by the task (the lease lapses if it never comes back)
         except Exception as error:
-            prompts = len(items) if items is not None else store.jobs.chunk_prompts(job_id, chunk)
-            store.jobs.fail_chunk(job_id, chunk, describe(error), prompts)
+            store.jobs.fail_chunk(job_id, chunk, describe(error), lines)
             log.error("job %s chunk %d failed: %s", job_id, chunk, describe(error))
             raise
     seconds = time.monotonic() - started
-    log.info("job %s chunk %d: %d prompts, %d words with %s in %.2fs (%.0f words/s)%s", job_id, chunk,
-             len(items), words, loaded.label, seconds, words / max(seconds, 1e-9), "" if first else " (duplicate)")
-    return {"job": job_id, "chunk": chunk, "prompts": len(items), "words": words}
+    log.info("job %s chunk %d: %d lines, %d prompts, %d words with %s in %.2fs (%.0f words/s)%s", job_id, chunk,
+             lines, report.valid, words, loaded.label, seconds, words / max(seconds, 1e-9),
+             "" if first else " (duplicate)")
+    return {"job": job_id, "chunk": chunk, "prompts": report.valid, "words": words}
+
+
+class ParsedChunk:
+    """A chunk's seed lines, parsed: the usable prompts as columns (`input`), and the lines that
+    could not be used as (line, id, reason), in line order."""
+
+    def __init__(self, first_line: int, chunk_input: ChunkInput, errors: list[tuple[int, Any, str]]):
+        self.first_line, self.input, self.errors = first_line, chunk_input, errors
+
+    @classmethod
+    def parse(cls, record: JobRecord, first_line: int, data: bytes, settings: Settings,
+              register_ids: Callable[[list[tuple[int, str, bool]]], list[tuple[int, int, bool]]] | None
+              ) -> ParsedChunk:
+        """`register_ids`: registers a .jsonl chunk's ids with the job's (store.jobs.register_ids)
+        and returns the duplicates; None checks ids within the chunk only."""
+        fmt = record.seed_format or "txt"
+        defaults = record.params.to_dict()
+        limits = settings.limits()
+        params_for = ParamsChecker(defaults, limits)
+        name = record.seeds_file or "seeds"
+        seeds: list[Seed] = []
+        errors: list[tuple[int, Any, str]] = []
+        for entry in parse_chunk(data, first_line, fmt, name, params_for, limits):
+            if type(entry) is Seed:
+                seeds.append(entry)
+            else:
+                errors.append((entry.line, entry.id, entry.error))
+        if fmt == "jsonl" and seeds:
+            entries = [(seed.line, id_key(seed.id), seed.implied) for seed in seeds]
+            duplicates = register_ids(entries) if register_ids is not None else _duplicates_within(entries)
+            if duplicates:
+                by_line = {line: (first, first_implied) for line, first, first_implied in duplicates}
+                kept = []
+                for seed in seeds:
+                    found = by_line.get(seed.line)
+                    if found is None:
+                        kept.append(seed)
+                    else:
+                        errors.append((seed.line, seed.id,
+                                       duplicate_id_message(seed.id, seed.line, seed.implied, found[0], found[1])))
+                seeds = kept
+                errors.sort(key=lambda error: error[0])
+        overrides: dict[int, dict[str, Any]] = {}
+        default_params = params_for.defaults
+        if any(seed.params is not default_params for seed in seeds):
+            changed_of: dict[int, tuple[Any, dict[str, Any]]] = {}
+            for position, seed in enumerate(seeds):
+                params = seed.params
+                if params is default_params:
+                    continue
+                known = changed_of.get(id(params))
+                if known is None or known[0] is not params:
+                    values = params.to_dict()
+                    known = changed_of[id(params)] = (params, {
+                        key: value for key, value in values.items()
+                        if defaults.get(key) != value or type(defaults.get(key)) is not type(value)})
+                if known[1]:
+                    overrides[position] = known[1]
+        line_numbers = [seed.line for seed in seeds]
+        ids = line_numbers if fmt == "txt" else [seed.id for seed in seeds]
+        chunk_input = ChunkInput(line_numbers, ids, [seed.prompt for seed in seeds], defaults, overrides)
+        return cls(first_line, chunk_input, errors)
+
+    def output(self, model: str | None, plan: ChunkPlan, lines: int) -> tuple[ChunkOutput, ChunkReport]:
+        """The chunk's stored output (finished JSONL and error records) and its seed report."""
+        chunk_input, result = self.input, plan.result()
+        histogram = LogprobHistogram()
+        text, count = LineWriter(model).lines(chunk_input, result, histogram)
+        errors = self.errors
+        if result.errors:
+            errors = sorted(errors + [(chunk_input.lines[position], chunk_input.ids[position], reason)
+                                      for position, reason in result.errors.items()], key=lambda error: error[0])
+        err = "".join(error_line(identifier, line, reason) for line, identifier, reason in errors)
+        unknown = Counter(word for words in result.unknown.values() for word in words)
+        top_unknown = sorted(unknown.items(), key=lambda pair: (-pair[1], pair[0]))[:TOP_UNKNOWN_PER_CHUNK]
+        report = ChunkReport(valid=len(chunk_input) - len(result.errors), invalid=len(errors),
+                             prompt_words=plan.prompt_words, unknown_words=sum(unknown.values()),
+                             prompts_with_unknown=len(result.unknown), words_to_generate=plan.words_to_generate,
+                             output_lines=count, top_unknown=top_unknown)
+        output = ChunkOutput(self.first_line, lines, text.encode("utf-8"), count, err.encode("utf-8"), len(errors),
+                             histogram.to_value() if histogram.lines else None)
+        return output, report
+
+
+def _duplicates_within(entries: list[tuple[int, str, bool]]) -> list[tuple[int, int, bool]]:
+    """Duplicates among one chunk's ids alone (line, first line, first implied): a line's implied
+    id has the key of the integer id that equals its line number."""
+    held: dict[str, tuple[int, bool]] = {}
+    found = []
+    for line, key, implied in entries:
+        first = held.get(key)
+        if first is not None:
+            found.append((line, first[0], first[1]))
+        else:
+            held[key] = (line, implied)
+    return found
 
 
 _HOST: ThreadPoolExecutor | None = None   # this process's host-side thread (see decode_items)
@@ -81,10 +187,10 @@ def host_thread() -> ThreadPoolExecutor:
     return _HOST
 
 
-def decode_items(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkResult, int]:
-    """A chunk's results as columns (ChunkResult: per item its samples and log-probabilities, its
-    unknown words, or its error), and the words generated. `chunk`: its prompts as columns, as
-    the worker reads them.
+def decode_chunk(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkPlan, int]:
+    """A chunk decoded: its plan (plan.result(): per item its samples and log-probabilities, its
+    unknown words, or its error) and the words generated. `chunk`: its prompts as columns, as
+    the worker parsed them.
 
     The chunk is decoded in slices. While the decoder (TensorFlow, which releases the GIL) runs
     slice k, the host thread checks and tokenizes slice k+1 and appends slice k-1's output to the
@@ -112,6 +218,12 @@ def decode_items(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkR
         finishing = host.submit(plan.finish, positions, scored)
         words += sum(request.words * request.n for request in requests)
     finishing.result()
+    return plan, words
+
+
+def decode_items(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkResult, int]:
+    """decode_chunk's results as columns, and the words generated."""
+    plan, words = decode_chunk(chunk, decoder, settings)
     return plan.result(), words
 
 
@@ -131,6 +243,8 @@ class ChunkPlan:
         self.counts = [0] * len(chunk)
         self.samples: list[str] = []
         self.logprobs: list[float] = []
+        self.prompt_words = 0          # the usable prompts' words (the seed report's unknown-word rate)
+        self.words_to_generate = 0
 
     def prepare(self, start: int, end: int) -> tuple[list[Any], list[int]]:
         """The requests of prompts start .. end-1 that can be decoded, with their positions; the
@@ -141,6 +255,7 @@ class ChunkPlan:
         prompts, ids, overrides, defaults = chunk.prompts, chunk.ids, chunk.overrides, self.defaults
         encode = self.vocabulary.encode
         requests, positions = [], []
+        prompt_words = to_generate = 0
         for position in range(start, end):
             if position in errors:
                 continue
@@ -168,6 +283,10 @@ class ChunkPlan:
                 unknown_words[position] = unknown
             positions.append(position)
             requests.append(Request(ids=tokens, params=params, key=key))
+            prompt_words += len(tokens)
+            to_generate += params.words * params.n
+        self.prompt_words += prompt_words
+        self.words_to_generate += to_generate
         return requests, positions
 
     def finish(self, positions: list[int], scored) -> None:
