@@ -111,12 +111,19 @@ def read_chunks(stream: BinaryIO, lines_per_chunk: int, max_line_bytes: int, blo
 
     while True:
         data = read(block_bytes)
-        if first and data:
-            first = False
-            if data.startswith(BYTE_ORDER_MARK):
-                data = data[len(BYTE_ORDER_MARK):]
         if not data:
             break
+        if first:
+            first = False
+            while len(data) < len(BYTE_ORDER_MARK) and BYTE_ORDER_MARK.startswith(data):   # a mark read in pieces
+                more = read(block_bytes)
+                if not more:
+                    break
+                data += more
+            if data.startswith(BYTE_ORDER_MARK):
+                data = data[len(BYTE_ORDER_MARK):]
+            if not data:
+                continue
         if skipping is not None:
             at = data.find(b"\n")
             if at < 0:

@@ -217,3 +217,46 @@ def test_a_long_txt_file_streams_with_line_numbers_as_ids(tmp_path):
     entries = read(path)
     assert len(entries) == 50_000 - 50 and all(type(entry) is Seed for entry in entries)
     assert [entry.id for entry in entries[998:1000]] == [999, 1001] and entries[-1].prompt == "word49999"
+
+
+def test_chunks_are_whole_lines_numbered_from_one_whatever_the_blocks():
+    """read_chunks cuts any byte stream into chunks of whole lines (by newline offsets, never by
+    looking at a line), at most N lines each, numbered on; a line over the limit is left empty
+    and reported, even when it spans many blocks; a byte order mark at the start goes."""
+    import io
+    import random
+
+    from lstmq.producer.seeds import read_chunks
+
+    for trial in range(300):
+        rnd = random.Random(trial)
+        lines = [b"x\r" if rnd.random() < 0.1 else b"y" * rnd.randrange(0, 12) for _ in range(rnd.randrange(0, 40))]
+        data = b"\n".join(lines) + (b"\n" if rnd.random() < 0.5 else b"")
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        per_chunk, block = rnd.randrange(1, 6), rnd.randrange(1, 30)
+        chunks = list(read_chunks(io.BytesIO(b"\xef\xbb\xbf" + data), per_chunk, 8, block_bytes=block))
+        assert [chunk.first_line for chunk in chunks] == [1 + sum(c.lines for c in chunks[:i]) for i in range(len(chunks))]
+        assert all(0 < chunk.lines <= per_chunk for chunk in chunks) and sum(c.lines for c in chunks) == len(lines)
+        kept = [b"".join(chunk.data for chunk in chunks).split(b"\n")[i] for i in range(len(lines))]
+        # over max_line_bytes + 1 (room for a \r): cut out; the worker judges the line of max + 1 itself
+        assert kept == [line if len(line) <= 9 else b"" for line in lines], (data, per_chunk, block)
+        assert [entry for chunk in chunks for entry in chunk.long_lines] == [
+            (number, len(line.rstrip(b"\r"))) for number, line in enumerate(lines, 1) if len(line) > 9]
+
+
+def test_a_slow_input_sends_what_it_has():
+    """Standard input that stops mid-chunk: the whole lines that waited flush_after go as a chunk."""
+    from lstmq.producer.seeds import read_chunks
+
+    class Trickle:
+        def __init__(self, parts):
+            self.parts = list(parts)
+
+        def read(self, _size):
+            return self.parts.pop(0) if self.parts else b""
+
+    clock = iter([0.0, 5.0, 5.1, 9.0]).__next__
+    chunks = list(read_chunks(Trickle([b"one\ntw", b"o\n", b"three\n"]), 100, 50, flush_after=1.0, clock=clock))
+    assert [(chunk.first_line, chunk.data) for chunk in chunks] == [(1, b"one\ntwo\n"), (3, b"three\n")]
