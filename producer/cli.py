@@ -37,12 +37,21 @@ def timeout_option(command):
                         help=f"Stop waiting after this long (exit status {EXIT_TIMEOUT}; the job goes on).")(command)
 
 
+CONFIG_HELP = ("Settings file (YAML); else $LSTMQ_CONFIG, else ~/.config/lstmq/config.yaml, else "
+               "/etc/lstmq/config.yaml, the first that exists.")
+BROKER_HELP = "Redis URL, e.g. redis://host:6379/0 (setting broker_url, LSTMQ_BROKER_URL)."
+
+
 def common_options(command):
-    @click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                  help="Settings file (YAML); also LSTMQ_CONFIG.")
-    @click.option("--broker", help="Redis URL, e.g. redis://host:6379/0 (setting broker_url, LSTMQ_BROKER_URL).")
+    """--config and -b/--broker, on the command (`lstmq status -b URL`) or before it
+    (`lstmq -b URL status`, as celery takes them); the command's own win."""
+    @click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+    @click.option("-b", "--broker", help=BROKER_HELP)
     @functools.wraps(command)
     def wrapper(*args, config_file=None, broker=None, **kwargs):
+        root = click.get_current_context().find_root().params
+        config_file = config_file or root.get("config_file")
+        broker = broker or root.get("broker")
         try:
             return command(*args, config_file=config_file, broker=broker, **kwargs)
         except click.ClickException as error:
@@ -83,6 +92,13 @@ def settings_for(config_file, **overrides):
     return load_settings(config_file, overrides)
 
 
+def client_for(config_file, broker, **overrides):
+    """The Python API's client (lstmq.Client) with the command's settings: commands are thin
+    calls of it, and show what it returns."""
+    from lstmq.producer.api import Client
+    return Client(broker_url=broker, config=config_file, **overrides)
+
+
 def open_store(settings):
     """The store, once Redis answered and its eviction policy is safe (see allow_eviction)."""
     from lstmq.shared.store import Store
@@ -107,15 +123,44 @@ def stopped_waiting(job_id: str, how: str) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LstmqGroup(click.Group):
+    """Usage errors (an unknown option, a missing argument, conflicting flags) exit 2 as click's
+    do; with --json anywhere on the command line they are a JSON object {"error", "exit_status"},
+    as every other failure is."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(args, prog_name or "lstmq", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as stop:   # --help, --version
+            sys.exit(stop.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(EXIT_FAILED)
+        except click.ClickException as error:
+            if "--json" in args:
+                from lstmq.producer import render
+                render.echo_json({"error": error.format_message(), "exit_status": error.exit_code})
+            else:
+                error.show()
+            sys.exit(error.exit_code)
+
+
+@click.group(cls=LstmqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="lstmq")
-def main():
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("-b", "--broker", help=BROKER_HELP)
+def main(config_file, broker):
     """Batch word-level LSTM text generation on Celery workers.
 
     \b
-      lstmq train corpus.txt --model sherlock --wait
+      lstmq train corpus.txt --model sherlock
       lstmq generate seeds.txt --model sherlock -o out.jsonl
       lstmq status
+
+    Settings come from the flags, LSTMQ_* variables, and a config file: --config, else
+    $LSTMQ_CONFIG, else ~/.config/lstmq/config.yaml, else /etc/lstmq/config.yaml. -b/--broker
+    and --config go before or after the command. Scripts: `from lstmq import Client`.
     """
 
 
@@ -131,32 +176,33 @@ def main():
 @click.option("--dropout", type=float,
               help="Fraction of the LSTM layers' inputs and outputs dropped while training, 0 = off (setting dropout).")
 @click.option("--clipnorm", type=float, help="Clip the gradient's global norm to this, 0 = off (setting clipnorm).")
-@click.option("--no-promote", "promote", flag_value="never",
-              help="Register the new version without making it current.")
-@click.option("--promote-if-better", "promote", flag_value="if-better",
+@click.option("--no-promote", is_flag=True, help="Register the new version without making it current.")
+@click.option("--promote-if-better", is_flag=True,
               help="Make it current only if its validation perplexity beats the current version's on the same "
                    "held-out lines.")
-@click.option("--wait", is_flag=True, help="Wait, showing per-epoch loss and validation perplexity.")
+@click.option("--detach", is_flag=True, help="Submit, print the job id and return (lstmq wait JOB later).")
+@click.option("--wait", is_flag=True, hidden=True, help="Wait (the default; kept for scripts that say it).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: job, status, model.")
 @timeout_option
 @common_options
 @lstmq_errors
-def train(corpus, model_name, epochs, batch_size, learning_rate, layers, dropout, clipnorm, promote, wait, as_json,
-          timeout, config_file, broker):
+def train(corpus, model_name, epochs, batch_size, learning_rate, layers, dropout, clipnorm, no_promote,
+          promote_if_better, detach, wait, as_json, timeout, config_file, broker):
     """Upload CORPUS (UTF-8 text) and train a new version of a model on it (by default the
-    new version becomes the model's current one)."""
+    new version becomes the model's current one). Waits, showing per-epoch loss and validation
+    perplexity, unless --detach."""
+    if no_promote and promote_if_better:
+        raise click.UsageError("--no-promote and --promote-if-better exclude each other")
+    if wait and detach:
+        raise click.UsageError("--wait and --detach exclude each other")
+    promote = "never" if no_promote else "if-better" if promote_if_better else "always"
+    wait = not detach
     from lstmq.producer import render
-    from lstmq.producer.submit import read_corpus, submit_train
-    from lstmq.shared.store import check_model_name
 
-    settings = settings_for(config_file, broker_url=broker, epochs=epochs, batch_size=batch_size,
-                            learning_rate=learning_rate, lstm_layers=layers, dropout=dropout, clipnorm=clipnorm)
-    check_model_name(model_name)
-    data = read_corpus(corpus, settings)   # a bad corpus is reported before Redis is needed
-    store = open_store(settings)
-    submission = submit_train(store, dispatcher_for(settings), settings, corpus, model_name, data,
-                              promote=promote or "always")
-    job_id = submission.job
+    client = client_for(config_file, broker)
+    job = client.train(corpus, model_name, epochs=epochs, promote=promote, batch_size=batch_size,
+                       learning_rate=learning_rate, layers=layers, dropout=dropout, clipnorm=clipnorm)
+    settings, store, job_id, submission = job.client.settings, client.store, job.id, job.submission
     if not wait:
         if as_json:
             render.echo_json(train_json(store.jobs.get(job_id)))
@@ -168,7 +214,8 @@ def train(corpus, model_name, epochs, batch_size, learning_rate, layers, dropout
         click.echo(f"job {job_id}: training {model_name} on {submission.corpus_file} ({submission.corpus_bytes:,} "
                    f"bytes, sha256 {submission.corpus_sha256[:12]})", err=True)
     try:
-        record = wait_for_job(store, job_id, settings, show_progress(), dispatcher_for(settings), timeout)
+        record = wait_for_job(store, job_id, settings, show_progress() and not as_json, dispatcher_for(settings),
+                              timeout)
     except KeyboardInterrupt:
         stopped_waiting(job_id, f"lstmq status {job_id}")
     summary = train_json(record)
@@ -222,16 +269,21 @@ def generate(seeds, model_spec, output, fmt, words, temperature, top_k, top_p, s
     - reads standard input)."""
     from lstmq.producer import render
     from lstmq.producer.seeds import check_path
-    from lstmq.producer.submit import NoPrompts, submit_generate
+    from lstmq.producer.submit import NoPrompts
 
-    settings = settings_for(config_file, broker_url=broker, words=words, temperature=temperature, top_k=top_k,
-                            top_p=top_p, n=samples, seed=seed, chunk_size=chunk_size)
+    client = client_for(config_file, broker, words=words, temperature=temperature, top_k=top_k, top_p=top_p,
+                        n=samples, seed=seed, chunk_size=chunk_size)
+    settings = client.settings
     if output is None and not (detach or dry_run):
         raise click.UsageError("missing -o/--output OUT.jsonl (or use --detach and `lstmq collect` later)")
     if output == "-" and detach:
         raise click.UsageError("-o - writes the results as they are collected: it does not go with --detach")
+    if detach and dry_run:
+        raise click.UsageError("--dry-run sends nothing: it does not go with --detach")
+    if stats and (detach or dry_run):
+        raise click.UsageError("--stats summarizes the collected lines: it goes with waiting (not --detach or --dry-run)")
     check_path(seeds, fmt)
-    store = open_store(settings)
+    store = client.store
     if dry_run:
         return preview(store, settings, seeds, model_spec, fmt, output, as_json)
 
@@ -239,7 +291,7 @@ def generate(seeds, model_spec, output, fmt, words, temperature, top_k, top_p, s
         click.echo(f"lstmq: job {job_id}: submitting {seeds} to {model_spec}", err=True)
 
     try:
-        submission = submit_generate(store, dispatcher_for(settings), settings, seeds, model_spec, created, fmt)
+        submission = client.generate(seeds, model_spec, format=fmt, on_created=created).submission
     except NoPrompts as error:
         report_bad_lines(error.submission.bad_lines, output)
         raise
@@ -311,6 +363,10 @@ def preview(store, settings, seeds, model_spec, fmt, output, as_json) -> None:
     else:
         click.echo(f"dry run with {submission.model}: {submission.report.describe()}")
     if submission.prompts == 0:
+        from lstmq.producer.seeds import display_name
+        why = (f"no usable line ({len(submission.bad_lines)} bad line(s))" if submission.bad_lines
+               else "no prompt in the file (it is empty or holds only blank lines)")
+        click.echo(f"lstmq: {display_name(seeds)}: {why}; a real run would fail the same way", err=True)
         sys.exit(EXIT_USAGE)
     if submission.bad_lines:
         sys.exit(EXIT_PARTIAL)
@@ -352,7 +408,17 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=Fa
                "errors_file": str(errors_file) if errors_file else None, "words": record.words_done,
                "seconds": round(record.seconds, 3), "logprob": result.logprob_stats(), "check": check,
                "error": render.failure_summary(record, store.jobs.failed_chunks(job_id))
-               if record.status is JobStatus.FAILED else None}
+               if record.status is JobStatus.FAILED else
+               "cancelled (lstmq cancel); what was done is in the output" if record.status is JobStatus.CANCELLED
+               else None}
+    if record.status is JobStatus.CANCELLED:
+        exit_status = EXIT_CANCELLED
+    elif record.status is JobStatus.FAILED:   # no usable line in the file: the input's fault, a usage error
+        no_usable_line = record.submitted and record.chunks_done == record.chunks and not record.prompts
+        exit_status = EXIT_USAGE if no_usable_line else EXIT_FAILED
+    else:
+        exit_status = EXIT_PARTIAL if errors else 0
+    summary["exit_status"] = exit_status
     if as_json:
         render.echo_json(summary, sys.stderr if output == "-" else None)
     else:
@@ -367,13 +433,10 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=Fa
             click.echo(render.logprob_text(summary["logprob"]), err=True)
     if record.status is JobStatus.CANCELLED:
         click.echo(f"lstmq: job {job_id} was cancelled", err=True)
-        sys.exit(EXIT_CANCELLED)
-    if record.status is JobStatus.FAILED:
+    elif record.status is JobStatus.FAILED:
         click.echo(f"lstmq: job {job_id} failed: {summary['error']}", err=True)
-        no_usable_line = (record.submitted and record.chunks_done == record.chunks and not record.prompts)   # the input's fault
-        sys.exit(EXIT_USAGE if no_usable_line else EXIT_FAILED)
-    if errors:
-        sys.exit(EXIT_PARTIAL)
+    if exit_status:
+        sys.exit(exit_status)
 
 
 @main.command()
@@ -387,7 +450,7 @@ def collect_job(store, settings, job_id, output, as_json, timeout=None, stats=Fa
 def collect(job, output, as_json, timeout, config_file, broker):
     """Wait for generate job JOB and write its results to OUTPUT (can be run again any time)."""
     settings = settings_for(config_file, broker_url=broker)
-    collect_job(open_store(settings), settings, job, output, as_json, timeout)
+    collect_job(client_for(config_file, broker).store, settings, job, output, as_json, timeout)
 
 
 @main.command("wait")
@@ -425,12 +488,11 @@ def cancel(job, as_json, config_file, broker):
     produced stays collectable. A job that has ended keeps its status."""
     from lstmq.producer import render
 
-    store = open_store(settings_for(config_file, broker_url=broker))
-    status = store.jobs.cancel(job)
+    status = client_for(config_file, broker).job(job).cancel()
     if as_json:
-        render.echo_json({"job": job, "status": status.value})
+        render.echo_json({"job": job, "status": status})
     else:
-        click.echo(f"job {job}: {status.value}")
+        click.echo(f"job {job}: {status}")
 
 
 @main.command()
@@ -464,18 +526,20 @@ def status(job, limit, as_json, config_file, broker):
     from lstmq.shared.errors import JobNotFound
     from lstmq.shared.store import JobKind
 
-    store = open_store(settings_for(config_file, broker_url=broker))
+    client = client_for(config_file, broker)
+    store = client.store
     if job:   # a read: a lapsed submission is failed by the workers' watchdogs (or a waiting CLI)
-        record = store.jobs.get(job)
-        history = store.training.history(job) if record.kind is JobKind.TRAIN else []
-        failed, leases, attempts = store.jobs.failed_chunks(job), store.jobs.leases(job), store.jobs.attempts(job)
-        report = record.seed_report(store.jobs.top_unknown_words(job)) if record.kind is JobKind.GENERATE else None
+        status_object = client.job(job).status()
         if as_json:
-            extra = {"history": history} if record.kind is JobKind.TRAIN else {"check": report}
-            render.echo_json({**record.to_json(), **extra, "failed_chunks": {str(k): v for k, v in failed.items()},
-                              "running": sorted(leases), "attempts": attempts})
+            render.echo_json(status_object)
         else:
-            click.echo(render.job_details(record, history, failed, leases, attempts, report))
+            record = store.jobs.get(job)
+            report = status_object.get("check") if record.kind is JobKind.GENERATE else None
+            click.echo(render.job_details(record, status_object.get("history", []), store.jobs.failed_chunks(job),
+                                          store.jobs.leases(job), status_object["attempts"], report))
+        return
+    if as_json:
+        render.echo_json(client.jobs(limit))
         return
     records = []
     for job_id in store.jobs.recent(limit):
@@ -483,13 +547,9 @@ def status(job, limit, as_json, config_file, broker):
             records.append(store.jobs.get(job_id))
         except JobNotFound:   # expired since the index said otherwise
             continue
-    if as_json:
-        render.echo_json([record.to_json() for record in records])
-    else:
-        from lstmq.shared.messages import QUEUES
-        click.echo(f"{render.queues_line(store.queues.report(QUEUES))}; live workers: {len(store.workers.live())}")
-        stalled = {record.id: len(store.jobs.lapsed(record.id)) for record in records if not record.status.finished}
-        click.echo(render.job_table(records, stalled))
+    click.echo(f"{render.queues_line(client.queues())}; live workers: {len(store.workers.live())}")
+    stalled = {record.id: len(store.jobs.lapsed(record.id)) for record in records if not record.status.finished}
+    click.echo(render.job_table(records, stalled))
 
 
 @main.command()
@@ -500,14 +560,12 @@ def workers(as_json, config_file, broker):
     """Live workers: name, host, device, queues, loaded models, current work, chunks done,
     last heartbeat; and the depth of each queue."""
     from lstmq.producer import render
-    from lstmq.shared.messages import QUEUES
 
-    store = open_store(settings_for(config_file, broker_url=broker))
-    live = store.workers.live()
+    client = client_for(config_file, broker)
     if as_json:
-        render.echo_json([render.worker_json(worker) for worker in live])
+        render.echo_json(client.workers())
     else:
-        click.echo(render.workers_table(live, store.queues.report(QUEUES)))
+        click.echo(render.workers_table(client.store.workers.live(), client.queues()))
 
 
 @main.command()
@@ -566,15 +624,11 @@ def models():
 @common_options
 @lstmq_errors
 def models_list(as_json, config_file, broker):
-    """Every model name, its number of versions and its current version."""
+    """Every model name, its number of versions and its current version (--json: every model as
+    `models show` describes it)."""
     from lstmq.producer import render
 
-    registry = open_store(settings_for(config_file, broker_url=broker)).registry
-    rows = []
-    for name in registry.names():
-        versions, aliases = registry.versions(name), registry.aliases(name)
-        rows.append({"name": name, "versions": len(versions), "current": aliases.get("current"),
-                     "latest": max(versions) if versions else None})
+    rows = client_for(config_file, broker).models()
     if as_json:
         render.echo_json(rows)
     else:
@@ -590,16 +644,11 @@ def models_show(name, as_json, config_file, broker):
     """NAME's versions: epochs, validation perplexity, vocabulary, corpus, aliases."""
     from lstmq.producer import render
 
-    registry = open_store(settings_for(config_file, broker_url=broker)).registry
-    registry.resolve(name)   # a clear error for an unknown name
-    versions, aliases, failures = registry.versions(name), registry.aliases(name), registry.load_failures(name)
-    rows = [{**render.version_row(name, version, meta, aliases),
-             "load_errors": [render.load_failure_json(failure) for failure in failures.get(version, [])]}
-            for version, meta in versions.items()]
+    model = client_for(config_file, broker).model(name)
     if as_json:
-        render.echo_json({"name": name, "aliases": aliases, "versions": rows})
+        render.echo_json(model)
     else:
-        click.echo(render.versions_table(rows))
+        click.echo(render.versions_table(model["versions"]))
 
 
 @models.command("promote")
@@ -613,14 +662,14 @@ def models_promote(spec, alias, as_json, config_file, broker):
     Jobs then take NAME@ALIAS (NAME alone means NAME@current)."""
     from lstmq.producer import render
 
-    registry = open_store(settings_for(config_file, broker_url=broker)).registry
-    name, version = registry.resolve(spec)
-    before = registry.promote(name, version, alias)
+    promoted = client_for(config_file, broker).promote(spec, alias)
     if as_json:
-        render.echo_json({"model": f"{name}@{version}", "alias": alias, "previous": before})
+        render.echo_json(promoted)
     else:
-        was = f" (was {name}@{before})" if before and before != version else ""
-        click.echo(f"{name}@{alias} -> {name}@{version}{was}")
+        name, version = promoted["model"].split("@")
+        before = promoted["previous"]
+        was = f" (was {name}@{before})" if before and str(before) != version else ""
+        click.echo(f"{name}@{alias} -> {promoted['model']}{was}")
 
 
 @models.command("rm")

@@ -57,8 +57,21 @@ class Watch:
         self.started = time.monotonic()
         self.workers_seen: bool | None = None
         self.unreachable_since: float | None = None
+        self.primary = store.primary()   # with Redis Sentinel: where the primary is (a failover moves it)
+
+    def check_primary(self) -> None:
+        """With Redis Sentinel: say so when the primary moved (a failover)."""
+        if self.store.sentinel is None:
+            return
+        now = self.store.primary()
+        if now is not None and now != self.primary:
+            if self.primary is not None:
+                note(f"lstmq: Redis failed over: the primary is now {now[0]}:{now[1]} (was {self.primary[0]}:"
+                     f"{self.primary[1]}); going on")
+            self.primary = now
 
     def check(self, record: JobRecord) -> None:
+        self.check_primary()
         if self.dispatcher is not None:
             for recovery in recover(self.store, self.dispatcher, self.settings.redispatch_limit, [record.id],
                                     self.settings.lease_seconds):
@@ -84,6 +97,7 @@ class Watch:
         if self.unreachable_since is not None:
             note(f"lstmq: Redis is back after {time.monotonic() - self.unreachable_since:.0f}s")
             self.unreachable_since = None
+            self.check_primary()
 
 
 def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: Dispatcher | None = None,
@@ -113,7 +127,7 @@ def wait(store: Store, job_id: str, settings: Settings, show: bool, dispatcher: 
                     watch_due = time.monotonic() + WATCH_INTERVAL_S
                 watch.reachable()
                 pause = settings.poll_interval
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError,
                     kombu.exceptions.OperationalError) as error:
                 watch.unreachable(error)
                 pause = min(pause * 2, UNREACHABLE_POLL_MAX_S)
@@ -212,14 +226,19 @@ class Output:
 
     def __init__(self, store: Store, job_id: str, out: str | Path, settings: Settings | None = None,
                  on_error: Callable[[dict[str, Any]], None] | None = None,
-                 wants_errors: Callable[[], bool] = lambda: False):
+                 wants_errors: Callable[[], bool] = lambda: False, stream: BinaryIO | None = None):
+        """`stream`: write the lines there instead (OUT is then only a name), and keep the error
+        records for take_errors() (the Python API)."""
         self.store, self.job_id, self.out, self.settings = store, job_id, out, settings
         self.on_error, self.wants_errors = on_error, wants_errors
-        self.to_stdout = str(out) == STDOUT
-        self.file = None if self.to_stdout else _atomic(Path(out))
-        self.stream: BinaryIO = sys.stdout.buffer if self.file is None else self.file.__enter__()
+        self.in_memory = stream is not None
+        self.to_stdout = not self.in_memory and str(out) == STDOUT
+        self.file = None if self.to_stdout or self.in_memory else _atomic(Path(out))
+        self.stream: BinaryIO = (stream if self.in_memory else
+                                 sys.stdout.buffer if self.file is None else self.file.__enter__())
         self.errors_file: _atomic | None = None
         self.errors_stream: BinaryIO | None = None
+        self.kept_errors: list[bytes] = []
         self.next_chunk = 0          # every chunk before it has been written
         self.written = 0
         self.errors = 0
@@ -237,13 +256,23 @@ class Output:
             if finished < count:
                 return
 
-    def finish(self, record: JobRecord) -> Written:
-        """Write the chunks not written yet (those with no output: their lines go to the errors
-        with the reason), rename the files into place (OUT.errors.jsonl only when there are errors)."""
+    def write_rest(self, record: JobRecord) -> None:
+        """Once the job has ended: write the chunks not written yet (those with no output: their
+        lines go to the errors with the reason)."""
         total = record.chunks if record.submitted else record.chunks_sent
         while self.next_chunk < total:
             count = min(self.BATCH_CHUNKS, total - self.next_chunk)
             self._write(record, range(self.next_chunk, self.next_chunk + count))
+
+    def take_errors(self) -> bytes:
+        """The error records kept since the last call (with `stream`), as JSONL."""
+        kept, self.kept_errors = b"".join(self.kept_errors), []
+        return kept
+
+    def finish(self, record: JobRecord) -> Written:
+        """Write the chunks not written yet (write_rest), rename the files into place
+        (OUT.errors.jsonl only when there are errors)."""
+        self.write_rest(record)
         self.stream.flush()
         if self.file is not None:
             self.file.__exit__(None, None, None)
@@ -314,6 +343,9 @@ class Output:
             for line in err.splitlines()[:SHOWN_ERRORS]:
                 self.on_error(json.loads(line))
         self.errors += count
+        if self.in_memory:
+            self.kept_errors.append(err)
+            return
         if self.to_stdout:   # no OUT to put OUT.errors.jsonl beside: stderr, one JSON object a line
             sys.stderr.write("".join(f"lstmq: error {line}\n" for line in err.decode("utf-8").splitlines()))
             return

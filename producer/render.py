@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
-from lstmq.shared.store import JobKind, JobRecord
+from lstmq.shared.store import JobKind, JobRecord, JobStatus
 from lstmq.shared.store.clock import iso_utc
 
 SHOWN_FAILURES = 10
@@ -61,14 +61,31 @@ def pace_text(record: JobRecord, stalled: int = 0) -> str:
     return ", ".join(parts)
 
 
-def job_table(records: list[JobRecord], stalled: dict[str, int] | None = None) -> str:
-    """One line per job: progress, words/s, ETA, failed chunks and stalled ones (lapsed leases)."""
-    lines = [f"{'JOB':<17}{'KIND':<9}{'STATUS':<10}{'MODEL':<22}{'PROGRESS':<36}PACE"]
+def job_table(records: list[JobRecord], stalled: dict[str, int] | None = None, now: float | None = None) -> str:
+    """One line per job: age, progress, words/s, ETA, failed chunks and stalled ones (lapsed
+    leases), and why a failed job failed."""
+    now = time.time() if now is None else now
+    lines = [f"{'JOB':<17}{'KIND':<9}{'STATUS':<10}{'AGE':>7}  {'MODEL':<22}{'PROGRESS':<40}{'PACE':<28}REASON"]
     for record in records:
-        lines.append(f"{record.id:<17}{record.kind.value:<9}{record.status.value:<10}"
-                     f"{record.model or record.model_name or '':<22}{progress_text(record):<36}"
-                     f"{pace_text(record, (stalled or {}).get(record.id, 0))}")
+        reason = (record.error or "") if record.status is JobStatus.FAILED else ""
+        lines.append(f"{record.id:<17}{record.kind.value:<9}{record.status.value:<10}{age(now - record.created):>7}  "
+                     f"{record.model or record.model_name or '':<22}{progress_text(record):<40}"
+                     f"{pace_text(record, (stalled or {}).get(record.id, 0)):<28}{shorten(reason, 60)}".rstrip())
     return "\n".join(lines)
+
+
+def age(seconds: float) -> str:
+    """12s, 5m, 3h, 2d: how long ago, in the largest whole unit."""
+    seconds = max(int(seconds), 0)
+    for size, unit in ((86_400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def shorten(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def describe_report(data: dict[str, Any]) -> str:
@@ -81,38 +98,60 @@ def describe_report(data: dict[str, Any]) -> str:
 
 def job_details(record: JobRecord, history: list[dict[str, Any]], failed_chunks: dict[int, str] | None = None,
                 leases: dict[str, float] | None = None, attempts: dict[str, dict[str, Any]] | None = None,
-                seed_report: dict[str, Any] | None = None) -> str:
-    data = record.to_json()
-    lines = []
-    for key in sorted(data):
-        value = json.dumps(data[key]) if isinstance(data[key], dict) else data[key]
-        lines.append(f"{key:>16}: {value}")
-    lines.append(f"{'progress':>16}: {progress_text(record)}")
+                seed_report: dict[str, Any] | None = None, now: float | None = None) -> str:
+    """`lstmq status JOB` for people: what the job is, where it stands, how fast, what failed
+    and why, what was retried; `--json` has every field."""
+    now = time.time() if now is None else now
+    lines: list[str] = []
+
+    def row(label: str, value: Any) -> None:
+        lines.append(f"{label:>12}: {value}")
+
+    created = iso_utc(record.created)
+    row("job", f"{record.id} ({record.kind.value})")
+    row("status", record.status.value + (f": {record.error}" if record.error else ""))
+    if record.kind is JobKind.TRAIN:
+        row("model", f"{record.model or '-'} (training {record.model_name}"
+                     f"{', corpus ' + record.corpus_file if record.corpus_file else ''}"
+                     f"{', promote ' + record.promote if record.promote else ''})")
+    else:
+        row("model", record.model or "-")
+        if record.seeds_file:
+            row("seeds", f"{record.seeds_file} ({record.seed_format or 'txt'}, {record.lines:,} lines in "
+                         f"{record.chunks or record.chunks_sent} chunks{'' if record.submitted else ', still submitting'})")
+    row("progress", progress_text(record))
+    pace = pace_text(record)
+    if pace:
+        row("pace", pace)
+    row("created", f"{created} ({age(now - record.created)} ago)")
+    if record.started is not None:
+        row("started", iso_utc(record.started))
+    if record.finished is not None:
+        row("finished", f"{iso_utc(record.finished)} (took {duration(record.finished - record.created)})")
+    if record.kind is JobKind.TRAIN and record.promotion:
+        row("promotion", ("promoted: " if record.promoted else "not promoted: ") + record.promotion)
     if seed_report is not None:
-        lines.append(f"{'seed lines':>16}: {describe_report(seed_report)}")
+        row("seed lines", describe_report(seed_report))
     if leases:
-        now = time.time()
         running = ", ".join(f"{member} ({deadline - now:+.0f}s)" for member, deadline in sorted(leases.items())[:10])
-        lines.append(f"{'running':>16}: {running}  (lease time left)")
+        row("running", f"{running}  (lease time left)")
     attempts = attempts or {}
     for chunk, reason in sorted((failed_chunks or {}).items())[:SHOWN_FAILURES]:
         tried = attempts.get(str(chunk), {}).get("attempts")
-        lines.append(f"{'failed chunk ' + str(chunk):>16}: {reason}" + (f" [{tried} attempts]" if tried else ""))
+        row(f"chunk {chunk}", f"failed: {reason}" + (f" [{tried} attempts]" if tried else ""))
+    if failed_chunks and len(failed_chunks) > SHOWN_FAILURES:
+        lines.append(f"{'':>12}  ... and {len(failed_chunks) - SHOWN_FAILURES} more failed chunks")
     lost = {member: entry for member, entry in attempts.items()
             if entry["lost"] and (not member.isdigit() or int(member) not in (failed_chunks or {}))}
     for member, entry in sorted(lost.items())[:SHOWN_FAILURES]:
         what = "training" if member == "train" else f"chunk {member}"
-        lines.append(f"{'retried':>16}: {what}: {entry['attempts']} attempts, {entry['lost']} lost "
-                     f"(last: {entry['last_end']})")
-    if failed_chunks and len(failed_chunks) > SHOWN_FAILURES:
-        lines.append(f"{'':>16}  ... and {len(failed_chunks) - SHOWN_FAILURES} more failed chunks")
+        row("retried", f"{what}: {entry['attempts']} attempts, {entry['lost']} lost (last: {entry['last_end']})")
     for entry in history:
         perplexity = f", val ppl {entry['val_perplexity']:.2f}" if "val_perplexity" in entry else ""
-        lines.append(f"{'epoch ' + str(entry['epoch']):>16}: loss {entry['loss']:.4f}{perplexity} "
-                     f"({entry['seconds']:.1f}s)")
+        row(f"epoch {entry['epoch']}", f"loss {entry['loss']:.4f}{perplexity} ({entry['seconds']:.1f}s)")
     if history and history[-1].get("samples"):   # what the latest epoch writes, beside its loss
         for sample in history[-1]["samples"]:
-            lines.append(f"{'t=' + str(sample['temperature']):>16}: {sample['prompt']} -> {sample['text']}")
+            row(f"t={sample['temperature']}", f"{sample['prompt']} -> {sample['text']}")
     return "\n".join(lines)
 
 
@@ -207,13 +246,22 @@ def queues_table(queues: list[dict[str, Any]]) -> str:
 def version_row(name: str, version: int, meta: dict[str, Any], aliases: dict[str, int]) -> dict[str, Any]:
     metrics = meta.get("metrics", {})
     registered = meta.get("registered")
-    return {"model": f"{name}@{version}", "version": version, "created": meta.get("created", ""),
+    return {"model": f"{name}@{version}", "version": version, "created": utc_text(meta.get("created")),
             "registered": iso_utc(registered) if isinstance(registered, (int, float)) else registered,
             "epochs_run": metrics.get("epochs_run"), "val_perplexity": metrics.get("val_perplexity"),
             "loss": metrics.get("loss"), "vocab_size": meta.get("network", {}).get("vocab_size", 0),
             "corpus_sha256": meta.get("corpus_sha256", ""), "artifact_sha256": meta.get("artifact_sha256"),
             "job": meta.get("job"), "aliases": sorted(alias for alias, target in aliases.items() if target == version),
             "params": meta.get("training", {})}
+
+
+def utc_text(value: Any) -> Any:
+    """An ISO 8601 UTC time as every --json output writes it (a trailing Z, not +00:00)."""
+    if isinstance(value, (int, float)):
+        return iso_utc(value)
+    if isinstance(value, str) and value.endswith("+00:00"):
+        return value[:-len("+00:00")] + "Z"
+    return value
 
 
 def load_failure_json(failure: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +280,7 @@ def versions_table(rows: list[dict[str, Any]]) -> str:
              f"{'PARAMS':<34}ALIASES"]
     for row in rows:
         lines.append(f"{row['model']:<24}{row['epochs_run'] or 0:>7}{number(row['val_perplexity']):>10}"
-                     f"{row['vocab_size']:>8}  {row['corpus_sha256'][:12]:<14}{row['created']:<27}"
+                     f"{row['vocab_size']:>8}  {row['corpus_sha256'][:12]:<14}{row['created'] or '':<27}"
                      f"{params_text(row.get('params', {})):<34}{','.join(row['aliases'])}")
         for failure in row.get("load_errors", []):
             lines.append(f"{'':<24}  could not load on {failure['worker']}: {failure['reason']}")
@@ -242,7 +290,7 @@ def versions_table(rows: list[dict[str, Any]]) -> str:
 def models_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'NAME':<24}{'VERSIONS':>9}{'CURRENT':>9}"]
     for row in rows:
-        lines.append(f"{row['name']:<24}{row['versions']:>9}{row['current'] or '-':>9}")
+        lines.append(f"{row['name']:<24}{len(row['versions']):>9}{row['current'] or '-':>9}")
     return "\n".join(lines)
 
 

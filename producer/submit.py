@@ -2,8 +2,10 @@
 messages through the dispatcher, and return a typed result for the CLI (or a script) to show."""
 from __future__ import annotations
 
+import json
 import random
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from collections import Counter
 from collections.abc import Callable
@@ -179,8 +181,9 @@ def chunk_size_for(store: Store, settings: Settings) -> int:
     return settings.chunk_size_gpu if gpu else settings.chunk_size
 
 
-def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, seeds: str | Path, model_spec: str,
-                    on_created: Callable[[str], None] | None = None, fmt: str | None = None) -> GenerateSubmission:
+def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, seeds: str | Path | SeedStream,
+                    model_spec: str, on_created: Callable[[str], None] | None = None,
+                    fmt: str | None = None) -> GenerateSubmission:
     """Pin the model version and stream the seed file's bytes into chunks of whole lines, sending a
     task as each chunk is stored (workers start early). No line is parsed here: the workers parse,
     check and count them (the seed report comes from them, JobRecord.seed_report). A line too long
@@ -191,15 +194,17 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
     producer dies, whoever looks at the job after that deadline fails it ("submission
     interrupted after N lines") and the chunks already sent are cancelled (workers skip them).
     A file with nothing but blank lines raises NoPrompts, and no job is made."""
-    path = check_path(seeds, fmt)
-    fmt = seed_format(path, fmt)
+    if isinstance(seeds, SeedStream):
+        path, fmt, source = seeds, seeds.format, seeds.name
+    else:
+        path = check_path(seeds, fmt)
+        fmt, source = seed_format(path, fmt), display_name(seeds)
     name, version = store.registry.resolve(model_spec)
     defaults = job_defaults(settings)
     limits = settings.limits()
     check_generation_params(defaults.to_dict(), limits, "settings")   # else every line would fail the same way
     chunk_size = chunk_size_for(store, settings)
     chunks_per_round_trip = min(max(PIPELINE_LINES // chunk_size, 1), PIPELINE_CHUNKS_MAX)
-    source = display_name(seeds)
     job_id: str | None = None
     pending: list[tuple[int, bytes, int]] = []   # packed chunks not yet stored: (index, payload, lines)
     pending_errors: list[dict[str, Any]] = []
@@ -207,7 +212,7 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
     chunks = lines = lines_sent = sent_bytes = 0   # lines: read; lines_sent: in the chunks sent
     renewed = time.monotonic()
     with ExitStack() as stack:
-        stream = stack.enter_context(open_seeds(path))
+        stream = path if isinstance(path, SeedStream) else stack.enter_context(open_seeds(path))
         send = None
 
         def flush() -> None:
@@ -252,6 +257,34 @@ def submit_generate(store: Store, dispatcher: Dispatcher, settings: Settings, se
     store.jobs.finish_submission(job_id, chunks=chunks, lines=lines_sent)
     return GenerateSubmission(job=job_id, model=f"{name}@{version}", seed=defaults.seed, lines=lines,
                               chunks=chunks, bad_lines=bad_lines, bytes=sent_bytes)
+
+
+class SeedStream:
+    """Seed lines from Python (lstmq.Client.generate): prompt strings or {"id", "prompt", ...}
+    dicts, turned into .jsonl lines as they are read (a read() like a file's)."""
+
+    def __init__(self, seeds: Iterable[str | dict[str, Any]], name: str = "<python>"):
+        self.iterator, self.name, self.format = iter(seeds), name, "jsonl"
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        lines, length = [], 0
+        for entry in self.iterator:
+            self.count += 1
+            if isinstance(entry, str):
+                entry = {"prompt": entry}
+            elif not isinstance(entry, dict):
+                raise InputError(f"{self.name}: seed {self.count} is a {type(entry).__name__}; give prompt strings "
+                                 f"or {{\"id\", \"prompt\", ...}} dicts")
+            try:
+                line = json.dumps(entry, ensure_ascii=False, allow_nan=True).encode("utf-8") + b"\n"
+            except (TypeError, ValueError) as error:
+                raise InputError(f"{self.name}: seed {self.count} cannot be written as JSON ({error})") from None
+            lines.append(line)
+            length += len(line)
+            if 0 <= size <= length:
+                break
+        return b"".join(lines)
 
 
 class NoPrompts(InputError):

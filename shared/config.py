@@ -3,9 +3,10 @@ flags (later wins). Validated once, into a frozen Settings object. Nothing is re
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,9 @@ SCHEMA: dict[str, Field] = {
     "broker_tls_certfile": Field(str, nullable=True),
     "broker_tls_keyfile": Field(str, nullable=True),
     "broker_tls_cert_reqs": Field(str, choices=("required", "optional", "none")),
+    "sentinel_master": Field(str, nullable=True),
+    "sentinel_password": Field(str, nullable=True),
+    "sentinel_tls": Field(bool),
     "allow_eviction": Field(bool),
     "visibility_timeout": Field(int, 10),
     "result_ttl": Field(int, 60),
@@ -107,6 +111,17 @@ class Settings:
         from lstmq.shared.params import Limits
         return Limits.from_mapping(self.values)
 
+    def replace(self, **overrides: Any) -> Settings:
+        """These settings with `overrides` (None: left as they are), checked as options are."""
+        values, sources = dict(self.values), dict(self.sources)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            values[key] = check_value(key, value, f"argument {key}")
+            sources[key] = f"argument {key}"
+        _check_relations(values, sources)
+        return Settings(values=values, sources=sources)
+
 
 def env_name(key: str) -> str:
     return ENV_PREFIX + key.upper()
@@ -119,7 +134,7 @@ def check_value(key: str, value: Any, source: str, noun: str = "setting",
     prefix = f"{source}: " if source else ""
     field = SCHEMA.get(key)
     if field is None:
-        raise error(f"{prefix}unknown {noun} {key!r}")
+        raise error(f"{prefix}unknown {noun} {key!r}{did_you_mean(key, SCHEMA)}")
     if value is None:
         if field.nullable:
             return None
@@ -155,9 +170,30 @@ def check_value(key: str, value: Any, source: str, noun: str = "setting",
     return value
 
 
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """ " (did you mean 'x'?)" when a known name is close to `name`, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _kind_name(field: Field) -> str:
     name = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[field.kind]
     return name + (" or null" if field.nullable else "")
+
+
+USER_CONFIG = ".config/lstmq/config.yaml"      # under $HOME
+SYSTEM_CONFIG = Path("/etc/lstmq/config.yaml")
+
+
+def config_files(environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where a config file is looked for when neither --config nor $LSTMQ_CONFIG names one."""
+    environ = os.environ if environ is None else environ
+    home = environ.get("HOME")
+    return ([Path(home) / USER_CONFIG] if home else []) + [SYSTEM_CONFIG]
+
+
+def found_config_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    return next((path for path in config_files(environ) if path.is_file()), None)
 
 
 def default_file() -> Path:
@@ -195,13 +231,15 @@ def _parse_env(key: str, raw: str) -> Any:
 def load_settings(config_file: str | os.PathLike[str] | None = None,
                   overrides: Mapping[str, Any] | None = None,
                   environ: Mapping[str, str] | None = None) -> Settings:
-    """Build the settings: defaults < config file (argument, else $LSTMQ_CONFIG) < LSTMQ_* < overrides.
-    Overrides whose value is None are ignored (a CLI flag that was not given)."""
+    """Build the settings: defaults < config file < LSTMQ_* < overrides. The config file is
+    `config_file`, else $LSTMQ_CONFIG, else the first of USER_CONFIG (under $HOME) and
+    SYSTEM_CONFIG that exists (config_files() says which). Overrides whose value is None are
+    ignored (a CLI flag that was not given)."""
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     layers: list[tuple[str, Mapping[str, Any]]] = [(str(default_file()), read_yaml(default_file()))]
-    config_file = config_file or environ.get(CONFIG_ENV) or None
+    config_file = config_file or environ.get(CONFIG_ENV) or found_config_file(environ)
     if config_file:
         layers.append((str(config_file), read_yaml(config_file)))
     for source, data in layers:
@@ -218,14 +256,17 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         if key not in SCHEMA:
             if key in _IGNORED_ENV:
                 continue
-            raise ConfigError(f"environment variable {name}: unknown setting {key!r}")
+            close = difflib.get_close_matches(key, list(SCHEMA), n=1, cutoff=0.7)
+            hint = f" (did you mean {env_name(close[0])}?)" if close else ""
+            raise ConfigError(f"environment variable {name}: unknown setting {key!r}{hint}")
         values[key] = check_value(key, _parse_env(key, raw), f"environment variable {name}")
         sources[key] = f"environment variable {name}"
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        values[key] = check_value(key, value, f"option --{key.replace('_', '-')}")
-        sources[key] = f"option --{key.replace('_', '-')}"
+        flag = "--broker" if key == "broker_url" else f"--{key.replace('_', '-')}"
+        values[key] = check_value(key, value, f"option {flag}")
+        sources[key] = f"option {flag}"
     _check_relations(values, sources)
     return Settings(values=values, sources=sources)
 
@@ -236,7 +277,28 @@ _IGNORED_ENV = {"device", "gpu_index", "cpus", "parent_pid",   # lstmq-worker
                 "kernel_cache"}                   # worker.engine.kernels: where the native kernels are built
 
 
+BROKER_SCHEMES = ("redis", "rediss", "unix", "sentinel")   # the Redis transports both kombu and redis-py take
+
+
+def check_broker_url(url: str, source: str = "setting broker_url") -> None:
+    """ConfigError unless `url` is a Redis URL lstmq can use (the URL itself is never shown: it
+    may hold a password; its scheme is)."""
+    for part in url.split(";") if url.lower().startswith("sentinel://") else [url]:
+        scheme, separator, _rest = part.partition("://")
+        if not separator or scheme.lower() not in BROKER_SCHEMES:
+            shown = f"{scheme}://..." if separator else "no scheme"
+            raise ConfigError(f"{source}: broker_url must be a Redis URL ({', '.join(f'{name}://' for name in BROKER_SCHEMES)}), "
+                              f"got {shown}: lstmq keeps its jobs, models and queues in Redis")
+        if url.lower().startswith("sentinel://") and scheme.lower() != "sentinel":
+            raise ConfigError(f"{source}: a Redis Sentinel broker_url lists sentinels only "
+                              f"(sentinel://host:port;sentinel://host:port), got {scheme}://...")
+
+
 def _check_relations(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    check_broker_url(values["broker_url"], sources.get("broker_url", "setting broker_url"))
+    if values["broker_url"].lower().startswith("sentinel://") and not values["sentinel_master"]:
+        raise ConfigError(f"{sources.get('broker_url', 'setting broker_url')}: broker_url names Redis Sentinels: set "
+                          f"sentinel_master (LSTMQ_SENTINEL_MASTER) to the name of the primary they monitor")
     if values["words"] > values["max_words"]:
         raise ConfigError(f"{sources['words']}: setting 'words' ({values['words']}) exceeds max_words ({values['max_words']})")
     if values["n"] > values["max_n"]:

@@ -28,7 +28,24 @@ class JobNotFound(LstmqError, LookupError):
 
 
 class JobFailed(LstmqError):
-    """A job ended in the failed state."""
+    """A job ended in the failed state; `status`: its status object, when known."""
+
+    def __init__(self, message: str, status: dict | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class JobCancelled(LstmqError):
+    """A job was cancelled; `status`: its status object, when known."""
+
+    def __init__(self, message: str, status: dict | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(LstmqError, ValueError):
+    """A command or call that cannot be carried out as given (conflicting options, a broker URL
+    lstmq cannot use)."""
 
 
 class BrokerUnavailable(LstmqError):

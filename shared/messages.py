@@ -50,10 +50,19 @@ def celery_queues() -> list[Any]:
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings that sender and consumer must agree on: JSON only, the queues, routes;
     for a rediss:// broker, TLS with the broker_tls_* settings (kombu would otherwise connect to a
-    rediss:// URL without checking the server's certificate). Results are ignored, so no result
+    rediss:// URL without checking the server's certificate); for a sentinel:// broker, the
+    primary's name and the sentinels' password (and TLS with sentinel_tls). Results are ignored, so no result
     backend and no redis_backend_use_ssl."""
     tls: dict[str, Any] = {}
-    if settings.broker_url.lower().startswith("rediss://"):
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    sentinel = settings.broker_url.lower().startswith("sentinel://")
+    if sentinel:   # kombu's sentinel:// transport: the primary's name, and the sentinels' own password
+        transport_options["master_name"] = settings.sentinel_master
+        sentinel_kwargs: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 5}
+        if settings.sentinel_password:
+            sentinel_kwargs["password"] = settings.sentinel_password
+        transport_options["sentinel_kwargs"] = sentinel_kwargs
+    if settings.broker_url.lower().startswith("rediss://") or (sentinel and settings.sentinel_tls):
         import ssl
 
         cert_reqs = settings.broker_tls_cert_reqs
@@ -65,6 +74,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "ssl_keyfile": settings.broker_tls_keyfile,
             "ssl_check_hostname": cert_reqs == "required",
         }
+        if sentinel:
+            transport_options["sentinel_kwargs"].update({"ssl": True, **tls["broker_use_ssl"]})
     return {
         **tls,
         "broker_url": settings.broker_url,
@@ -75,7 +86,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_queues": celery_queues(),
         "task_default_queue": ROUTES[JobKind.GENERATE].queue,
         "task_routes": {route.task: {"queue": route.queue} for route in ROUTES.values()},
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
     }
 

@@ -3,7 +3,7 @@ prompt and sample) and the producer collects them (by concatenation, in input or
 
 A line is exactly what json.dumps(record, ensure_ascii=False) writes for the record
 {id, prompt, continuation, model, seed, sample, params, unknown_words, logprob}; an error record
-is {id, line, error}. docs/json/output-line.schema.json describes both."""
+is {id, line, error}. docs/json/output-line.schema.json and error-line.schema.json describe them."""
 from __future__ import annotations
 
 import json

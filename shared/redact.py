@@ -19,7 +19,9 @@ from urllib.parse import unquote
 MASK = "***"
 
 # scheme://  then the rest of the URL up to white space, a quote or an angle bracket
-_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'\"<>`]*)")
+# A URL runs to the next space or quote, or to a ";" that starts the next URL of a list (the
+# sentinel://H1;sentinel://H2 broker URL of Redis Sentinel).
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>(?:(?!;[A-Za-z][A-Za-z0-9+.\-]*://)[^\s'\"<>`])*)")
 _QUERY_SECRET = re.compile(r"(?P<key>[?&;](?:password|pass|passwd|ssl_password)=)(?P<value>[^&;#\s'\"<>`]*)",
                            re.IGNORECASE)
 

@@ -44,8 +44,10 @@ class LocalRedis:
     """redis-server in a temporary directory; `appendonly=True` for durability tests (fsync
     always), so a restart keeps every acknowledged write."""
 
-    def __init__(self, appendonly: bool = False, port: int | None = None, directory: str | None = None):
-        self.appendonly = appendonly
+    def __init__(self, appendonly: bool = False, port: int | None = None, directory: str | None = None,
+                 extra: tuple[str, ...] = ()):
+        """`extra`: more redis-server arguments (--replicaof HOST PORT for a replica)."""
+        self.appendonly, self.extra = appendonly, extra
         self.port = port or free_port()
         self._own_directory = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="lstmq-redis-"))
@@ -62,6 +64,7 @@ class LocalRedis:
         command = [executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                    "--save", "", "--logfile", str(self.directory / "redis.log"), "--protected-mode", "yes"]
         command += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
+        command += list(self.extra)
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
@@ -95,6 +98,145 @@ class LocalRedis:
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+class LocalSentinels:
+    """Redis with Redis Sentinel on free localhost ports: a primary and a replica (append-only file
+    on) and three sentinels (redis-server --sentinel) monitoring them as MASTER, with short
+    down-after and failover timeouts; `url` is the sentinel:// broker URL (settings: broker_url,
+    and sentinel_master MASTER). For the high-availability tests; everything stops on close()."""
+
+    MASTER = "lstmq"
+
+    def __init__(self, down_after_ms: int = 1000, failover_timeout_ms: int = 4000):
+        self.down_after_ms, self.failover_timeout_ms = down_after_ms, failover_timeout_ms
+        self.servers: list[LocalRedis] = []       # primary first, then replicas (the roles change on failover)
+        self.sentinels: list[tuple[int, subprocess.Popen, Path]] = []
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"sentinel://127.0.0.1:{port}" for port, _process, _directory in self.sentinels) + "/0"
+
+    def start(self, timeout: float = 30.0) -> LocalSentinels:
+        try:
+            primary = LocalRedis(appendonly=True).start()
+            self.servers.append(primary)
+            self.add_replica(primary.port)
+            executable = shutil.which("redis-server")
+            for _ in range(3):
+                port = free_port()
+                directory = Path(tempfile.mkdtemp(prefix="lstmq-sentinel-"))
+                config = directory / "sentinel.conf"   # the sentinel rewrites it: its own copy
+                config.write_text(f"port {port}\nbind 127.0.0.1\ndir {directory}\nlogfile {directory / 'sentinel.log'}\n"
+                                  f"sentinel monitor {self.MASTER} 127.0.0.1 {primary.port} 2\n"
+                                  f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
+                                  f"sentinel failover-timeout {self.MASTER} {self.failover_timeout_ms}\n"
+                                  f"sentinel parallel-syncs {self.MASTER} 1\n")
+                process = subprocess.Popen([executable, str(config), "--sentinel"], stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.DEVNULL)
+                self.sentinels.append((port, process, directory))
+            self.wait_until(self._ready, timeout, "the sentinels to see the primary, the replica and each other")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def add_replica(self, primary_port: int) -> LocalRedis:
+        replica = LocalRedis(appendonly=True, extra=("--replicaof", "127.0.0.1", str(primary_port))).start()
+        self.servers.append(replica)
+        client = redis.Redis(port=replica.port)
+        try:
+            self.wait_until(lambda: client.info("replication").get("master_link_status") == "up", 30,
+                            "the replica to sync")
+        finally:
+            client.close()
+        return replica
+
+    def sentinel(self, index: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.sentinels[index][0], socket_connect_timeout=1, socket_timeout=2,
+                           decode_responses=True)
+
+    def primary_port(self) -> int:
+        """The primary's port as the sentinels say now."""
+        for index in range(len(self.sentinels)):
+            client = self.sentinel(index)
+            try:
+                return int(client.sentinel_get_master_addr_by_name(self.MASTER)[1])
+            except redis.exceptions.RedisError:
+                continue
+            finally:
+                client.close()
+        raise RuntimeError("no sentinel answers")
+
+    def server(self, port: int) -> LocalRedis:
+        return next(server for server in self.servers if server.port == port)
+
+    def _ready(self) -> bool:
+        for index in range(len(self.sentinels)):
+            client = self.sentinel(index)
+            try:
+                master = client.sentinel_master(self.MASTER)
+                replicas = client.sentinel_slaves(self.MASTER)
+            except redis.exceptions.RedisError:
+                return False
+            finally:
+                client.close()
+            up = [replica for replica in replicas if "s_down" not in replica.get("flags", "")
+                  and replica.get("master-link-status") == "ok"]
+            if int(master.get("num-other-sentinels", 0)) < len(self.sentinels) - 1 or not up:
+                return False
+        return True
+
+    def failover(self, timeout: float = 30.0) -> tuple[int, int]:
+        """SENTINEL FAILOVER: the replica becomes the primary, the old primary its replica. (old, new) ports."""
+        old = self.primary_port()
+        client = self.sentinel()
+        try:
+            client.execute_command("SENTINEL", "FAILOVER", self.MASTER)
+        finally:
+            client.close()
+        self.wait_until(lambda: self.primary_port() != old, timeout, "the failover")
+        return old, self.primary_port()
+
+    def kill_primary(self, timeout: float = 60.0) -> tuple[int, int]:
+        """SIGKILL the primary's redis-server (its machine is gone: it does not come back); the
+        sentinels promote the replica. (old, new) ports."""
+        old = self.primary_port()
+        victim = self.server(old)
+        victim.process.kill()
+        victim.process.wait()
+        victim.process = None
+        self.wait_until(lambda: self.primary_port() != old, timeout, "the sentinels to promote the replica")
+        return old, self.primary_port()
+
+    @staticmethod
+    def wait_until(condition, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        for _port, process, directory in self.sentinels:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            shutil.rmtree(directory, ignore_errors=True)
+        self.sentinels = []
+        for server in self.servers:
+            server.close()
+        self.servers = []
+
+    def __enter__(self) -> LocalSentinels:
         return self.start()
 
     def __exit__(self, *_exc) -> None:

@@ -39,10 +39,10 @@ def cli(redis_server, small_config, tiny_corpus, tmp_path_factory):
 
 
 def check_train(run, corpus):
-    detached = check("train", run("train", corpus, "--model", "contract", "--epochs", "1", "--json").stdout)
+    detached = check("train", run("train", corpus, "--model", "contract", "--epochs", "1", "--detach", "--json").stdout)
     assert detached["status"] == "queued" and detached["model"] is None
     run("wait", detached["job"])
-    waited = check("train", run("train", corpus, "--model", "contract", "--epochs", "1", "--wait", "--json").stdout)
+    waited = check("train", run("train", corpus, "--model", "contract", "--epochs", "1", "--json").stdout)   # waits
     assert set(waited) == set(detached) and waited["status"] == "succeeded" and waited["model"] == "contract@2"
     return waited
 
@@ -170,3 +170,47 @@ def test_lines_carry_their_logprob_and_stats_summarize_it(cli, tmp_path):
     stats = summary["logprob"]
     assert stats["lines"] == 6 and stats["min"] <= stats["median"] <= stats["max"] <= 0
     assert stats["mean"] == pytest.approx(sum(line["logprob"] for line in lines) / 6, abs=1e-3)
+
+
+def test_the_python_api_does_what_the_cli_does(cli, tiny_corpus, tmp_path):
+    """from lstmq import Client, LstmqError: the same jobs, the same rows, the same errors, as
+    the CLI's, against the real worker; failures raise LstmqError subclasses, never SystemExit."""
+    from lstmq import Client, LstmqError
+    from lstmq.shared.errors import BrokerUnavailable, InputError, JobFailed, ModelNotFound
+
+    client = Client(broker_url=cli.broker, config=cli.config)
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("holmes said the door\n...\nmy dear watson\n")
+    cli("generate", seeds, "--model", "contract", "-o", tmp_path / "cli.jsonl", "--seed", "4", "--words", "3",
+        check=False)
+    job = client.generate(seeds, model="contract", seed=4, words=3)
+    assert job.kind == "generate" and len(job.id) == 16
+    assert list(job.results()) == read_jsonl(tmp_path / "cli.jsonl")          # the very rows the CLI writes
+    assert job.errors() == read_jsonl(tmp_path / "cli.errors.jsonl")
+    status = job.wait()
+    assert status["status"] == "succeeded" and status["check"]["lines_invalid"] == 1
+    assert status == check("status", cli("status", job.id, "--json").stdout)
+    # prompts from Python: strings and dicts, per-line parameters, ids by position
+    rows = list(client.generate(["holmes said", {"id": "x", "prompt": "the door", "n": 2}, {"prompt": 5}],
+                                model="contract", words=2, seed=1).results())
+    assert [(row["id"], row["sample"]) for row in rows] == [(1, 0), ("x", 0), ("x", 1)]
+    assert all(len(row["continuation"].split()) == 2 for row in rows)
+    # training: returns at once; wait() gives the status, with the promotion's verdict
+    trained = client.train(tiny_corpus, model="contract", epochs=1, promote="if-better").wait(timeout=300)
+    assert trained["status"] == "succeeded" and isinstance(trained["promoted"], bool) and trained["promotion"]
+    listed = {model["name"]: model for model in client.models()}
+    assert listed["contract"] == client.model("contract") == check("models-show", cli("models", "show", "contract",
+                                                                                      "--json").stdout)
+    assert client.workers() and client.workers()[0]["queues"]
+    # errors are exceptions with the CLI's words
+    with pytest.raises(ModelNotFound, match="no model named 'nosuch'"):
+        client.generate(["x"], model="nosuch")
+    with pytest.raises(InputError, match="promote must be one of"):
+        client.train(tiny_corpus, model="contract", promote="sometimes")
+    with pytest.raises(BrokerUnavailable, match="cannot reach Redis"):
+        Client(broker_url="redis://127.0.0.1:1/0").models()
+    empty = tmp_path / "bad.txt"
+    empty.write_text("...\n???\n")
+    with pytest.raises(JobFailed, match="no usable line") as failed:
+        client.generate(empty, model="contract").wait(timeout=120)
+    assert isinstance(failed.value, LstmqError) and failed.value.status["status"] == "failed"

@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-PROFILES = ("gpu", "cpu", "tools", "flower", "prometheus")
+PROFILES = ("gpu", "cpu", "tools", "flower", "prometheus", "sentinel")
 PASSWORD = "0123456789abcdef-test-password"
 SOURCES = ("lstmq", "shared", "worker", "producer", "config")
 
@@ -164,6 +164,29 @@ def test_compose_config_accepts_the_file(tool, tmp_path, raw):
     assert PASSWORD in config["services"]["redis"]["command"]
 
 
+def test_the_sentinel_profile_fails_redis_over_and_everything_follows(tool, tmp_path, services):
+    """The sentinel profile: a replica of redis and three sentinels (quorum 2) with the password;
+    BROKER_SCHEME and BROKER_HOSTS from .env point every worker and the producer at the sentinels."""
+    replica, sentinels = services["redis-replica"], [services[f"sentinel-{index}"] for index in (1, 2, 3)]
+    assert replica["profiles"] == ["sentinel"] and replica["command"][:4] == ["redis-server", "--replicaof", "redis", "6379"]
+    assert "--masterauth" in replica["command"] and "--masterauth" in services["redis"]["command"]
+    for sentinel in sentinels:
+        script = sentinel["command"][0]
+        assert sentinel["profiles"] == ["sentinel"] and "--sentinel" in script
+        assert "sentinel monitor ${SENTINEL_MASTER} redis 6379 2" in script and "requirepass ${REDIS_PASSWORD}" in script
+    env_file = tmp_path / ".env"
+    hosts = "sentinel-1:26379;sentinel://sentinel-2:26379;sentinel://sentinel-3:26379"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in {**env_file_values(), "BROKER_SCHEME": "sentinel",
+                                                                     "BROKER_HOSTS": hosts}.items()))
+    result = run_config(tool, env_file)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)["services"]
+    for name in [*worker_services(config), "producer", "flower"]:
+        environment = config[name]["environment"]
+        assert environment["LSTMQ_BROKER_URL"] == f"sentinel://:{PASSWORD}@{hosts}/0", name
+        assert environment["LSTMQ_SENTINEL_MASTER"] == "lstmq" and environment["LSTMQ_SENTINEL_PASSWORD"] == PASSWORD
+
+
 def test_compose_config_refuses_to_run_without_a_password(tool, tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text((ROOT / ".env.example").read_text())    # as committed: REDIS_PASSWORD empty
@@ -240,7 +263,7 @@ def test_workers_wait_for_redis_stop_gracefully_and_restart(services):
         assert seconds(service["stop_grace_period"]) >= timeout + 15, name
         assert service["restart"] in ("always", "unless-stopped", "on-failure"), name
         assert service.get("init") is True, name
-        assert int(environment["LSTMQ_METRICS_PORT"]) == 9100, name
+        assert int(environment["LSTMQ_METRICS_PORT"]) == 19100, name
         assert "profiles" in service, name                           # COMPOSE_PROFILES picks gpu or cpu
 
 

@@ -40,7 +40,7 @@ def chunks_done_soon(redis_url: str, job: str, timeout: float = 120) -> int:
 
 def test_training_resumes_after_its_process_is_killed(setup, corpus_slice):
     worker, cli = setup
-    job = json.loads(cli("train", corpus_slice, "--model", "crash", "--epochs", "5", "--json").stdout)["job"]
+    job = json.loads(cli("train", corpus_slice, "--model", "crash", "--epochs", "5", "--detach", "--json").stdout)["job"]
     wait_for(lambda: status(cli, job).get("epoch", 0) >= 2)
     victims = pool_processes(worker)
     for pid in victims:

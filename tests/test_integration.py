@@ -51,8 +51,10 @@ def test_train_waits_with_epochs_and_registers_a_version(trained, cli, corpus_sl
     assert summary["epochs_run"] == 2 and summary["val_perplexity"] > 1
     assert "epoch 1/2: loss" in result.stderr and "epoch 2/2: loss" in result.stderr
     listing = json.loads(cli("models", "--json").stdout)
-    assert listing == [{"name": "sherlock", "versions": 1, "current": 1, "latest": 1}]
-    versions = json.loads(cli("models", "sherlock", "--json").stdout)["versions"]
+    shown = json.loads(cli("models", "sherlock", "--json").stdout)
+    assert listing == [shown] and (shown["name"], shown["current"], shown["latest"]) == ("sherlock", 1, 1)
+    versions = shown["versions"]
+    assert versions[0]["created"].endswith("Z") and versions[0]["registered"].endswith("Z")
     assert versions[0]["model"] == "sherlock@1" and versions[0]["aliases"] == ["current"]
     assert versions[0]["corpus_sha256"] == hashlib.sha256(corpus_slice.read_bytes()).hexdigest()
     status = json.loads(cli("status", summary["job"], "--json").stdout)
@@ -194,6 +196,72 @@ def test_cli_errors_are_clear(trained, cli, tmp_path):
     assert result.returncode == 2 and "'top_p' must be <= 1" in result.stderr
     result = lstmq("status", "--broker", "redis://127.0.0.1:1/0", check=False)
     assert result.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    # a broker lstmq cannot use is a usage error naming what it takes, never a traceback; --json too
+    result = lstmq("status", "--broker", "amqp://guest:secret@rabbit//", check=False)
+    assert result.returncode == 2 and "must be a Redis URL (redis://, rediss://, unix://, sentinel://)" in result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
+    result = lstmq("-b", "amqp://guest@rabbit//", "status", "--json", check=False)
+    assert result.returncode == 2 and json.loads(result.stdout)["exit_status"] == 2
+    result = cli("generate", seeds, "--model", "sherlock", "--bogus", "--json", check=False)   # click's own usage error
+    assert result.returncode == 2 and json.loads(result.stdout) == {"error": "No such option '--bogus'.",
+                                                                    "exit_status": 2}
+    for conflict in (["train", seeds, "--model", "x", "--no-promote", "--promote-if-better"],
+                     ["train", seeds, "--model", "x", "--wait", "--detach"],
+                     ["generate", seeds, "--model", "sherlock", "--detach", "--dry-run"],
+                     ["generate", seeds, "--model", "sherlock", "--detach", "--stats"]):
+        result = cli(*conflict, check=False)
+        assert result.returncode == 2 and "exclude each other" in result.stderr or "does not go with" in \
+            result.stderr or "goes with waiting" in result.stderr, (conflict, result.stderr)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("chunk_sise: 100\n")
+    result = lstmq("status", "--config", typo, "--broker", "redis://127.0.0.1:1/0", check=False)   # read first
+    assert result.returncode == 2 and "unknown setting 'chunk_sise' (did you mean 'chunk_size'?)" in result.stderr
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n \n")
+    result = cli("generate", blank, "--model", "sherlock", "--dry-run", check=False)
+    assert result.returncode == 2 and "no prompt in the file" in result.stderr
+    before = cli("status", "--json").stdout
+    result = cli("generate", blank, "--model", "sherlock", "--detach", check=False)
+    assert result.returncode == 2 and "no job was made" in result.stderr and cli("status", "--json").stdout == before
+
+
+def test_cli_conventions(trained, cli, redis_server, tmp_path):
+    """-b/--broker before or after the command (as celery takes it); lstmq-worker --version;
+    `.env.example` sourced as compose users do breaks nothing; a config file found in
+    ~/.config/lstmq without being named."""
+    job = trained[0]["job"]
+    assert json.loads(lstmq("-b", redis_server.url, "status", job, "--json").stdout)["id"] == job
+    assert json.loads(lstmq("status", job, "-b", redis_server.url, "--json").stdout)["id"] == job
+    version = subprocess.run([str(BIN / "lstmq-worker"), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("lstmq-worker, version ")
+    example = Path(__file__).resolve().parents[1] / ".env.example"
+    sourced = {name: value for name, _, value in (line.partition("=") for line in example.read_text().splitlines()
+                                                  if "=" in line and not line.startswith("#"))}
+    assert not [name for name in sourced if name.startswith("LSTMQ_")]   # compose-only names are not settings
+    result = lstmq("status", "-b", redis_server.url, env={**clean_env(), **sourced}, check=False)
+    assert result.returncode == 0, result.stderr
+    home = tmp_path / "home"
+    (home / ".config" / "lstmq").mkdir(parents=True)
+    (home / ".config" / "lstmq" / "config.yaml").write_text(f"broker_url: {redis_server.url}\n")
+    env = {key: value for key, value in clean_env().items() if key != "LSTMQ_BROKER_URL"}
+    found = lstmq("status", job, "--json", env={**env, "HOME": str(home)}, check=False)
+    assert found.returncode == 0 and json.loads(found.stdout)["id"] == job, found.stderr
+
+
+def test_status_is_for_people(trained, cli, tmp_path):
+    """`lstmq status JOB`: kind, model, state, progress, pace, created and age, failures with their
+    reasons; the job table has age and reason columns."""
+    text = cli("status", trained[0]["job"]).stdout
+    for label in ("job:", "status: succeeded", "model: sherlock@1", "progress: epoch 2/2", "created:", " ago)",
+                  "finished:", "epoch 1:"):
+        assert label in text, text
+    assert "submit_deadline" not in text and "slices" not in text        # the raw record is --json's
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("holmes said\n")
+    other = json.loads(cli("generate", seeds, "--model", "sherlock", "--detach", "--json").stdout)["job"]
+    cli("wait", other, check=False)
+    table = cli("status").stdout.splitlines()
+    assert other in "\n".join(table) and table[1].split()[:7] == ["JOB", "KIND", "STATUS", "AGE", "MODEL", "PROGRESS", "PACE"] and "REASON" in table[1]
 
 
 def test_worker_survives_bad_messages(trained, cli, worker, redis_server, tmp_path):

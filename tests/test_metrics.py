@@ -29,13 +29,13 @@ def commands(gpus, port):
 
 def test_the_launcher_gives_worker_i_port_plus_i(monkeypatch):
     monkeypatch.setenv("LSTMQ_METRICS_PORT", "1234")   # the launcher's own value never reaches a worker as is
-    several = commands(["0", "1", "3"], 9100)
-    assert [env["LSTMQ_METRICS_PORT"] for _, env in several] == ["9100", "9101", "9102"]
+    several = commands(["0", "1", "3"], 19100)
+    assert [env["LSTMQ_METRICS_PORT"] for _, env in several] == ["19100", "19101", "19102"]
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in several] == ["0", "1", "3"]
     assert [env["LSTMQ_GPU_INDEX"] for _, env in several] == ["0", "1", "3"]   # what `lstmq workers` shows
     assert "LSTMQ_GPU_INDEX" not in commands(None, None)[0][1]
-    assert all("9100" not in " ".join(command) for command, _ in several)   # the environment, not argv
-    assert [env["LSTMQ_METRICS_PORT"] for _, env in commands(None, 9100)] == ["9100"]   # one CPU worker
+    assert all("19100" not in " ".join(command) for command, _ in several)   # the environment, not argv
+    assert [env["LSTMQ_METRICS_PORT"] for _, env in commands(None, 19100)] == ["19100"]   # one CPU worker
     assert all("LSTMQ_METRICS_PORT" not in env for _, env in commands(["0", "1"], None))   # off
 
 

@@ -28,6 +28,8 @@ def worker_config(settings: Settings, label: str = "") -> dict[str, Any]:
         "worker_proc_alive_timeout": 180,      # the pool process imports TensorFlow before saying it is up
         "worker_send_task_events": True,       # Flower and `celery events` see lstmq's tasks
         "task_send_sent_event": True,
+        # a demoted primary answers READONLY after a Sentinel failover: a channel error to retry on
+        "broker_channel_error_retry": True,
         "worker_log_format": f"[%(asctime)s: %(levelname)s/%(processName)s] {label}%(message)s",
         "worker_task_log_format": f"[%(asctime)s: %(levelname)s/%(processName)s] {label}"
                                   "%(task_name)s[%(task_id)s]: %(message)s",

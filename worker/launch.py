@@ -128,6 +128,7 @@ def cpu_sets(workers: int) -> list[list[int]]:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lstmq", prog_name="lstmq-worker")
 @click.option("--gpus", help="GPU indices, one worker each (e.g. 0,1). Default: every GPU nvidia-smi lists, else one CPU worker.")
 @click.option("--cpu", is_flag=True, help="Start CPU workers only (GPUs hidden): one, or --workers N.")
 @click.option("--workers", "cpu_workers", type=click.IntRange(1, 1024), default=1, show_default=True,
@@ -136,8 +137,9 @@ def cpu_sets(workers: int) -> list[list[int]]:
               help="TensorFlow threads per worker (overrides tf_threads / LSTMQ_TF_THREADS; default with "
                    "--workers N: that worker's cores).")
 @click.option("--queues", default=",".join(QUEUES), show_default=True, help="Queues to consume.")
-@click.option("--broker", help="Redis URL (overrides broker_url / LSTMQ_BROKER_URL).")
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="Settings file (YAML).")
+@click.option("-b", "--broker", help="Redis URL (overrides broker_url / LSTMQ_BROKER_URL).")
+@click.option("--config", "config", type=click.Path(dir_okay=False),
+              help="Settings file (YAML); else $LSTMQ_CONFIG, ~/.config/lstmq/config.yaml, /etc/lstmq/config.yaml.")
 @click.option("--loglevel", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--name", "prefix", default="lstmq", show_default=True, help="Node name prefix (NAME-gpu0@host).")

@@ -136,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"lstmq-worker: {redact(error, settings.broker_url)}", file=sys.stderr)
         return EXIT_SETTINGS
-    except BrokerUnavailable as error:   # refused: the credentials or the certificate
-        print(f"lstmq-worker: {redact(error, settings.broker_url)}", file=sys.stderr)
+    except BrokerUnavailable as error:   # refused: the credentials or the certificate; or Sentinel set up wrong
+        print(f"lstmq-worker: {redact(error, settings.broker_url, settings.sentinel_password)}", file=sys.stderr)
         return EXIT_BROKER_REFUSED
     except KeyboardInterrupt:
         print("lstmq-worker: interrupted while waiting for Redis", file=sys.stderr)

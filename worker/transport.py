@@ -39,7 +39,8 @@ def broker_transport(broker_url: str) -> str | None:
     """Celery's broker_transport for a worker: this module's transport for redis:// and rediss://
     URLs; None (the transport the URL's scheme names) for anything else."""
     scheme = broker_url.partition("://")[0].lower()
-    return {"redis": f"{__name__}:Transport", "rediss": f"{__name__}:SecureTransport"}.get(scheme)
+    return {"redis": f"{__name__}:Transport", "rediss": f"{__name__}:SecureTransport",
+            "sentinel": f"{__name__}:SentinelTransport"}.get(scheme)
 
 
 def _hookable() -> str | None:
@@ -127,8 +128,8 @@ def _screening_client(factory: Any, screen: Any) -> Any:
     return ScreeningClient
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel whose client sets undecodable BRPOP entries aside."""
+class Screening:
+    """What the channels below add to kombu's: a client that sets undecodable BRPOP entries aside."""
 
     def _get_client(self):
         factory = super()._get_client()
@@ -171,6 +172,14 @@ class Channel(kombu_redis.Channel):
                   queue, problem, len(raw), key, excerpt)
 
 
+class Channel(Screening, kombu_redis.Channel):
+    """kombu's Redis channel whose client sets undecodable BRPOP entries aside."""
+
+
+class SentinelChannel(Screening, kombu_redis.SentinelChannel):
+    """kombu's Redis Sentinel channel (the client follows the primary) that does the same."""
+
+
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the screening Channel (for redis:// URLs)."""
 
@@ -198,6 +207,17 @@ class SecureTransport(Transport):
         super().__init__(client, *args, **kwargs)
 
 
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport with the screening channel (for sentinel:// URLs)."""
+
+    Channel = SentinelChannel
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        if UNHOOKABLE is not None:
+            _warn_once(UNHOOKABLE)
+        super().__init__(*args, **kwargs)
+
+
 def _show_as_redis_urls() -> None:
     """Connection.as_uri() writes the transport's name as the URL scheme; kombu maps alternative
     transports to their canonical scheme with Connection.resolve_aliases (librabbitmq -> amqp).
@@ -209,6 +229,7 @@ def _show_as_redis_urls() -> None:
     if isinstance(aliases, dict):
         aliases.setdefault(f"{__name__}:Transport", "redis")
         aliases.setdefault(f"{__name__}:SecureTransport", "rediss")
+        aliases.setdefault(f"{__name__}:SentinelTransport", "sentinel")
 
 
 _show_as_redis_urls()

@@ -13,6 +13,8 @@ Messages on the queues carry only ids; everything else is here.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 from lstmq.shared.config import Settings
@@ -23,6 +25,7 @@ from lstmq.shared.store.jobs import Jobs
 from lstmq.shared.store.queues import Queues
 from lstmq.shared.store.records import JobRecord, JobStatus, Progress
 from lstmq.shared.store.registry import Registry, check_model_name, parse_model_spec
+from lstmq.shared.store.sentinel import SentinelProblem, check_sentinels, is_sentinel_url, master_address, sentinel_client
 from lstmq.shared.store.training import Training
 from lstmq.shared.store.workers import Workers
 
@@ -31,10 +34,12 @@ __all__ = ["Store", "JobKind", "JobRecord", "JobStatus", "Progress", "check_mode
 
 
 class Store:
-    def __init__(self, client: redis.Redis, ttl: int):
-        """`ttl`: seconds that jobs, chunks, results and corpora are kept (the result_ttl setting)."""
+    def __init__(self, client: redis.Redis, ttl: int, sentinel: Any = None, sentinel_master: str | None = None):
+        """`ttl`: seconds that jobs, chunks, results and corpora are kept (the result_ttl setting).
+        `sentinel`: the redis.sentinel.Sentinel that `client` follows the primary `sentinel_master` with."""
         self.redis = client
         self.ttl = ttl
+        self.sentinel, self.sentinel_master = sentinel, sentinel_master
         self.blobs = Blobs(client)
         self.registry = Registry(client, self.blobs)
         self.jobs = Jobs(client, ttl)
@@ -47,7 +52,7 @@ class Store:
         when the job was submitted: a worker whose own setting differs uses the job's)."""
         if not record.result_ttl or record.result_ttl == self.ttl:
             return self
-        return Store(self.redis, record.result_ttl)
+        return Store(self.redis, record.result_ttl, self.sentinel, self.sentinel_master)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -56,7 +61,8 @@ class Store:
         name, with broker_tls_cert_reqs: required) against broker_tls_ca_certs, else the system's CAs.
         A TLS file that cannot be read is a ConfigError naming its setting."""
         options: dict = {}
-        if settings.broker_url.lower().startswith("rediss://"):
+        sentinel = is_sentinel_url(settings.broker_url)
+        if settings.broker_url.lower().startswith("rediss://") or (sentinel and settings.sentinel_tls):
             import os
 
             from lstmq.shared.errors import ConfigError
@@ -75,6 +81,12 @@ class Store:
             options = {"ssl_ca_certs": settings.broker_tls_ca_certs, "ssl_certfile": settings.broker_tls_certfile,
                        "ssl_keyfile": settings.broker_tls_keyfile, "ssl_cert_reqs": cert_reqs,
                        "ssl_check_hostname": cert_reqs == "required"}
+            if sentinel:
+                options["ssl"] = True
+        if sentinel:
+            client, found = sentinel_client(settings.broker_url, settings.sentinel_master, settings.sentinel_password,
+                                            **options)
+            return cls(client, settings.result_ttl, found, settings.sentinel_master)
         return cls.from_url(settings.broker_url, settings.result_ttl, **options)
 
     @classmethod
@@ -82,16 +94,36 @@ class Store:
         """`options`: more keyword arguments for redis-py (ssl_* for a rediss:// URL)."""
         return cls(redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30, **options), ttl)
 
+    def sentinel_password(self) -> str | None:
+        if self.sentinel is None or not self.sentinel.sentinels:
+            return None
+        return self.sentinel.sentinels[0].connection_pool.connection_kwargs.get("password")
+
+    def primary(self) -> tuple[str, int] | None:
+        """With Redis Sentinel: where the sentinels say the primary is now; else None."""
+        if self.sentinel is None:
+            return None
+        return master_address(self.sentinel, self.sentinel_master)
+
     def ping(self, url: str = "") -> None:
         """Raise BrokerUnavailable, with a message that holds no password, if Redis does not answer.
         The exception's `reason` says why: "credentials" (Redis refused them: wrong password, none
         given where one is required, an ACL user without the right), "certificate" (the server's TLS
-        certificate or its name failed the check) or "unreachable" (anything else, maybe passing);
-        `cause` is redis-py's exception."""
+        certificate or its name failed the check), "sentinel" (no Redis Sentinel answers, or none
+        monitors sentinel_master) or "unreachable" (anything else, maybe passing); `cause` is
+        redis-py's exception."""
         import ssl
 
         from lstmq.shared.redact import redact, redact_url
 
+        if self.sentinel is not None:   # first the sentinels: a wrong set-up is no passing trouble
+            where = redact_url(url) if url else "the broker URL"
+            try:
+                check_sentinels(self.sentinel, self.sentinel_master, where)
+            except SentinelProblem as problem:
+                failure = BrokerUnavailable(redact(problem, url, self.sentinel_password()))
+                failure.reason, failure.cause = {"credentials": "credentials"}.get(problem.reason, "sentinel"), problem
+                raise failure from None
         try:
             self.redis.ping()
         except redis.exceptions.RedisError as error:

@@ -47,7 +47,7 @@ def test_a_chunk_whose_input_vanished_fails_with_its_reason(stack, tmp_path):
                        "error": errors[0]["error"]}] and "its input is gone" in errors[0]["error"]
     record = stack.status(job)
     assert record["status"] == "failed" and record["chunks_failed"] == 1 and "1" in record["failed_chunks"]
-    assert "failed chunk 1" in stack.cli("status", job).stdout
+    assert "chunk 1: failed: " in stack.cli("status", job).stdout
 
 
 def test_redis_out_of_memory_fails_the_chunk_and_the_cli_says_so(stack, tmp_path):
@@ -100,7 +100,7 @@ def test_cancel_ends_the_job_and_collect_returns_what_was_produced(stack, tmp_pa
 
 
 def test_cancel_a_training_job(stack, corpus_slice):
-    job = json.loads(stack.cli("train", corpus_slice, "--model", "cancelled", "--epochs", "50", "--json").stdout)["job"]
+    job = json.loads(stack.cli("train", corpus_slice, "--model", "cancelled", "--epochs", "50", "--detach", "--json").stdout)["job"]
     wait_for(lambda: stack.job(job).status is JobStatus.RUNNING, timeout=60, what="training to start")
     cancelled_at = time.monotonic()
     assert json.loads(stack.cli("cancel", job, "--json").stdout)["status"] == "cancelled"

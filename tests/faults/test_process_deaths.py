@@ -90,7 +90,7 @@ def test_a_chunk_that_kills_its_worker_every_time_fails_and_the_job_ends(redis_s
         assert f"job {job} chunk 1 killed its worker process (signal 9 (SIGKILL), likely out of memory)" in worker.text()
         status = stack.status(job)
         assert status["attempts"]["1"] == {"attempts": 3, "lost": 3, "last_end": "signal 9 (SIGKILL), likely out of memory"}
-        assert f"failed chunk 1: {reason} [3 attempts]" in stack.cli("status", job).stdout
+        assert f"chunk 1: failed: {reason} [3 attempts]" in stack.cli("status", job).stdout
         assert worker.process.poll() is None           # the worker goes on
     finally:
         worker.stop()

@@ -41,7 +41,7 @@ def restart(server: LocalRedis) -> None:
 
 
 def test_training_in_slices_survives_a_redis_restart(stack, durable_redis, corpus_slice):
-    job = json.loads(stack.cli("train", corpus_slice, "--model", "durable", "--epochs", "12", "--json").stdout)["job"]
+    job = json.loads(stack.cli("train", corpus_slice, "--model", "durable", "--epochs", "12", "--detach", "--json").stdout)["job"]
     wait_for(lambda: stack.job(job).epoch >= 2, timeout=120, what="two epochs")
     restart(durable_redis)
     restarted = time.monotonic()

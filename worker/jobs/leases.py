@@ -18,7 +18,8 @@ from lstmq.shared.messages import JobKind
 from lstmq.shared.store import JobRecord, Store
 
 log = logging.getLogger("lstmq.jobs")
-TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+             redis.exceptions.ReadOnlyError)   # READONLY: a demoted primary, for a moment after a Sentinel failover
 RETRY_BACKOFF_MAX_S = 60.0
 T = TypeVar("T")
 
