@@ -161,7 +161,7 @@ class LogprobSummary:
             return
         steps = np.frombuffer(histogram["steps"], dtype=np.uint32)
         counts = np.frombuffer(histogram["counts"], dtype=np.uint32)
-        np.add.at(self.bins, steps, counts)
+        self.bins[steps] += counts   # a chunk's steps are distinct (np.add.at, for repeats, is 10x slower)
         for value, count in histogram["outside"]:
             self.outside[value] = self.outside.get(value, 0) + count
         self.count += histogram["lines"]

@@ -191,6 +191,27 @@ class LocalSentinels:
                 return False
         return True
 
+    def in_sync(self) -> bool:
+        """Every sentinel sees a replica, and a replica of the primary is linked and synced (a
+        replica still syncing when its primary is lost would take over without the latest writes)."""
+        if not self._ready():
+            return False
+        primary = self.primary_port()
+        for server in self.servers:
+            if server.process is None or server.port == primary:
+                continue
+            client = redis.Redis(port=server.port, socket_connect_timeout=1, decode_responses=True)
+            try:
+                info = client.info("replication")
+            except redis.exceptions.RedisError:
+                continue
+            finally:
+                client.close()
+            if (info.get("role") == "slave" and int(info.get("master_port", 0)) == primary
+                    and info.get("master_link_status") == "up" and not int(info.get("master_sync_in_progress", 0))):
+                return True
+        return False
+
     def failover(self, timeout: float = 30.0) -> tuple[int, int]:
         """SENTINEL FAILOVER: the replica becomes the primary, the old primary its replica. (old, new) ports."""
         old = self.primary_port()

@@ -214,3 +214,36 @@ def test_the_python_api_does_what_the_cli_does(cli, tiny_corpus, tmp_path):
     with pytest.raises(JobFailed, match="no usable line") as failed:
         client.generate(empty, model="contract").wait(timeout=120)
     assert isinstance(failed.value, LstmqError) and failed.value.status["status"] == "failed"
+
+
+def test_output_and_error_lines_match_their_schemas(cli, tmp_path):
+    """docs/json/output-line.schema.json and error-line.schema.json describe what the workers write."""
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("\n".join([json.dumps({"id": "a", "prompt": "holmes said", "n": 2, "temperature": 0.8}),
+                                json.dumps({"prompt": "zzyzx the door"}), "{bad", json.dumps({"prompt": ""})]) + "\n")
+    cli("generate", seeds, "--model", "contract", "-o", tmp_path / "out.jsonl", "--words", "2", check=False)
+    output_schema = json.loads((SCHEMAS / "output-line.schema.json").read_text())
+    error_schema = json.loads((SCHEMAS / "error-line.schema.json").read_text())
+    lines, errors = read_jsonl(tmp_path / "out.jsonl"), read_jsonl(tmp_path / "out.errors.jsonl")
+    assert len(lines) == 3 and len(errors) == 2
+    for line in lines:
+        jsonschema.validate(line, output_schema)
+    for error in errors:
+        jsonschema.validate(error, error_schema)
+
+
+def test_the_readme_is_a_page_a_newcomer_reads():
+    """At most 20,000 characters, with the install line, a first run, the output's logprob, and an
+    index whose every docs/ link resolves."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    assert len(readme) <= 20_000
+    assert "pip install '.[cpu]'" in readme and '"logprob"' in readme and "lstmq-worker" in readme
+    for page in ("operations", "design", "decoding", "performance", "development", "api"):
+        assert f"docs/{page}.md" in readme, page
+    for document in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", document.read_text(encoding="utf-8")):
+            if "://" not in target:
+                assert (document.parent / target).exists(), f"{document.name}: broken link {target}"

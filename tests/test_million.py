@@ -12,40 +12,50 @@ import pytest
 
 from tests.conftest import read_jsonl
 from lstmq.producer import submit as submit_module
-from lstmq.producer.collect import Output, errors_path
-from lstmq.producer.seeds import read_seeds
+from lstmq.producer.collect import Output, errors_path, write_results
 from lstmq.shared.config import load_settings
 from lstmq.shared.messages import Dispatcher
 from lstmq.shared.store import JobKind, JobStatus, keys
-from lstmq.shared.store.chunks import ChunkBuilder
-from lstmq.shared.text import Vocabulary
+from lstmq.shared.store.chunks import ChunkResult
+from lstmq.worker.jobs.chunks import ParsedChunk
 
 SETTINGS = load_settings(environ={})
 GENERATION = SETTINGS.generation_params().replace(seed=1, words=1)
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def make_job(store, chunks: int, per_chunk: int = 3):
-    """A submitted generate job of `chunks` chunks; prompt p<line> on lines 1, 2, ... (line 2 is
-    a bad seed line, recorded as an input error)."""
-    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, model="m@1")
-    line = 0
+def make_job(store, chunks: int, per_chunk: int = 3, fmt: str = "txt", lines=None):
+    """A submitted generate job of `chunks` chunks of `per_chunk` seed lines: "p<line> «ü»" on
+    each line but line 2 ("...", a bad line); or `lines` (bytes, one per line) when given."""
+    job = store.jobs.create(JobKind.GENERATE, GENERATION, model_name="m", version=1, model="m@1",
+                            seeds_file=f"seeds.{fmt}", seed_format=fmt)
+    lines = lines or [b"..." if line == 2 else f"p{line} «ü»".encode() for line in range(1, chunks * per_chunk + 1)]
     for chunk in range(chunks):
-        builder = ChunkBuilder(GENERATION.to_dict())
-        for _ in range(per_chunk):
-            line += 1 if line != 1 else 2
-            builder.add(line, line, f"p{line} «ü»")
-        store.jobs.put_chunk(job, chunk, builder.encode(), lines=line, submit_deadline=time.time() + 60,
-                             prompts=per_chunk)
-    store.jobs.add_input_errors(job, [{"id": 2, "line": 2, "error": "prompt has no words"}])
-    store.jobs.finish_submission(job, chunks=chunks, prompts=chunks * per_chunk, input_errors=1, lines=line)
+        data = b"".join(line + b"\n" for line in lines[chunk * per_chunk:(chunk + 1) * per_chunk])
+        store.jobs.put_chunk(job, chunk, data, chunk * per_chunk + 1, submit_deadline=time.time() + 60)
+    store.jobs.finish_submission(job, chunks=chunks, lines=len(lines))
     return job
 
 
+class FakePlan:
+    """What decoding gives a worker, without a model: "after PROMPT" for each prompt, logprob -0.5."""
+
+    def __init__(self, chunk_input):
+        self.prompt_words = self.words_to_generate = len(chunk_input)
+        self.columns = ChunkResult([f"after {prompt}" for prompt in chunk_input.prompts], None,
+                                   [-0.5] * len(chunk_input), {}, {})
+
+    def result(self):
+        return self.columns
+
+
 def finish_chunk(store, job, chunk):
-    items = store.jobs.chunk(job, chunk)
-    results = [{"unknown": [], "samples": [f"after {item['prompt']}"], "logprobs": [-0.5]} for item in items]
-    assert store.jobs.save_result(job, chunk, results, words=len(items))
+    """Do what a worker does with the chunk, but decoding: parse, register ids, write the output."""
+    record = store.jobs.get(job)
+    first, count, data = store.jobs.chunk_source(job, chunk)
+    parsed = ParsedChunk.parse(record, first, data, SETTINGS, lambda entries: store.jobs.register_ids(job, entries))
+    output, report = parsed.output(record.model, FakePlan(parsed.input), count)
+    assert store.jobs.save_output(job, chunk, output, len(parsed.input), report)
 
 
 def test_output_is_written_in_input_order_as_chunks_finish(store, tmp_path):
@@ -60,25 +70,46 @@ def test_output_is_written_in_input_order_as_chunks_finish(store, tmp_path):
     finish_chunk(store, job, 0)
     output.advance(store.jobs.get(job))                # chunks 0 and 1 now, in order
     output.stream.flush()
-    assert [line["id"] for line in read_jsonl(partial)] == [1, 3, 4, 5, 6, 7]
+    assert [line["id"] for line in read_jsonl(partial)] == [1, 3, 4, 5, 6]
     assert out.read_text() == "an earlier run's complete output\n"   # OUT is never a partial file
-    store.jobs.fail_chunk(job, 2, "boom", prompts=3)
+    store.jobs.fail_chunk(job, 2, "boom")
     output.advance(store.jobs.get(job))                # a failed chunk is an outcome too
     assert output.next_chunk == 3
     finish_chunk(store, job, 3)
     record = store.jobs.get(job)
     assert record.status is JobStatus.FAILED
+    assert (record.prompts, record.input_errors, record.lines_done, record.lines_failed) == (8, 1, 9, 3)
     written = output.finish(record)
     lines = read_jsonl(out)
-    assert [line["id"] for line in lines] == [1, 3, 4, 5, 6, 7, 11, 12, 13]
+    assert [line["id"] for line in lines] == [1, 3, 4, 5, 6, 10, 11, 12]
     assert lines[0] == {"id": 1, "prompt": "p1 «ü»", "continuation": "after p1 «ü»", "model": "m@1", "seed": 1,
                         "sample": 0, "params": {key: value for key, value in GENERATION.to_dict().items()
                                                 if key != "seed"},
                         "unknown_words": [], "logprob": -0.5}
-    assert written.lines == 9 and not partial.exists()
+    assert written.lines == 8 and written.errors == 4 and not partial.exists()
+    assert written.logprob_stats()["lines"] == 8 and written.logprob_stats()["median"] == -0.5
     errors = read_jsonl(errors_path(out))
-    assert errors == [{"id": 2, "line": 2, "error": "prompt has no words"},
-                      *({"id": line, "line": line, "error": "generation failed: boom"} for line in (8, 9, 10))]
+    assert errors == [{"id": 2, "line": 2, "error": "prompt has no words (only spaces or punctuation)"},
+                      *({"id": line, "line": line, "error": "generation failed: boom"} for line in (7, 8, 9))]
+
+
+def test_duplicate_ids_across_chunks_are_reported_whichever_chunk_ran_first(store, tmp_path):
+    """Chunk 1 runs before chunk 0: its "a" on line 5 was written before line 1 claimed "a". The
+    collector leaves line 5 out and reports it with both lines, as a dry run would."""
+    rows = [{"id": "a", "prompt": "one"}, {"prompt": "implied two"}, {"id": "b", "prompt": "three"},
+            {"id": 2, "prompt": "four"}, {"id": "a", "prompt": "five"}, {"id": "c", "prompt": "six"}]
+    job = make_job(store, chunks=2, fmt="jsonl", lines=[json.dumps(row).encode() for row in rows])
+    finish_chunk(store, job, 1)
+    finish_chunk(store, job, 0)
+    record = store.jobs.get(job)
+    assert record.status is JobStatus.SUCCEEDED and (record.prompts, record.input_errors) == (4, 2)
+    written = write_results(store, job, tmp_path / "out.jsonl")
+    assert [line["prompt"] for line in read_jsonl(tmp_path / "out.jsonl")] == ["one", "implied two", "three", "six"]
+    assert written.lines == 4 and written.errors == 2 and written.logprob_stats()["lines"] == 4
+    assert read_jsonl(tmp_path / "out.errors.jsonl") == [
+        {"id": 2, "line": 4, "error": 'duplicate id 2 (line 2 has no "id", so its id is its line number; '
+                                      'line 4 sets "id": 2)'},
+        {"id": "a", "line": 5, "error": "duplicate id 'a' (first used on line 1)"}]
 
 
 def test_an_interrupted_output_leaves_out_as_it_was(store, tmp_path):
@@ -95,40 +126,56 @@ def test_a_job_that_ended_unfinished_reports_every_missing_prompt(store, tmp_pat
     job = make_job(store, chunks=3)
     finish_chunk(store, job, 0)
     store.jobs.cancel(job)
-    store.redis.delete(keys.job_key(job, "chunk", 2))   # an input gone: its prompts can only be counted
-    output = Output(store, job, tmp_path / "out.jsonl")
-    written = output.finish(store.jobs.get(job))
-    assert written.lines == 3
-    reasons = [(error["line"], error["error"]) for error in written.errors]
-    assert reasons[1:4] == [(line, "cancelled (lstmq cancel) before this prompt was generated") for line in (5, 6, 7)]
-    assert written.errors[-1]["chunk"] == 2 and written.errors[-1]["prompts"] == 3
+    store.redis.delete(keys.job_key(job, "chunk", 2))   # an input gone: its lines can only be counted
+    written = write_results(store, job, tmp_path / "out.jsonl")
+    assert written.lines == 2
+    errors = read_jsonl(tmp_path / "out.errors.jsonl")
+    reasons = [(error["line"], error["error"]) for error in errors]
+    assert reasons[:4] == [(2, "prompt has no words (only spaces or punctuation)"),
+                           *((line, "cancelled (lstmq cancel) before this prompt was generated") for line in (4, 5, 6))]
+    assert errors[-1]["chunk"] == 2 and errors[-1]["lines"] == 3 and written.errors == 5
 
 
-def test_submission_streams_pipelined_chunks_and_their_messages(store, redis_server, tmp_path, monkeypatch):
+def test_submission_moves_the_seed_bytes_untouched(store, redis_server, tmp_path, monkeypatch):
+    """The producer cuts the file into chunks of whole lines and stores their bytes as they are
+    (the workers parse them); only a line too long to be a seed line is cut out and reported."""
     seeds = tmp_path / "seeds.txt"
-    seeds.write_text("".join("the door\n" if line % 97 else "...\n" for line in range(1, 5001)), encoding="utf-8")
+    lines = ["the door" if line % 97 else "..." for line in range(1, 5001)]
+    lines[999] = "x" * (SETTINGS.max_line_bytes + 5)
+    data = ("\ufeff" + "\n".join(lines) + "\n").encode()
+    seeds.write_bytes(data)
     settings = load_settings(None, {"broker_url": redis_server.url, "chunk_size": 64, "seed": 5, "words": 1})
-    monkeypatch.setattr(submit_module, "model_vocabulary", lambda *_: Vocabulary(["<pad>", "<unk>", "the", "door"]))
     monkeypatch.setattr(store.registry, "resolve", lambda spec: ("m", 1))
     submission = submit_module.submit_generate(store, Dispatcher(settings), settings, seeds, "m")
-    bad = [line for line in range(1, 5001) if line % 97 == 0]
-    assert (submission.lines, submission.prompts) == (5000, 5000 - len(bad))
-    assert [error.line for error in submission.bad_lines] == bad
-    assert submission.chunks == -(-submission.prompts // 64) and store.queues.queue_length("generate") == submission.chunks
+    assert (submission.lines, submission.prompts, submission.chunks) == (5000, None, -(-5000 // 64))
+    assert [(error.line, error.error) for error in submission.bad_lines] == [
+        (1000, f"line is {SETTINGS.max_line_bytes + 5} bytes, over max_line_bytes ({SETTINGS.max_line_bytes})")]
+    assert store.queues.queue_length("generate") == submission.chunks
     record = store.jobs.get(submission.job)
-    assert record.submitted and record.chunks_sent == submission.chunks and record.input_errors == len(bad)
-    good = [seed for seed in read_seeds(seeds, settings.generation_params(), settings.limits())
-            if not hasattr(seed, "error")]
-    expected = [seed.item().to_dict() for seed in good]
-    stored = [item for chunk in range(submission.chunks) for item in store.jobs.chunk(submission.job, chunk)]
-    assert [item["line"] for item in stored] == [item["line"] for item in expected]
-    assert stored[0] == expected[0] and stored[-1] == expected[-1]
-    assert [error["line"] for error in store.jobs.input_errors(submission.job)] == bad
+    assert record.submitted and record.chunks_sent == submission.chunks and record.lines == 5000
+    assert record.input_errors == 1 and record.seed_format == "txt"
+    sources = [store.jobs.chunk_source(submission.job, chunk) for chunk in range(submission.chunks)]
+    assert [first for first, _count, _data in sources] == list(range(1, 5001, 64))
+    lines[999] = ""
+    assert b"".join(data for _first, _count, data in sources) == ("\n".join(lines) + "\n").encode()
+    assert store.jobs.input_errors(submission.job)[0]["chunk"] == 999 // 64
+
+
+def test_a_file_of_blank_lines_makes_no_job(store, redis_server, tmp_path, monkeypatch):
+    seeds = tmp_path / "blank.txt"
+    seeds.write_text("\n  \n\t\n")
+    settings = load_settings(None, {"broker_url": redis_server.url})
+    monkeypatch.setattr(store.registry, "resolve", lambda spec: ("m", 1))
+    before = store.jobs.recent(1000)
+    with pytest.raises(submit_module.NoPrompts, match="no prompt in the file .* no job was made"):
+        submit_module.submit_generate(store, Dispatcher(settings), settings, seeds, "m")
+    assert store.jobs.recent(1000) == before
 
 
 @pytest.mark.integration
 def test_the_quick_benchmark_prints_its_table():
-    """python -m benchmarks.million --quick: a real worker, both jobs, every figure against its target."""
+    """python -m benchmarks.million --quick: a real worker, both jobs, the producer alone each way, Redis,
+    memory and end to end, every figure against its target."""
     from tests.test_benchmarks import check_table, tables_of
 
     result = subprocess.run([sys.executable, "-m", "benchmarks.million", "--quick"], capture_output=True, text=True,
@@ -138,8 +185,13 @@ def test_the_quick_benchmark_prints_its_table():
     (table,) = tables_of(stdout, 1)
     rows = check_table(table, ["figure", "measured", "target", "met"], text=["figure", "target", "met"])
     figures = {row["figure"]: row for row in rows}
-    assert {"submission, lines/s", "collection, lines/s", "producer peak RSS at 2,000 lines, MB",
-            "producer peak RSS at 20,000 lines, MB"} <= set(figures)
+    assert {f"{what}, {figure} ({how})" for what in ("submission", "collection")
+            for figure in ("lines/s", "CPU us/line") for how in ("whole command", "marginal")} <= set(figures)
+    assert {"Redis job peak / raw bytes (sampled)", "submission peak RSS at 2,000 lines, MB",
+            "submission peak RSS at 20,000 lines, MB", "submission RSS 20,000 / 2,000 lines",
+            "collection peak RSS at 2,000 lines, MB", "collection peak RSS at 20,000 lines, MB",
+            "collection RSS 20,000 / 2,000 lines", "end to end / worker alone, lines/s",
+            "3 workers: end to end / workers alone"} <= set(figures)
     assert all(row["met"] in ("yes", "NO", "-") for row in rows)
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert [job["lines"] for job in summary["jobs"]] == [2000, 20000]

@@ -25,7 +25,8 @@ from lstmq.shared.store.jobs import Jobs
 from lstmq.shared.store.queues import Queues
 from lstmq.shared.store.records import JobRecord, JobStatus, Progress
 from lstmq.shared.store.registry import Registry, check_model_name, parse_model_spec
-from lstmq.shared.store.sentinel import SentinelProblem, check_sentinels, is_sentinel_url, master_address, sentinel_client
+from lstmq.shared.store.sentinel import (SentinelProblem, check_sentinels, follow_primary, is_sentinel_url,
+                                         master_address, sentinel_client)
 from lstmq.shared.store.training import Training
 from lstmq.shared.store.workers import Workers
 
@@ -40,6 +41,8 @@ class Store:
         self.redis = client
         self.ttl = ttl
         self.sentinel, self.sentinel_master = sentinel, sentinel_master
+        if sentinel is not None:
+            follow_primary(client)
         self.blobs = Blobs(client)
         self.registry = Registry(client, self.blobs)
         self.jobs = Jobs(client, ttl)

@@ -9,6 +9,10 @@ connection fails or a demoted primary answers READONLY (its connection raises Co
 then), so the store's usual retries on ConnectionError carry it across a failover."""
 from __future__ import annotations
 
+import os
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -18,6 +22,7 @@ from redis.sentinel import Sentinel
 
 SENTINEL_PORT = 26379
 TIMEOUT_S = 5.0
+FOLLOW_INTERVAL_S = 1.0   # how often a client asks the sentinels where the primary is
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,40 @@ def sentinel_client(url: str, master: str, sentinel_password: str | None, **opti
     client = sentinel.master_for(master, redis_class=redis.Redis, username=parsed.username, password=parsed.password,
                                  db=parsed.db, socket_connect_timeout=TIMEOUT_S, health_check_interval=30)
     return client, sentinel
+
+
+_followed: dict[tuple[int, int], threading.Thread] = {}   # (pid, id(pool)) -> its follower
+_lock = threading.Lock()
+
+
+def follow_primary(client: redis.Redis) -> None:
+    """Ask the sentinels every FOLLOW_INTERVAL_S where the primary is, from a daemon thread of this
+    process: when it moved, the client's idle connections are dropped, so that its next command
+    goes to the new primary. (A connection to a demoted primary fails a write with READONLY, which
+    redis-py turns into a reconnect, but it would go on answering reads from a replica that may
+    be behind.) Once per client and process: a forked worker starts its own."""
+    pool = client.connection_pool
+    key = (os.getpid(), id(pool))
+    with _lock:
+        if key in _followed:
+            return
+        reference = weakref.ref(pool)
+
+        def follow() -> None:
+            while True:
+                time.sleep(FOLLOW_INTERVAL_S)
+                followed = reference()
+                if followed is None:
+                    return
+                try:
+                    followed.get_master_address()
+                except redis.exceptions.RedisError:
+                    pass   # no sentinel answers now: the commands' own errors and retries say so
+                del followed
+
+        thread = threading.Thread(target=follow, name="lstmq-sentinel-follower", daemon=True)
+        _followed[key] = thread
+        thread.start()
 
 
 def check_sentinels(sentinel: Sentinel, master: str, where: str) -> tuple[str, int] | None:

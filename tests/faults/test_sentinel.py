@@ -39,6 +39,19 @@ class SentinelStack(Stack):
     def popen(self, *args, env=None):
         return super().popen(*args, env=env or self.env)
 
+    def job(self, job):
+        """The job's record; read again while this test's own client finds no primary (a failover)."""
+        import redis
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return self.store.jobs.get(job)
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
     def worker(self, log, *extra):
         worker = WorkerProcess(self.url, log, "--config", str(self.config), *extra,
                                env={"LSTMQ_SENTINEL_MASTER": LocalSentinels.MASTER})
@@ -46,13 +59,14 @@ class SentinelStack(Stack):
         return worker
 
 
-@pytest.fixture
-def stack(tmp_path, random_artifact):
+@pytest.fixture(scope="module")
+def sentinel_stack(tmp_path_factory, random_artifact):
+    directory = tmp_path_factory.mktemp("sentinel")
     with LocalSentinels() as sentinels:
-        stack = SentinelStack(sentinels, write_config(tmp_path / "settings.yaml", train_slice_seconds=10,
+        stack = SentinelStack(sentinels, write_config(directory / "settings.yaml", train_slice_seconds=10,
                                                       lease_seconds=10))
         stack.model = stack.register(random_artifact, "ha")
-        worker = stack.worker(tmp_path / "worker.log")
+        worker = stack.worker(directory / "worker.log")
         stack.worker_process = worker
         try:
             yield stack
@@ -60,16 +74,34 @@ def stack(tmp_path, random_artifact):
             worker.stop()
 
 
+@pytest.fixture
+def stack(sentinel_stack):
+    """The module's stack, with a replica to fail over to (a killed primary never comes back: a new
+    replica of the new primary takes its place, as an operator would add one)."""
+    sentinels = sentinel_stack.sentinels
+    if not any(server.process is not None and server.port != sentinels.primary_port() for server in sentinels.servers):
+        sentinels.add_replica(sentinels.primary_port())
+    sentinels.wait_until(sentinels.in_sync, 60, "a replica in sync, seen by every sentinel")
+    return sentinel_stack
+
+
 def generate_through(stack: SentinelStack, tmp_path, fault: str) -> None:
     models_before = json.loads(stack.cli("models", "--json").stdout)
     seeds = seeds_file(tmp_path / "seeds.txt", PROMPTS)
     out = tmp_path / "out.jsonl"
     waiting = stack.popen("generate", seeds, "--model", stack.model, "-o", out, "--words", "150", "--chunk-size", "100")
-    job = waiting.stderr.readline().split()[2].rstrip(":")
-    wait_for(lambda: stack.job(job).chunks_done >= 2, timeout=120, interval=0.02, what="two chunks")
+    first = waiting.stderr.readline()
+    job = first.split()[2].rstrip(":")
+    try:
+        wait_for(lambda: stack.job(job).chunks_done >= 2, timeout=120, interval=0.02, what="two chunks")
+    except Exception:
+        waiting.kill()
+        raise AssertionError(f"{first}{waiting.communicate()[1]}") from None
     assert stack.job(job).chunks_done < PROMPTS // 100, "the job finished before the fault could be injected"
-    started = time.monotonic()
+    started, done_at_fault = time.monotonic(), stack.job(job).chunks_done
     old, new = stack.sentinels.failover() if fault == "failover" else stack.sentinels.kill_primary()
+    wait_for(lambda: stack.job(job).chunks_done > done_at_fault + 1, timeout=120, interval=0.02, what="work again")
+    report(f"Redis Sentinel: {fault} mid-generate (fault to a chunk done after it)", time.monotonic() - started)
     _, stderr = waiting.communicate(timeout=300)
     report(f"Redis Sentinel: {fault} mid-generate (fault to the job's end)", time.monotonic() - started)
     assert waiting.returncode == 0, stderr
@@ -82,18 +114,22 @@ def generate_through(stack: SentinelStack, tmp_path, fault: str) -> None:
 
 def train_through(stack: SentinelStack, corpus_slice, fault: str) -> None:
     models_before = json.loads(stack.cli("models", "--json").stdout)
-    job = json.loads(stack.cli("train", corpus_slice, "--model", "trained", "--epochs", "8", "--detach",
+    name = f"trained-{fault}"
+    job = json.loads(stack.cli("train", corpus_slice, "--model", name, "--epochs", "5", "--detach",
                                "--json").stdout)["job"]
     wait_for(lambda: stack.job(job).epoch >= 2, timeout=180, what="two epochs")
-    started = time.monotonic()
+    started, epoch_at_fault = time.monotonic(), stack.job(job).epoch
     stack.sentinels.failover() if fault == "failover" else stack.sentinels.kill_primary()
+    wait_for(lambda: stack.job(job).epoch > epoch_at_fault, timeout=180, interval=0.05, what="an epoch recorded")
+    report(f"Redis Sentinel: {fault} mid-training (fault to the next epoch recorded)", time.monotonic() - started)
     waited = stack.cli("wait", job, "--json", "--timeout", "300", timeout=400)
     report(f"Redis Sentinel: {fault} mid-training (fault to the job's end)", time.monotonic() - started)
     record = json.loads(waited.stdout)
-    assert record["status"] == "succeeded" and record["model"] == "trained@1" and record["epochs_run"] == 8
-    assert [entry["epoch"] for entry in stack.status(job)["history"]] == list(range(1, 9))
+    assert record["status"] == "succeeded" and record["model"] == f"{name}@1" and record["epochs_run"] == 5
+    assert [entry["epoch"] for entry in stack.status(job)["history"]] == list(range(1, 6))
     models = {model["name"]: model for model in json.loads(stack.cli("models", "--json").stdout)}
-    assert models["ha"] == models_before[0] and models["trained"]["current"] == 1   # the registry: old and new
+    assert all(models[model["name"]] == model for model in models_before)    # the registry: every model kept
+    assert models[name]["current"] == 1
 
 
 @pytest.mark.parametrize("fault", ["failover", "kill"])
