@@ -51,6 +51,20 @@ class Training:
         pipe.expire(history, self.ttl)
         pipe.execute()
 
+    def complete_history(self, job_id: str, history: list[dict[str, Any]]) -> int:
+        """Add the epochs of `history` (the worker's own, in memory) that the stored history lacks:
+        an epoch record written to a primary that was lost before it reached its replica (Redis
+        Sentinel) comes back here. Returns how many were added."""
+        stored = {record["epoch"] for record in self.history(job_id)}
+        missing = [record for record in history if record.get("epoch") not in stored]
+        if missing:
+            key = keys.job_key(job_id, "history")
+            pipe = self.redis.pipeline()
+            pipe.rpush(key, *(json.dumps({k: v for k, v in record.items() if k != "event"}) for record in missing))
+            pipe.expire(key, self.ttl)
+            pipe.execute()
+        return len(missing)
+
     def history(self, job_id: str) -> list[dict[str, Any]]:
         """Per-epoch records of a training job; a resumed job's epochs appear once each."""
         by_epoch = {}

@@ -84,6 +84,8 @@ def test_cancel_ends_the_job_and_collect_returns_what_was_produced(stack, tmp_pa
     result = stack.cli("collect", job, "-o", out, "--json", check=False)
     assert result.returncode == EXIT_CANCELLED and time.monotonic() - started < 20
     report("lstmq cancel (from the cancel to collect's exit)", time.monotonic() - started)
+    summary = json.loads(result.stdout)
+    assert summary["exit_status"] == EXIT_CANCELLED and summary["error"].startswith("cancelled")
     produced, errors = read_jsonl(out), read_jsonl(tmp_path / "out.errors.jsonl")
     assert produced and errors and len(produced) + len(errors) == 6000
     assert sorted([line["id"] for line in produced] + [error["id"] for error in errors]) == list(range(1, 6001))

@@ -98,6 +98,8 @@ def run_training(store: Store, job_id: str, worker: str, settings: Settings,
                     store.training.drop_checkpoint(job_id)
                     log.info("train job %s was cancelled after %d epochs", job_id, len(result.history))
                     return {"job": job_id, "status": "cancelled"}
+                if store.training.complete_history(job_id, result.history):   # epoch records lost in a failover
+                    log.warning("train job %s: epoch records lost in Redis were written again", job_id)
                 if not result.finished:
                     store.jobs.update(job_id, slices=record.slices + 1)
                     store.jobs.drop_lease(job_id, TRAIN)
