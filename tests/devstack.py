@@ -192,10 +192,23 @@ class LocalSentinels:
         return True
 
     def in_sync(self) -> bool:
-        """Every sentinel sees a replica, and a replica of the primary is linked and synced (a
-        replica still syncing when its primary is lost would take over without the latest writes)."""
-        if not self._ready():
-            return False
+        """Every sentinel knows the other two and lists a replica that is up, and a replica of the
+        primary says it is linked and synced (a replica still syncing when its primary is lost
+        would take over without the latest writes). The sentinels' own view of the replica's link
+        is refreshed only every 10 s: the replica's word is taken for it."""
+        for index in range(len(self.sentinels)):
+            client = self.sentinel(index)
+            try:
+                master = client.sentinel_master(self.MASTER)
+                replicas = client.sentinel_slaves(self.MASTER)
+            except redis.exceptions.RedisError:
+                return False
+            finally:
+                client.close()
+            flags = [replica.get("flags", "") for replica in replicas]
+            if int(master.get("num-other-sentinels", 0)) < len(self.sentinels) - 1 or \
+                    not any("s_down" not in flag and "disconnected" not in flag for flag in flags):
+                return False
         primary = self.primary_port()
         for server in self.servers:
             if server.process is None or server.port == primary:
