@@ -104,9 +104,20 @@ def parse_chunk(raw: bytes, first_line: int, fmt: str, name: str, params_for: Pa
     """A Seed or a SeedError for every non-blank line of `raw` (lines ending in \\n, the last one
     may not), numbered from `first_line`. `name`: the seed file as messages name it. `ids`: check
     ids against those seen before (None: the caller checks them, as a worker does)."""
+    return parse_lines(split_lines(raw), first_line, fmt, name, params_for, limits, ids)
+
+
+def split_lines(raw: bytes) -> list[bytes]:
+    """A chunk's lines, without their newlines (a last line without one included)."""
     lines = raw.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()   # the chunk's last line ended with \n
+    return lines
+
+
+def parse_lines(lines: list[bytes], first_line: int, fmt: str, name: str, params_for: ParamsChecker, limits: Limits,
+                ids: LocalIds | None = None) -> Iterator[Seed | SeedError]:
+    """parse_chunk for lines already split (split_lines), numbered from `first_line`."""
     if fmt == "jsonl":
         return _parse_jsonl(lines, first_line, name, params_for, limits, ids)
     if fmt != "txt":

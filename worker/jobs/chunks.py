@@ -20,7 +20,7 @@ from lstmq.shared.errors import InputError
 from lstmq.shared.messages import JobKind
 from lstmq.shared.output import LineWriter, error_line
 from lstmq.shared.params import SAMPLING_STREAM, prompt_key
-from lstmq.shared.seeds import ParamsChecker, Seed, duplicate_id_message, id_key, parse_chunk
+from lstmq.shared.seeds import ParamsChecker, Seed, duplicate_id_message, id_key, parse_lines, split_lines
 from lstmq.shared.store import Store
 from lstmq.shared.store.chunks import (TOP_UNKNOWN_PER_CHUNK, ChunkInput, ChunkOutput, ChunkReport, ChunkResult,
                                        LogprobHistogram)
@@ -55,10 +55,10 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
             loaded = models.get(record.model_name, record.version)
             if record.sampling_stream != SAMPLING_STREAM:   # once per job: which stream its samples come from
                 store.jobs.update(job_id, sampling_stream=SAMPLING_STREAM)
-            parsed = ParsedChunk.parse(record, first_line, data, settings,
-                                       lambda entries: store.jobs.register_ids(job_id, entries))
+            parsed = ParsedChunk(record, first_line, data, settings,
+                                 lambda entries: store.jobs.register_ids(job_id, entries))
             with settled_if_traced(loaded.decoder):
-                plan, words = decode_chunk(parsed.input, loaded.decoder, settings)
+                plan, words = decode_parsed(parsed, loaded.decoder, settings)   # lines parsed beside the decoder
             output, report = parsed.output(record.model, plan, lines)
             try:
                 first = store.jobs.save_output(job_id, chunk, output, words, report)
@@ -80,33 +80,54 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
 
 
 class ParsedChunk:
-    """A chunk's seed lines, parsed: the usable prompts as columns (`input`), and the lines that
-    could not be used as (line, id, reason), in line order."""
+    """A chunk's seed lines, parsed slice by slice (parse_slice, in line order; parse() does them
+    all): the usable prompts as columns (`input`, growing), and the lines that could not be used
+    as (line, id, reason), in line order. A .jsonl chunk's ids are registered with the job's as
+    each slice is parsed (`register_ids`: store.jobs.register_ids; None checks them within the
+    chunk only)."""
 
-    def __init__(self, first_line: int, chunk_input: ChunkInput, errors: list[tuple[int, Any, str]]):
-        self.first_line, self.input, self.errors = first_line, chunk_input, errors
+    def __init__(self, record: JobRecord, first_line: int, data: bytes, settings: Settings,
+                 register_ids: Callable[[list[tuple[int, str, bool]]], list[tuple[int, int, bool]]] | None):
+        self.first_line = first_line
+        self.lines = split_lines(data)
+        self.fmt = record.seed_format or "txt"
+        self.defaults = record.params.to_dict()
+        self.limits = settings.limits()
+        self.params_for = ParamsChecker(self.defaults, self.limits)
+        self.name = record.seeds_file or "seeds"
+        self.register_ids = register_ids
+        self.held: dict[str, tuple[int, bool]] = {}   # ids within the chunk, when not registered with the job
+        self.input = ChunkInput([], [], [], self.defaults, {})
+        self.errors: list[tuple[int, Any, str]] = []
+        self._changed_of: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+    def __len__(self) -> int:
+        """How many seed lines the chunk holds (blank ones too)."""
+        return len(self.lines)
 
     @classmethod
     def parse(cls, record: JobRecord, first_line: int, data: bytes, settings: Settings,
               register_ids: Callable[[list[tuple[int, str, bool]]], list[tuple[int, int, bool]]] | None
               ) -> ParsedChunk:
-        """`register_ids`: registers a .jsonl chunk's ids with the job's (store.jobs.register_ids)
-        and returns the duplicates; None checks ids within the chunk only."""
-        fmt = record.seed_format or "txt"
-        defaults = record.params.to_dict()
-        limits = settings.limits()
-        params_for = ParamsChecker(defaults, limits)
-        name = record.seeds_file or "seeds"
+        parsed = cls(record, first_line, data, settings, register_ids)
+        parsed.parse_slice(0, len(parsed))
+        return parsed
+
+    def parse_slice(self, start: int, end: int) -> tuple[int, int]:
+        """Parse lines start .. end-1 (indices into the chunk) after every earlier slice; the
+        positions their usable prompts got in `input` (first, end)."""
         seeds: list[Seed] = []
         errors: list[tuple[int, Any, str]] = []
-        for entry in parse_chunk(data, first_line, fmt, name, params_for, limits):
+        for entry in parse_lines(self.lines[start:end], self.first_line + start, self.fmt, self.name, self.params_for,
+                                 self.limits):
             if type(entry) is Seed:
                 seeds.append(entry)
             else:
                 errors.append((entry.line, entry.id, entry.error))
-        if fmt == "jsonl" and seeds:
+        if self.fmt == "jsonl" and seeds:
             entries = [(seed.line, id_key(seed.id), seed.implied) for seed in seeds]
-            duplicates = register_ids(entries) if register_ids is not None else _duplicates_within(entries)
+            duplicates = (self.register_ids(entries) if self.register_ids is not None
+                          else _duplicates_within(entries, self.held))
             if duplicates:
                 by_line = {line: (first, first_implied) for line, first, first_implied in duplicates}
                 kept = []
@@ -119,26 +140,27 @@ class ParsedChunk:
                                        duplicate_id_message(seed.id, seed.line, seed.implied, found[0], found[1])))
                 seeds = kept
                 errors.sort(key=lambda error: error[0])
-        overrides: dict[int, dict[str, Any]] = {}
-        default_params = params_for.defaults
-        if any(seed.params is not default_params for seed in seeds):
-            changed_of: dict[int, tuple[Any, dict[str, Any]]] = {}
-            for position, seed in enumerate(seeds):
-                params = seed.params
-                if params is default_params:
-                    continue
-                known = changed_of.get(id(params))
-                if known is None or known[0] is not params:
-                    values = params.to_dict()
-                    known = changed_of[id(params)] = (params, {
-                        key: value for key, value in values.items()
-                        if defaults.get(key) != value or type(defaults.get(key)) is not type(value)})
-                if known[1]:
-                    overrides[position] = known[1]
+        self.errors.extend(errors)
+        columns, defaults, default_params = self.input, self.defaults, self.params_for.defaults
+        first = len(columns)
+        overrides = columns.overrides
+        for offset, seed in enumerate(seeds):
+            params = seed.params
+            if params is default_params:
+                continue
+            known = self._changed_of.get(id(params))
+            if known is None or known[0] is not params:
+                values = params.to_dict()
+                known = self._changed_of[id(params)] = (params, {
+                    key: value for key, value in values.items()
+                    if defaults.get(key) != value or type(defaults.get(key)) is not type(value)})
+            if known[1]:
+                overrides[first + offset] = known[1]
         line_numbers = [seed.line for seed in seeds]
-        ids = line_numbers if fmt == "txt" else [seed.id for seed in seeds]
-        chunk_input = ChunkInput(line_numbers, ids, [seed.prompt for seed in seeds], defaults, overrides)
-        return cls(first_line, chunk_input, errors)
+        columns.lines.extend(line_numbers)
+        columns.ids.extend(line_numbers if self.fmt == "txt" else [seed.id for seed in seeds])
+        columns.prompts.extend(seed.prompt for seed in seeds)
+        return first, len(columns)
 
     def output(self, model: str | None, plan: ChunkPlan, lines: int) -> tuple[ChunkOutput, ChunkReport]:
         """The chunk's stored output (finished JSONL and error records) and its seed report."""
@@ -161,10 +183,11 @@ class ParsedChunk:
         return output, report
 
 
-def _duplicates_within(entries: list[tuple[int, str, bool]]) -> list[tuple[int, int, bool]]:
-    """Duplicates among one chunk's ids alone (line, first line, first implied): a line's implied
-    id has the key of the integer id that equals its line number."""
-    held: dict[str, tuple[int, bool]] = {}
+def _duplicates_within(entries: list[tuple[int, str, bool]], held: dict[str, tuple[int, bool]]
+                       ) -> list[tuple[int, int, bool]]:
+    """Duplicates among one chunk's ids alone (line, first line, first implied), `held` the ids
+    of its earlier slices: a line's implied id has the key of the integer id that equals its line
+    number."""
     found = []
     for line, key, implied in entries:
         first = held.get(key)
@@ -204,21 +227,45 @@ def decode_chunk(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkP
     count = len(chunk)
     step = max(rows, min(4 * rows, -(-count // 4)))
     bounds = [(start, min(count, start + step)) for start in range(0, count, step)] or [(0, 0)]
+    return plan, _pipeline(plan, decoder, bounds, plan.prepare)
+
+
+def _pipeline(plan: ChunkPlan, decoder, bounds: list[tuple[int, int]], prepare) -> int:
+    """Decode slice k while the host thread prepares slice k+1 and finishes slice k-1; the words
+    generated."""
     host = host_thread()
-    prepared = host.submit(plan.prepare, *bounds[0])
+    prepared = host.submit(prepare, *bounds[0])
     finishing = None
     words = 0
     for index in range(len(bounds)):
         requests, positions = prepared.result()
         if index + 1 < len(bounds):
-            prepared = host.submit(plan.prepare, *bounds[index + 1])
+            prepared = host.submit(prepare, *bounds[index + 1])
         scored = decode_splitting(decoder, requests)
         if finishing is not None:
             finishing.result()
         finishing = host.submit(plan.finish, positions, scored)
         words += sum(request.words * request.n for request in requests)
     finishing.result()
-    return plan, words
+    return words
+
+
+def decode_parsed(parsed: ParsedChunk, decoder, settings: Settings) -> tuple[ChunkPlan, int]:
+    """decode_chunk for a chunk still in raw lines: the host thread parses and checks each slice
+    of lines (shared.seeds, ids registered with the job's) and tokenizes it while the decoder
+    runs the slice before, so that parsing hides behind decoding as tokenizing does."""
+    plan = ChunkPlan(parsed.input, decoder.vocabulary, settings)
+    rows = max(1, decoder.max_rows)
+    count = len(parsed)
+    step = max(rows, min(4 * rows, -(-count // 4)))
+    bounds = [(start, min(count, start + step)) for start in range(0, count, step)] or [(0, 0)]
+
+    def prepare(start: int, end: int) -> tuple[list[Any], list[int]]:
+        first, last = parsed.parse_slice(start, end)
+        plan.grow(last)
+        return plan.prepare(first, last)
+
+    return plan, _pipeline(plan, decoder, bounds, prepare)
 
 
 def decode_items(chunk: ChunkInput, decoder, settings: Settings) -> tuple[ChunkResult, int]:
@@ -245,6 +292,11 @@ class ChunkPlan:
         self.logprobs: list[float] = []
         self.prompt_words = 0          # the usable prompts' words (the seed report's unknown-word rate)
         self.words_to_generate = 0
+
+    def grow(self, count: int) -> None:
+        """The chunk's columns now hold `count` prompts (a chunk parsed slice by slice)."""
+        if count > len(self.counts):
+            self.counts.extend([0] * (count - len(self.counts)))
 
     def prepare(self, start: int, end: int) -> tuple[list[Any], list[int]]:
         """The requests of prompts start .. end-1 that can be decoded, with their positions; the
