@@ -47,6 +47,33 @@ class LineWriter:
                 self.templates[key] = tail
         return tail
 
+    def slice_lines(self, inputs: ChunkInput, positions: list[int], scored: list[list[tuple[str, float]]],
+                    unknown: dict[int, list[str]], histogram: LogprobHistogram) -> tuple[str, int]:
+        """The output lines of the prompts at `positions` (in order), each with its decoded
+        samples [(continuation, logprob)]: what lines() writes for them, a slice at a time (a
+        worker formats each slice beside the decoder). Logprobs are kept to 5 decimals first, as
+        the result columns keep them."""
+        lines: list[str] = []
+        append, add_logprob = lines.append, histogram.add
+        ids, prompts, overrides = inputs.ids, inputs.prompts, inputs.overrides
+        default_tail = self._template(inputs.defaults, 0) if inputs.defaults else ""
+        for position, item in zip(positions, scored):
+            identifier = ids[position]
+            id_json = str(identifier) if type(identifier) is int else (
+                _string(identifier) if type(identifier) is str else json.dumps(identifier, ensure_ascii=False))
+            head = f'{{"id": {id_json}, "prompt": {_string(prompts[position])}, "continuation": '
+            unknown_words = "[]" if position not in unknown else json.dumps(unknown[position], ensure_ascii=False)
+            custom = position in overrides
+            params = inputs.params(position) if custom else inputs.defaults
+            for sample, (text, logprob) in enumerate(item):
+                tail = default_tail if sample == 0 and not custom else self._template(params, sample)
+                logprob = round(logprob, 5)
+                rounded = round(logprob, 4)
+                add_logprob(logprob, rounded)
+                score = repr(rounded) if rounded - rounded == 0 else json.dumps(rounded)
+                append(f"{head}{_string(text)}{tail}{unknown_words}, \"logprob\": {score}}}\n")
+        return "".join(lines), len(lines)
+
     def lines(self, inputs: ChunkInput, result: ChunkResult, histogram: LogprobHistogram) -> tuple[str, int]:
         """The chunk's output lines (its prompts that have samples, in order) and how many;
         every line's logprob goes into `histogram`."""

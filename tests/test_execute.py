@@ -144,3 +144,32 @@ def test_settle_heap_freezes_what_lives_and_frees_what_was_dropped():
         assert alive() is None              # unfrozen, collected
     finally:
         gc.unfreeze()
+
+
+def test_a_chunk_parsed_and_formatted_slice_by_slice_writes_what_the_columns_write(setting, vocabulary):
+    """The worker's path (decode_parsed: lines parsed, and output lines formatted, a slice at a
+    time in the host thread) writes exactly the lines the column path writes, bad lines and
+    per-line parameters included, in order."""
+    import json
+
+    from lstmq.shared.output import LineWriter
+    from lstmq.shared.store.chunks import LogprobHistogram
+    from lstmq.shared.store.records import JobRecord
+    from lstmq.worker.jobs.chunks import ParsedChunk, decode_chunk, decode_parsed
+
+    params = setting.generation_params().replace(words=3, seed=7)
+    rows = [{"id": f"p{i}", "prompt": ["the door", "holmes moriarty said", "", "door the"][i % 4],
+             **({"n": 2, "temperature": 0.5} if i % 5 == 1 else {})} for i in range(23)]
+    data = "".join(json.dumps(row) + "\n" for row in rows).encode() + b"{bad\n"
+    record = JobRecord.from_hash({b"kind": b"generate", b"id": b"j", b"status": b"queued", b"created": b"0",
+                                  b"updated": b"0", b"params": json.dumps(params.to_dict()).encode(),
+                                  b"seed_format": b"jsonl", b"seeds_file": b"s.jsonl"})
+    parsed = ParsedChunk(record, 1, data, setting, None)
+    plan, words = decode_parsed(parsed, StandInDecoder(vocabulary, max_rows=2), setting, LineWriter("m@1"))
+    sliced, _report = parsed.output("m@1", plan, 24)
+    whole = ParsedChunk.parse(record, 1, data, setting, None)
+    columns_plan, columns_words = decode_chunk(whole.input, StandInDecoder(vocabulary, max_rows=2), setting)
+    columns, _ = whole.output("m@1", columns_plan, 24)
+    assert sliced.out == columns.out and sliced.err == columns.err and words == columns_words
+    assert sliced.lines == columns.lines == len(sliced.out.splitlines()) == 17 + 4   # 6 empty prompts fail; 4 others have n=2
+    assert sliced.hist == columns.hist and LogprobHistogram   # the same histogram either way

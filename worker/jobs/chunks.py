@@ -58,7 +58,7 @@ def run_generate_chunk(store: Store, models, job_id: str, chunk: int, worker: st
             parsed = ParsedChunk(record, first_line, data, settings,
                                  lambda entries: store.jobs.register_ids(job_id, entries))
             with settled_if_traced(loaded.decoder):
-                plan, words = decode_parsed(parsed, loaded.decoder, settings)   # lines parsed beside the decoder
+                plan, words = decode_parsed(parsed, loaded.decoder, settings, LineWriter(record.model))
             output, report = parsed.output(record.model, plan, lines)
             try:
                 first = store.jobs.save_output(job_id, chunk, output, words, report)
@@ -165,8 +165,11 @@ class ParsedChunk:
     def output(self, model: str | None, plan: ChunkPlan, lines: int) -> tuple[ChunkOutput, ChunkReport]:
         """The chunk's stored output (finished JSONL and error records) and its seed report."""
         chunk_input, result = self.input, plan.result()
-        histogram = LogprobHistogram()
-        text, count = LineWriter(model).lines(chunk_input, result, histogram)
+        if getattr(plan, "writer", None) is not None:   # formatted slice by slice, beside the decoder
+            histogram, text, count = plan.histogram, "".join(plan.text_parts), plan.lines_written
+        else:
+            histogram = LogprobHistogram()
+            text, count = LineWriter(model).lines(chunk_input, result, histogram)
         errors = self.errors
         if result.errors:
             errors = sorted(errors + [(chunk_input.lines[position], chunk_input.ids[position], reason)
@@ -250,15 +253,20 @@ def _pipeline(plan: ChunkPlan, decoder, bounds: list[tuple[int, int]], prepare) 
     return words
 
 
-def decode_parsed(parsed: ParsedChunk, decoder, settings: Settings) -> tuple[ChunkPlan, int]:
+def decode_parsed(parsed: ParsedChunk, decoder, settings: Settings,
+                  writer: LineWriter | None = None) -> tuple[ChunkPlan, int]:
     """decode_chunk for a chunk still in raw lines: the host thread parses and checks each slice
     of lines (shared.seeds, ids registered with the job's) and tokenizes it while the decoder
-    runs the slice before, so that parsing hides behind decoding as tokenizing does."""
-    plan = ChunkPlan(parsed.input, decoder.vocabulary, settings)
+    runs the slice before, and (with `writer`) formats the slice before's output lines, so that
+    parsing and formatting hide behind decoding as tokenizing does."""
+    plan = ChunkPlan(parsed.input, decoder.vocabulary, settings, writer)
     rows = max(1, decoder.max_rows)
     count = len(parsed)
     step = max(rows, min(4 * rows, -(-count // 4)))
-    bounds = [(start, min(count, start + step)) for start in range(0, count, step)] or [(0, 0)]
+    # the first slice is parsed with nothing to hide behind: a short one gets the decoder going
+    first = min(count, step, max(64, rows // 4))
+    bounds = ([(0, first)] + [(start, min(count, start + step)) for start in range(first, count, step)]
+              if count else [(0, 0)])
 
     def prepare(start: int, end: int) -> tuple[list[Any], list[int]]:
         first, last = parsed.parse_slice(start, end)
@@ -278,8 +286,12 @@ class ChunkPlan:
     """The host side of one chunk: prepare() checks and tokenizes a slice of its prompts into
     decoder requests, finish() appends a slice's decoded samples to the result columns, in order."""
 
-    def __init__(self, chunk: ChunkInput, vocabulary, settings: Settings):
-        self.chunk, self.vocabulary = chunk, vocabulary
+    def __init__(self, chunk: ChunkInput, vocabulary, settings: Settings, writer: LineWriter | None = None):
+        """`writer`: format each slice's output lines as it is finished (text_parts, histogram)."""
+        self.chunk, self.vocabulary, self.writer = chunk, vocabulary, writer
+        self.text_parts: list[str] = []
+        self.lines_written = 0
+        self.histogram = LogprobHistogram()
         self.check = params_checker(settings.limits())
         try:   # the chunk's parameters, checked once (most prompts have no others)
             self.defaults: Any = self.check(chunk.defaults)
@@ -342,6 +354,10 @@ class ChunkPlan:
         return requests, positions
 
     def finish(self, positions: list[int], scored) -> None:
+        if self.writer is not None:
+            text, count = self.writer.slice_lines(self.chunk, positions, scored, self.unknown, self.histogram)
+            self.text_parts.append(text)
+            self.lines_written += count
         samples, logprobs, counts = self.samples, self.logprobs, self.counts
         for position, item_samples in zip(positions, scored):
             for text, logprob in item_samples:
