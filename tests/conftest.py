@@ -241,3 +241,21 @@ def children(pid: int) -> list[int]:
 def pool_processes(worker: WorkerProcess) -> list[int]:
     """lstmq-worker -> Celery main process(es) -> their pool processes."""
     return [pool for parent in children(worker.process.pid) for pool in children(parent)]
+
+
+# CLI processes a test started in the background (tests.faults.faultkit.Stack.popen): whatever the
+# test did or failed at, none outlives it.
+SPAWNED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_spawned():
+    yield
+    while SPAWNED:
+        process = SPAWNED.pop()
+        if process.poll() is None:
+            kill_tree(process.pid, descendants(process.pid))
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass

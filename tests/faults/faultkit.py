@@ -10,8 +10,8 @@ from pathlib import Path
 from lstmq.shared.config import load_settings
 from lstmq.shared.messages import Dispatcher, JobKind
 from lstmq.shared.store import Store, keys
-from tests.conftest import (BIN, SMALL_MODEL, WorkerProcess, clean_env, lstmq, read_jsonl,  # noqa: F401
-                            wait_for)   # read_jsonl, wait_for: for the tests
+from tests.conftest import (BIN, SMALL_MODEL, SPAWNED, WorkerProcess, clean_env, lstmq,  # noqa: F401
+                            read_jsonl, wait_for)   # read_jsonl, wait_for: for the tests
 from tests.devstack import register_model
 
 # Small network, quick polls; failure handling at its defaults unless a test says otherwise.
@@ -35,9 +35,11 @@ class Stack:
 
     def popen(self, *args, env: dict | None = None) -> subprocess.Popen:
         """The CLI as a background process (its own process group), stdout and stderr piped."""
-        return subprocess.Popen([str(BIN / "lstmq"), *map(str, args), "--broker", self.url, "--config", str(self.config)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or clean_env(),
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen([str(BIN / "lstmq"), *map(str, args), "--broker", self.url, "--config",
+                                    str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=env or clean_env(), stdin=subprocess.DEVNULL, start_new_session=True)
+        SPAWNED.append(process)   # killed after the test if still running (tests/conftest.py)
+        return process
 
     def worker(self, log: Path, *extra: str) -> WorkerProcess:
         worker = WorkerProcess(self.url, log, "--config", str(self.config), *extra)

@@ -118,7 +118,12 @@ def test_a_generate_job_survives_losing_the_primary(stack, tmp_path, fault):
     except BaseException:
         waiting.kill()
         raise AssertionError(f"{first}{waiting.communicate()[1]}") from None
-    _, stderr = waiting.communicate(timeout=300)
+    try:
+        _, stderr = waiting.communicate(timeout=300)
+    finally:   # never left running, whatever failed
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
     report(f"Redis Sentinel: {fault} mid-generate (fault to the job's end)", time.monotonic() - started)
     assert waiting.returncode == 0, stderr
     assert f"Redis failed over: the primary is now 127.0.0.1:{new} (was 127.0.0.1:{old})" in stderr, stderr
