@@ -18,6 +18,13 @@ TEMPLATE_CACHE_LIMIT = 4096    # distinct (parameters, sample) line tails rememb
 _string = encode_basestring     # a str as JSON, as json.dumps(..., ensure_ascii=False) writes it
 
 
+def _head(identifier: Any, prompt: str) -> str:
+    """An output line up to its continuation: '{"id": ..., "prompt": ..., "continuation": '."""
+    id_json = str(identifier) if type(identifier) is int else (
+        _string(identifier) if type(identifier) is str else json.dumps(identifier, ensure_ascii=False))
+    return f'{{"id": {id_json}, "prompt": {_string(prompt)}, "continuation": '
+
+
 def error_line(identifier: Any, line: int | None, error: str, **more: Any) -> str:
     return json.dumps({"id": identifier, "line": line, "error": error, **more}, ensure_ascii=False) + "\n"
 
@@ -58,10 +65,7 @@ class LineWriter:
         ids, prompts, overrides = inputs.ids, inputs.prompts, inputs.overrides
         default_tail = self._template(inputs.defaults, 0) if inputs.defaults else ""
         for position, item in zip(positions, scored):
-            identifier = ids[position]
-            id_json = str(identifier) if type(identifier) is int else (
-                _string(identifier) if type(identifier) is str else json.dumps(identifier, ensure_ascii=False))
-            head = f'{{"id": {id_json}, "prompt": {_string(prompts[position])}, "continuation": '
+            head = _head(ids[position], prompts[position])
             unknown_words = "[]" if position not in unknown else json.dumps(unknown[position], ensure_ascii=False)
             custom = position in overrides
             params = inputs.params(position) if custom else inputs.defaults
@@ -89,9 +93,7 @@ class LineWriter:
             count = 1 if counts is None else counts[position]
             if not count:
                 continue
-            id_json = str(identifier) if type(identifier) is int else (
-                _string(identifier) if type(identifier) is str else json.dumps(identifier, ensure_ascii=False))
-            head = f'{{"id": {id_json}, "prompt": {_string(prompt)}, "continuation": '
+            head = _head(identifier, prompt)
             unknown_words = "[]" if position not in unknown else json.dumps(unknown[position], ensure_ascii=False)
             custom = position in overrides
             params = inputs.params(position) if custom else inputs.defaults

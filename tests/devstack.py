@@ -175,7 +175,8 @@ class LocalSentinels:
     def server(self, port: int) -> LocalRedis:
         return next(server for server in self.servers if server.port == port)
 
-    def _ready(self) -> bool:
+    def _sentinels_agree(self, usable) -> bool:
+        """Every sentinel knows the other two and lists a replica that `usable(replica)` accepts."""
         for index in range(len(self.sentinels)):
             client = self.sentinel(index)
             try:
@@ -185,30 +186,22 @@ class LocalSentinels:
                 return False
             finally:
                 client.close()
-            up = [replica for replica in replicas if "s_down" not in replica.get("flags", "")
-                  and replica.get("master-link-status") == "ok"]
-            if int(master.get("num-other-sentinels", 0)) < len(self.sentinels) - 1 or not up:
+            if int(master.get("num-other-sentinels", 0)) < len(self.sentinels) - 1 or not any(map(usable, replicas)):
                 return False
         return True
+
+    def _ready(self) -> bool:
+        return self._sentinels_agree(lambda replica: "s_down" not in replica.get("flags", "")
+                                     and replica.get("master-link-status") == "ok")
 
     def in_sync(self) -> bool:
         """Every sentinel knows the other two and lists a replica that is up, and a replica of the
         primary says it is linked and synced (a replica still syncing when its primary is lost
         would take over without the latest writes). The sentinels' own view of the replica's link
         is refreshed only every 10 s: the replica's word is taken for it."""
-        for index in range(len(self.sentinels)):
-            client = self.sentinel(index)
-            try:
-                master = client.sentinel_master(self.MASTER)
-                replicas = client.sentinel_slaves(self.MASTER)
-            except redis.exceptions.RedisError:
-                return False
-            finally:
-                client.close()
-            flags = [replica.get("flags", "") for replica in replicas]
-            if int(master.get("num-other-sentinels", 0)) < len(self.sentinels) - 1 or \
-                    not any("s_down" not in flag and "disconnected" not in flag for flag in flags):
-                return False
+        if not self._sentinels_agree(lambda replica: not {"s_down", "disconnected"} & set(
+                replica.get("flags", "").split(","))):
+            return False
         primary = self.primary_port()
         for server in self.servers:
             if server.process is None or server.port == primary:
